@@ -1,0 +1,41 @@
+"""PyTorch engine: Conv+BN fused, FP16/BF16 on CUDA (FP32 on CPU), channels_last."""
+
+from __future__ import annotations
+
+import torch
+
+from yolotune.engine.base import PRECISIONS, Engine, register_engine
+from yolotune.models.spec import LoadedModel
+
+
+class TorchEngine(Engine):
+    name = "torch"
+    graph_capturable = True
+
+    def __init__(self, model: LoadedModel, device: torch.device, precision: str = "fp16", channels_last: bool = True):
+        module = model.runnable
+        inner = getattr(module, "model", module)
+        if hasattr(inner, "fuse"):
+            inner.fuse(verbose=False)  # Conv+BN -> one conv: fewer kernels, same math
+        self.device = device
+        self.input_dtype = PRECISIONS[precision]
+        self.channels_last = channels_last
+        module = module.to(device=device, dtype=self.input_dtype).eval()
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        self.module = module
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # shapes are fixed per batch bucket
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+@register_engine("ultralytics")
+def _build(model: LoadedModel, device: torch.device, precision: str) -> Engine:
+    if device.type == "cpu" and precision != "fp32":
+        precision = "fp32"  # half-precision convolutions on CPU are slower and less accurate
+    return TorchEngine(model, device, precision)

@@ -1,0 +1,181 @@
+"""Decode images to RGB uint8 tensors on the target device.
+
+JPEGs that nvJPEG handles (complete, baseline, 3-channel) are decoded on the GPU in one batched call
+(torchvision.io.decode_jpeg, device="cuda"). Everything else, and everything on CPU-only machines, is decoded
+by Pillow in a thread pool (Pillow releases the GIL while decoding): PNG, BMP, WebP, TIFF, CMYK, grayscale,
+16-bit, RGBA, progressive JPEG. A file that cannot be decoded becomes an ErrorRecord with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from yolotune.io.jpeg_header import read_jpeg_header
+from yolotune.types import ErrorRecord, InputRef
+
+
+@dataclass
+class DecodedImage:
+    ref: InputRef
+    tensor: torch.Tensor  # [3, h, w] uint8 RGB on the pipeline device
+    host: np.ndarray | None = None  # [h, w, 3] uint8 RGB, when the caller asked for host copies
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.tensor.shape[1]), int(self.tensor.shape[2])
+
+
+# An item to decode: its reference and either encoded bytes (None: read the file) or an RGB array (video frame).
+DecodeItem = tuple[InputRef, "bytes | bytearray | np.ndarray | None"]
+
+
+def read_file(path: str) -> bytearray:
+    with open(path, "rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        f.readinto(data)
+    return data
+
+
+def pil_to_rgb_array(im: Image.Image) -> np.ndarray:
+    """[h, w, 3] uint8 RGB from any Pillow mode; 16/32-bit grey keeps its high byte (as OpenCV does), alpha dropped."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        a = a >> 8 if (im.mode.startswith("I;16") or a.max() > 255) else a
+        a = np.clip(a, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if im.mode == "F":
+        a = np.clip(np.asarray(im), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def decode_with_pil(data: bytes | bytearray) -> np.ndarray:
+    """Decode any format Pillow reads, applying EXIF orientation. Raises ValueError with a readable reason."""
+    if len(data) == 0:
+        raise ValueError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                try:
+                    im = ImageOps.exif_transpose(im)
+                except Exception:  # a broken EXIF block should not cost the picture
+                    pass
+                arr = pil_to_rgb_array(im)
+    except UnidentifiedImageError:
+        raise ValueError("not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"image too large: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"corrupt or truncated image: {e}") from None
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError("image has zero width or height")
+    return np.ascontiguousarray(arr)
+
+
+def apply_exif_orientation(t: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Rotate/flip a [3, h, w] tensor as EXIF orientation 1..8 says (same result as PIL's exif_transpose)."""
+    if orientation == 2:
+        return t.flip(2)
+    if orientation == 3:
+        return t.flip(1, 2)
+    if orientation == 4:
+        return t.flip(1)
+    if orientation == 5:
+        return t.transpose(1, 2)
+    if orientation == 6:
+        return torch.rot90(t, k=-1, dims=(1, 2))
+    if orientation == 7:
+        return t.transpose(1, 2).flip(1, 2)
+    if orientation == 8:
+        return torch.rot90(t, k=1, dims=(1, 2))
+    return t
+
+
+class ImageDecoder:
+    """Decodes a batch of inputs to device tensors; GPU nvJPEG for what it handles, Pillow threads for the rest."""
+
+    def __init__(self, device: torch.device, workers: int | None = None, gpu_decode: bool = True, keep_host: bool = False):
+        self.device = device
+        self.gpu_decode = gpu_decode and device.type == "cuda"
+        self.keep_host = keep_host
+        self.workers = workers or min(16, os.cpu_count() or 2)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="yolotune-decode")
+        self.stats = {"gpu": 0, "cpu": 0, "errors": 0}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def decode(self, items: list[DecodeItem]) -> list[DecodedImage | ErrorRecord]:
+        """Decode ``items`` in order; each comes back as a DecodedImage or an ErrorRecord."""
+        loaded = list(self.pool.map(self._read_and_probe, items))
+        results: list[DecodedImage | ErrorRecord | None] = [None] * len(items)
+        gpu_idx = [i for i, x in enumerate(loaded) if x[2] is not None and x[2].gpu_decodable and self.gpu_decode]
+        if gpu_idx:
+            for i, tensor in zip(gpu_idx, self._decode_on_gpu([loaded[i][1] for i in gpu_idx])):
+                if tensor is not None:
+                    ref, _, header = loaded[i]
+                    tensor = apply_exif_orientation(tensor, header.orientation)
+                    host = tensor.permute(1, 2, 0).cpu().numpy() if self.keep_host else None
+                    results[i] = DecodedImage(ref, tensor, host)
+                    self.stats["gpu"] += 1
+        cpu_idx = [i for i, r in enumerate(results) if r is None]
+        for i, out in zip(cpu_idx, self.pool.map(self._decode_on_cpu, [loaded[i] for i in cpu_idx])):
+            results[i] = out
+        return results  # type: ignore[return-value]
+
+    def _read_and_probe(self, item: DecodeItem):
+        ref, payload = item
+        if isinstance(payload, (ErrorRecord, np.ndarray)):
+            return ref, payload, None
+        if payload is None:
+            try:
+                payload = read_file(ref.path)
+            except IsADirectoryError:
+                return ref, ErrorRecord(ref, "is a directory, not an image file", "read"), None
+            except OSError as e:
+                return ref, ErrorRecord(ref, f"cannot read file: {e.strerror or e}", "read"), None
+        return ref, payload, read_jpeg_header(payload)
+
+    def _decode_on_gpu(self, datas: list) -> list[torch.Tensor | None]:
+        from torchvision.io import decode_jpeg
+
+        tensors = [torch.frombuffer(d, dtype=torch.uint8) for d in datas]
+        try:
+            return list(decode_jpeg(tensors, device=self.device))
+        except RuntimeError:
+            pass
+        out: list[torch.Tensor | None] = []
+        for t in tensors:  # one bad file fails the batched call: retry one by one, the CPU path takes failures
+            try:
+                out.append(decode_jpeg(t, device=self.device))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+    def _decode_on_cpu(self, loaded) -> DecodedImage | ErrorRecord:
+        ref, payload, _ = loaded
+        if isinstance(payload, ErrorRecord):
+            self.stats["errors"] += 1
+            return payload
+        try:
+            arr = payload if isinstance(payload, np.ndarray) else decode_with_pil(payload)
+        except ValueError as e:
+            self.stats["errors"] += 1
+            return ErrorRecord(ref, str(e), "decode")
+        tensor = torch.from_numpy(arr).permute(2, 0, 1)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        self.stats["cpu"] += 1
+        return DecodedImage(ref, tensor, arr if self.keep_host else None)

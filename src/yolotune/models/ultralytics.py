@@ -1,0 +1,131 @@
+"""Ultralytics detection checkpoints (.pt) and model configs (.yaml, random init) through the optional extra.
+
+Ultralytics is AGPL-3.0, so it is imported here only, and only when such a model is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from yolotune.models import register_loader
+from yolotune.models.spec import LoadedModel, ModelLoadError, ModelSpec
+
+_INSTALL_HINT = "pip install 'yolotune[ultralytics]'"
+
+
+class RawDetectionOutput(torch.nn.Module):
+    """Calls an Ultralytics DetectionModel and returns only the decoded head output tensor.
+
+    In eval mode the Detect head returns (y, raw feature dict); y is [B, 4+nc, N] or, for end-to-end heads,
+    [B, max_det, 6]. The feature dict is dropped so graphs and exports see a single tensor.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def _import_yolo():
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # never reach the network from a loader
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    try:
+        from ultralytics import YOLO
+    except ImportError as e:
+        raise ModelLoadError(f"Ultralytics models (.pt, .yaml) need the optional extra: {_INSTALL_HINT} ({e})") from e
+    return YOLO
+
+
+@register_loader(".pt", ".yaml")
+def load_ultralytics(path: str, seed: int = 0, class_bias: float | None = None, **_: object) -> LoadedModel:
+    """Load an Ultralytics detection model.
+
+    A .yaml builds the architecture with random weights drawn from ``seed`` (for speed work: speed does not depend
+    on weights). Ultralytics' built-in config names such as ``yolov8n.yaml`` resolve without a file on disk.
+    ``class_bias`` overwrites the classification biases of the Detect head: a random-init model then scores many
+    anchors above the threshold, which makes NMS and agreement checks meaningful without trained weights.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".pt" and not Path(path).is_file():
+        # Never let Ultralytics treat a missing .pt as a hub name to download.
+        raise ModelLoadError(f"{path}: no such model file")
+    YOLO = _import_yolo()
+    torch.manual_seed(seed)
+    try:
+        yolo = YOLO(path, task="detect" if suffix == ".yaml" else None)
+    except Exception as e:  # Ultralytics raises many types for bad files; report them all the same way
+        raise ModelLoadError(f"{path}: not a loadable Ultralytics model ({type(e).__name__}: {e})") from e
+    task = getattr(yolo, "task", None)
+    if task != "detect":
+        raise ModelLoadError(f"{path}: is an Ultralytics '{task}' model; yolotune runs detection models only")
+    model = yolo.model.float().eval()
+    head = model.model[-1]
+    if suffix == ".yaml":
+        _calibrate_batchnorm(model, seed)
+    if class_bias is not None:
+        _set_class_bias(head, class_bias)
+    end2end = bool(getattr(head, "end2end", False))
+    args = getattr(model, "args", {}) or {}
+    imgsz = args.get("imgsz", 640) if isinstance(args, dict) else 640
+    imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+    names = {int(k): str(v) for k, v in dict(model.names).items()}
+    spec = ModelSpec(
+        path=path,
+        format="ultralytics",
+        names=names,
+        layout="end2end" if end2end else "v8",
+        stride=int(max(model.stride)),
+        imgsz=imgsz,
+        extra={"yaml": suffix == ".yaml", "max_det": int(getattr(head, "max_det", 300))},
+    )
+    return LoadedModel(spec=spec, runnable=RawDetectionOutput(model))
+
+
+def _structured_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """Deterministic images with structure at several scales (upsampled noise), values in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.zeros(n, 3, size, size)
+    for cells in (4, 16, 64):
+        noise = torch.rand(n, 3, cells, cells, generator=g)
+        img += torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
+    return (img / 3).clamp(0, 1)
+
+
+@torch.no_grad()
+def _calibrate_batchnorm(model: torch.nn.Module, seed: int) -> None:
+    """Re-estimate BatchNorm statistics of a random-init model on structured images.
+
+    With default running statistics, activations of a random network shrink layer by layer until every anchor
+    gets the same score; estimated statistics keep unit-scale activations, so scores depend on the image.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for i in range(2):
+        model(_structured_images(4, 256, seed + i))
+    model.eval()
+    for m in norms:
+        m.momentum = 0.03
+
+
+def _set_class_bias(head: torch.nn.Module, value: float, weight_scale: float = 3.0) -> None:
+    """Set the last conv bias of every classification branch (one2many and one2one) to ``value``.
+
+    The weights are scaled up too, so that logits spread by about one unit around the bias and scores separate
+    clearly (near-equal scores would make box agreement between two pipelines a coin toss).
+    """
+    branches = [getattr(head, name, None) for name in ("cv3", "one2one_cv3")]
+    for branch in filter(None, branches):
+        for level in branch:
+            last = level[-1]
+            if getattr(last, "bias", None) is not None:
+                last.weight.data[: head.nc] *= weight_scale
+                last.bias.data[: head.nc] = value

@@ -1,0 +1,1 @@
+"""Pure tensor operations (no I/O), same code on CPU and GPU."""

@@ -1,0 +1,105 @@
+"""Letterbox: aspect-preserving resize + constant padding, batched, on any device.
+
+The geometry follows Ultralytics' ``LetterBox`` (same rounding, same centred padding, fill 114) so boxes and
+pixels agree with what a user's Ultralytics pipeline produced.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class LetterboxGeometry:
+    """How one source image was placed on the model's input canvas."""
+
+    source_hw: tuple[int, int]
+    resized_hw: tuple[int, int]  # size after resize, before padding
+    top: int
+    left: int
+    gain: float  # resized / source
+
+    @property
+    def resized_is_identity(self) -> bool:
+        return self.resized_hw == self.source_hw
+
+
+def letterbox_geometry(source_hw: tuple[int, int], canvas_hw: tuple[int, int], scaleup: bool = True) -> LetterboxGeometry:
+    """Placement of an image of ``source_hw`` centred on a ``canvas_hw`` canvas (Ultralytics arithmetic)."""
+    h, w = source_hw
+    ch, cw = canvas_hw
+    r = min(ch / h, cw / w)
+    if not scaleup:
+        r = min(r, 1.0)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)  # thin images keep >= 1 pixel
+    dw, dh = (cw - new_w) / 2, (ch - new_h) / 2
+    top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    return LetterboxGeometry(source_hw=(h, w), resized_hw=(new_h, new_w), top=top, left=left, gain=r)
+
+
+def canvas_shape(source_hws: list[tuple[int, int]], imgsz: tuple[int, int], stride: int, rect: bool) -> tuple[int, int]:
+    """Input canvas (h, w) for a batch.
+
+    ``rect``: when every image in the batch has the same shape, shrink the padding to the next multiple of
+    ``stride`` (Ultralytics' ``auto=True``), which is what Ultralytics predict does for PyTorch models and cuts
+    the pixels of a 16:9 frame by ~40%. Mixed shapes, or ``rect=False``, use the full ``imgsz`` canvas.
+    """
+    ch, cw = imgsz
+    if not rect or not source_hws or len(set(source_hws)) != 1:
+        return ch, cw
+    g = letterbox_geometry(source_hws[0], imgsz)
+    new_h, new_w = g.resized_hw
+    return new_h + (ch - new_h) % stride, new_w + (cw - new_w) % stride
+
+
+def letterbox_batch(images: list[torch.Tensor], out: torch.Tensor, round_pixels: bool = True) -> list[LetterboxGeometry]:
+    """Letterbox ``images`` (each uint8 [3, h, w], RGB) into ``out[:len(images)]`` scaled to [0, 1].
+
+    ``out`` is a preallocated [B, 3, H, W] float buffer (any dtype or memory format) on the images' device.
+    Images of the same size are resized together in one call. ``round_pixels`` rounds the resized values to
+    integers as OpenCV's uint8 resize does, so inputs match Ultralytics' to within one grey level.
+    """
+    canvas = tuple(out.shape[-2:])
+    n = len(images)
+    out[:n].fill_(PAD_VALUE / 255.0)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, img in enumerate(images):
+        groups[tuple(img.shape[-2:])].append(i)
+    geometries: list[LetterboxGeometry | None] = [None] * n
+    # Half precision is exact for 0..255 and plenty for interpolated pixels; CPU kernels want float32.
+    work_dtype = out.dtype if out.device.type == "cuda" else torch.float32
+    for hw, idxs in groups.items():
+        g = letterbox_geometry(hw, canvas)
+        x = images[idxs[0]][None] if len(idxs) == 1 else torch.stack([images[i] for i in idxs])
+        x = x.to(work_dtype)
+        if not g.resized_is_identity:
+            x = F.interpolate(x, size=g.resized_hw, mode="bilinear", align_corners=False)
+            if round_pixels:
+                x = x.round_()
+        x = x.mul_(1.0 / 255.0)
+        nh, nw = g.resized_hw
+        region = (slice(g.top, g.top + nh), slice(g.left, g.left + nw))
+        if idxs == list(range(idxs[0], idxs[0] + len(idxs))):
+            out[idxs[0] : idxs[0] + len(idxs), :, region[0], region[1]] = x
+        else:
+            index = torch.tensor(idxs, device=out.device)
+            out[index, :, region[0], region[1]] = x
+        for i in idxs:
+            geometries[i] = g
+    return geometries  # type: ignore[return-value]
+
+
+def geometry_tensor(geometries: list[LetterboxGeometry], batch: int, device: torch.device) -> torch.Tensor:
+    """Pack geometries as a float32 [batch, 5] tensor: gain, left, top, source height, source width.
+
+    Rows past ``len(geometries)`` are identity rows so padded batch slots stay finite.
+    """
+    rows = [[g.gain, g.left, g.top, g.source_hw[0], g.source_hw[1]] for g in geometries]
+    rows += [[1.0, 0.0, 0.0, 1.0, 1.0]] * (batch - len(rows))
+    return torch.tensor(rows, dtype=torch.float32).to(device, non_blocking=True)

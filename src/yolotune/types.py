@@ -1,0 +1,116 @@
+"""Small typed records that flow between the stages of the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """Where one input comes from: a file, or one frame of a video."""
+
+    path: str
+    frame: int | None = None  # frame index for video inputs, None for still images
+
+    @property
+    def label(self) -> str:
+        return self.path if self.frame is None else f"{self.path}#{self.frame}"
+
+
+@dataclass
+class ErrorRecord:
+    """An input that could not be turned into detections, and why. Travels to sinks like a result."""
+
+    source: InputRef
+    reason: str
+    stage: str = "read"  # read | decode | preprocess | infer
+
+    ok = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.source.path, "ok": False, "stage": self.stage, "error": self.reason}
+        if self.source.frame is not None:
+            d["frame"] = self.source.frame
+        return d
+
+
+@dataclass
+class Detections:
+    """Detections for one input, in original image pixel coordinates."""
+
+    source: InputRef
+    image_size: tuple[int, int]  # (height, width) of the decoded original
+    boxes: np.ndarray  # [n, 4] float32 x1, y1, x2, y2
+    scores: np.ndarray  # [n] float32
+    class_ids: np.ndarray  # [n] int64
+    names: dict[int, str] = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False)  # [h, w, 3] RGB, only when asked for
+
+    ok = True
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.names.get(int(c), str(int(c))) for c in self.class_ids]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "path": self.source.path,
+            "ok": True,
+            "height": self.image_size[0],
+            "width": self.image_size[1],
+            "detections": [
+                {
+                    "box": [round(float(v), 2) for v in box],
+                    "score": round(float(s), 4),
+                    "class_id": int(c),
+                    "class_name": self.names.get(int(c), str(int(c))),
+                }
+                for box, s, c in zip(self.boxes, self.scores, self.class_ids)
+            ],
+        }
+        if self.source.frame is not None:
+            d["frame"] = self.source.frame
+        return d
+
+    def to_coco(self, image_id: int, category_offset: int = 0) -> list[dict[str, Any]]:
+        """COCO results entries: bbox as [x, y, width, height]."""
+        out = []
+        for box, s, c in zip(self.boxes, self.scores, self.class_ids):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            out.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(c) + category_offset,
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(s), 5),
+                }
+            )
+        return out
+
+    def to_supervision(self):  # pragma: no cover - optional dependency
+        """Convert to supervision.Detections (needs the `supervision` package)."""
+        import supervision as sv
+
+        return sv.Detections(xyxy=self.boxes, confidence=self.scores, class_id=self.class_ids)
+
+
+Result = Detections | ErrorRecord
+
+
+@dataclass
+class StageTiming:
+    """Wall time spent in one stage of the pipeline, summed over a run."""
+
+    stage: str
+    seconds: float = 0.0
+    calls: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.seconds += seconds
+        self.calls += 1
