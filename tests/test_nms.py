@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from yolotune.ops.nms import batched_nms, nms_torch
+from yolotune.ops.nms import batched_nms, nms_torchvision
 
 
 def make_case(seed: int, B: int, K: int, nc: int, ties: bool = False, spread: float = 600.0):
@@ -55,16 +55,24 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("iou", [0.45, 0.7])
-def test_torch_nms_matches_torchvision(case, iou):
+def test_batched_nms_matches_torchvision_per_image(case, iou):
     boxes, scores, classes, counts = make_case(**case)
-    keep, kept = nms_torch(boxes, classes, counts, iou, max_det=300)
+    keep, kept = nms_torchvision(boxes, classes, counts, iou, max_det=300)
     assert as_lists(keep, kept) == reference(boxes, scores, classes, counts, iou, 300)
+
+
+def test_negative_coordinates_do_not_mix_groups():
+    """Boxes hanging off the top-left edge (negative x1/y1) must not overlap another group's offset region."""
+    boxes, scores, classes, counts = make_case(seed=9, B=4, K=300, nc=6, spread=50.0)
+    boxes = boxes - 80.0
+    keep, kept = nms_torchvision(boxes, classes, counts, 0.5, max_det=300)
+    assert as_lists(keep, kept) == reference(boxes, scores, classes, counts, 0.5, 300)
 
 
 def test_max_det_overflow_keeps_highest_scores():
     boxes, scores, classes, counts = make_case(seed=7, B=3, K=800, nc=5, spread=3000.0)
     counts[:] = 800
-    keep, kept = nms_torch(boxes, classes, counts, 0.5, max_det=50)
+    keep, kept = nms_torchvision(boxes, classes, counts, 0.5, max_det=50)
     assert kept.tolist() == [50, 50, 50]
     assert as_lists(keep, kept) == reference(boxes, scores, classes, counts, 0.5, 50)
 
@@ -84,16 +92,16 @@ def test_all_suppressed_but_the_best():
     boxes[..., 2:] += torch.linspace(0, 1, K)[None, :, None]  # near-identical boxes
     classes = torch.zeros(B, K, dtype=torch.int64)
     counts = torch.tensor([K, K], dtype=torch.int32)
-    keep, kept = nms_torch(boxes, classes, counts, 0.5, max_det=300)
+    keep, kept = nms_torchvision(boxes, classes, counts, 0.5, max_det=300)
     assert kept.tolist() == [1, 1] and keep[:, 0].tolist() == [0, 0]
 
 
 def test_class_aware():
     boxes = torch.tensor([[[0.0, 0, 100, 100], [1, 1, 101, 101], [2, 2, 102, 102]]])
     counts = torch.tensor([3], dtype=torch.int32)
-    keep, kept = nms_torch(boxes, torch.tensor([[0, 1, 0]]), counts, 0.5, max_det=10)
+    keep, kept = nms_torchvision(boxes, torch.tensor([[0, 1, 0]]), counts, 0.5, max_det=10)
     assert as_lists(keep, kept) == [[0, 1]]
-    keep, kept = nms_torch(boxes, torch.zeros(1, 3, dtype=torch.int64), counts, 0.5, max_det=10)
+    keep, kept = nms_torchvision(boxes, torch.zeros(1, 3, dtype=torch.int64), counts, 0.5, max_det=10)
     assert as_lists(keep, kept) == [[0]]
 
 

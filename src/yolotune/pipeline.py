@@ -25,6 +25,7 @@ from yolotune.io.decode import DecodedImage, ImageDecoder
 from yolotune.io.sources import SourceList, expand_sources
 from yolotune.io.video import iter_video_frames, video_frame_count
 from yolotune.models import LoadedModel, load_model
+from yolotune.ops.nms import triton_available
 from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch
 from yolotune.ops.postprocess import PostprocessConfig, postprocess
 from yolotune.types import Detections, ErrorRecord, InputRef, Result, StageTiming
@@ -50,7 +51,7 @@ class _Slot:
     def __init__(self, batch: int, max_det: int, device: torch.device, dtype: torch.dtype, channels_last: bool):
         self.batch, self.device, self.dtype, self.channels_last = batch, device, dtype, channels_last
         self.inputs: dict[tuple[int, int], torch.Tensor] = {}
-        self.geometry = torch.zeros(batch, 5, dtype=torch.float32, device=device)
+        self.geometry = torch.zeros(batch, 6, dtype=torch.float32, device=device)
         pin = device.type == "cuda"
         self.host_dets = torch.zeros(batch, max_det, 6, dtype=torch.float32, pin_memory=pin)
         self.host_counts = torch.zeros(batch, dtype=torch.int32, pin_memory=pin)
@@ -130,7 +131,8 @@ class Detector:
         self.decoder = ImageDecoder(self.device, workers=workers, gpu_decode=gpu_decode, keep_host=return_images)
         self.return_images = return_images
         cuda = self.device.type == "cuda"
-        self.uses_cuda_graph = cuda and cuda_graph and self.engine.graph_capturable
+        # The graph holds NMS too, which needs the fixed-shape Triton kernels (torchvision's NMS is dynamic).
+        self.uses_cuda_graph = cuda and cuda_graph and self.engine.graph_capturable and triton_available()
         modules = [getattr(self.engine, "module")] if self.uses_cuda_graph else []
         self._step = CudaGraphCache(self._detect_step, modules) if self.uses_cuda_graph else self._detect_step
         self.buckets = sorted({self.batch} | {1 << i for i in range(self.batch.bit_length()) if (1 << i) < self.batch})

@@ -56,7 +56,7 @@ def pil_to_rgb_array(im: Image.Image) -> np.ndarray:
         return np.repeat(a[..., None], 3, axis=2)
     if im.mode != "RGB":
         im = im.convert("RGB")
-    return np.asarray(im)
+    return np.array(im)  # a writable copy: torch refuses to wrap read-only buffers
 
 
 def decode_with_pil(data: bytes | bytearray) -> np.ndarray:

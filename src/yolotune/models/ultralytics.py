@@ -87,19 +87,9 @@ def load_ultralytics(path: str, seed: int = 0, class_bias: float | None = None, 
     return LoadedModel(spec=spec, runnable=RawDetectionOutput(model))
 
 
-def _structured_images(n: int, size: int, seed: int) -> torch.Tensor:
-    """Deterministic images with structure at several scales (upsampled noise), values in [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    img = torch.zeros(n, 3, size, size)
-    for cells in (4, 16, 64):
-        noise = torch.rand(n, 3, cells, cells, generator=g)
-        img += torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
-    return (img / 3).clamp(0, 1)
-
-
 @torch.no_grad()
 def _calibrate_batchnorm(model: torch.nn.Module, seed: int) -> None:
-    """Re-estimate BatchNorm statistics of a random-init model on structured images.
+    """Re-estimate BatchNorm statistics of a random-init model on generated photo-like images.
 
     With default running statistics, activations of a random network shrink layer by layer until every anchor
     gets the same score; estimated statistics keep unit-scale activations, so scores depend on the image.
@@ -108,19 +98,28 @@ def _calibrate_batchnorm(model: torch.nn.Module, seed: int) -> None:
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
+    import numpy as np
+
+    from yolotune.data.samples import photo_like
+
+    rng = np.random.default_rng(seed)
     model.train()
-    for i in range(2):
-        model(_structured_images(4, 256, seed + i))
+    for _ in range(2):
+        batch = np.stack([photo_like(rng, 320, 320) for _ in range(4)])
+        model(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255)
     model.eval()
     for m in norms:
         m.momentum = 0.03
+        # Channels with tiny variance would be amplified enormously, making the network chaotic (a one-grey-level
+        # input change moved boxes by ~50 px); flooring at the layer's median variance keeps it smooth.
+        m.running_var.clamp_(min=float(m.running_var.median()))
 
 
-def _set_class_bias(head: torch.nn.Module, value: float, weight_scale: float = 3.0) -> None:
+def _set_class_bias(head: torch.nn.Module, value: float, weight_scale: float = 2.0) -> None:
     """Set the last conv bias of every classification branch (one2many and one2one) to ``value``.
 
-    The weights are scaled up too, so that logits spread by about one unit around the bias and scores separate
-    clearly (near-equal scores would make box agreement between two pipelines a coin toss).
+    The weights are scaled too, so logits spread over several units and a bias of about -2 gives a realistic
+    density of candidates whatever the architecture.
     """
     branches = [getattr(head, name, None) for name in ("cv3", "one2one_cv3")]
     for branch in filter(None, branches):

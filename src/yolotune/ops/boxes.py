@@ -31,11 +31,11 @@ def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def boxes_to_original(boxes: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
     """Map xyxy boxes [B, M, 4] on the letterboxed canvas back to source pixels and clip to the image.
 
-    ``geometry`` is [B, 5]: gain, left, top, source height, source width (see ``geometry_tensor``).
-    Same arithmetic as Ultralytics' ``scale_boxes``: subtract the padding, divide by the gain.
+    ``geometry`` is [B, 6]: gain x, gain y, left, top, source height, source width (see ``geometry_tensor``).
+    Same arithmetic as Ultralytics' ``scale_boxes``: subtract the padding, divide by the per-axis gain.
     """
-    gain = geometry[:, 0, None, None]
-    offset = geometry[:, None, 1:3].repeat(1, 1, 2)  # left, top, left, top
+    gain = geometry[:, None, [0, 1, 0, 1]]
+    offset = geometry[:, None, [2, 3, 2, 3]]  # left, top, left, top
     out = (boxes - offset) / gain
-    limit = geometry[:, None, [4, 3, 4, 3]]  # w, h, w, h
+    limit = geometry[:, None, [5, 4, 5, 4]]  # w, h, w, h
     return torch.minimum(out.clamp(min=0), limit)

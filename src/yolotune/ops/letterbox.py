@@ -26,6 +26,11 @@ class LetterboxGeometry:
     gain: float  # resized / source
 
     @property
+    def gain_xy(self) -> tuple[float, float]:
+        """Actual per-axis scale after rounding the resized size (what Ultralytics' scale_boxes divides by)."""
+        return self.resized_hw[1] / self.source_hw[1], self.resized_hw[0] / self.source_hw[0]
+
+    @property
     def resized_is_identity(self) -> bool:
         return self.resized_hw == self.source_hw
 
@@ -96,10 +101,10 @@ def letterbox_batch(images: list[torch.Tensor], out: torch.Tensor, round_pixels:
 
 
 def geometry_tensor(geometries: list[LetterboxGeometry], batch: int, device: torch.device) -> torch.Tensor:
-    """Pack geometries as a float32 [batch, 5] tensor: gain, left, top, source height, source width.
+    """Pack geometries as a float32 [batch, 6] tensor: gain x, gain y, left, top, source height, source width.
 
     Rows past ``len(geometries)`` are identity rows so padded batch slots stay finite.
     """
-    rows = [[g.gain, g.left, g.top, g.source_hw[0], g.source_hw[1]] for g in geometries]
-    rows += [[1.0, 0.0, 0.0, 1.0, 1.0]] * (batch - len(rows))
+    rows = [[*g.gain_xy, g.left, g.top, g.source_hw[0], g.source_hw[1]] for g in geometries]
+    rows += [[1.0, 1.0, 0.0, 0.0, 1.0, 1.0]] * (batch - len(rows))
     return torch.tensor(rows, dtype=torch.float32).to(device, non_blocking=True)

@@ -1,0 +1,163 @@
+"""Command line: parses, calls the library, prints. No logic of its own beyond exit codes.
+
+Exit codes: 0 every input succeeded; 3 some inputs failed (each has an error record); 2 usage or model error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="yolotune: YOLO detection as fast as the hardware allows.")
+err = Console(stderr=True)
+EXIT_OK, EXIT_USAGE, EXIT_INPUT_FAILURES = 0, 2, 3
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _progress(disable: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True, disable=disable,
+    )
+
+
+def run_predict(detector, sources: list[str], out: Path, formats: list[str], quiet: bool = False) -> dict:
+    """Run ``detector`` over ``sources`` into the sinks; returns the run summary."""
+    from yolotune.io.sinks import make_sink
+    from yolotune.io.sources import expand_sources
+
+    source_list = expand_sources(sources)
+    sinks = [make_sink(f, out) for f in formats]
+    total = detector.count_inputs(source_list)
+    errors: list[dict] = []
+    n = n_dets = 0
+    start = time.perf_counter()
+    with _progress(disable=quiet) as progress:
+        task = progress.add_task("detecting", total=total, rate="")
+        for result in detector.predict(source_list):
+            for s in sinks:
+                s.write(result)
+            n += 1
+            if result.ok:
+                n_dets += len(result)
+            else:
+                errors.append(result.to_dict())
+            if n % 8 == 0 or n == total:
+                rate = n / max(time.perf_counter() - start, 1e-9)
+                progress.update(task, completed=n, rate=f"{rate:,.0f} img/s")
+    wall = time.perf_counter() - start
+    written = [p for s in sinks for p in s.close()]
+    return {
+        "inputs": n,
+        "ok": n - len(errors),
+        "failed": len(errors),
+        "detections": n_dets,
+        "seconds": round(wall, 3),
+        "images_per_s": round(n / wall, 1) if wall > 0 else None,
+        "skipped_non_media": source_list.skipped,
+        "stages_s": {k: round(v.seconds, 4) for k, v in detector.timings.items()},
+        "decode": dict(detector.decoder.stats),
+        "config": detector.describe(),
+        "outputs": written,
+        "errors": errors,
+    }
+
+
+def print_summary(summary: dict, console: Console) -> None:
+    cfg = summary["config"]
+    table = Table(title="yolotune predict", show_header=False)
+    table.add_row("model", f"{cfg['model']} ({cfg['layout']}, {cfg['classes']} classes)")
+    table.add_row("engine", f"{cfg['engine']} on {cfg['device']}, {cfg['dtype']}, cuda graph: {cfg['cuda_graph']}, batch {cfg['batch']}")
+    table.add_row("inputs", f"{summary['inputs']} ({summary['ok']} ok, {summary['failed']} failed)")
+    table.add_row("detections", str(summary["detections"]))
+    table.add_row("throughput", f"{summary['images_per_s']} images/s over {summary['seconds']} s")
+    table.add_row("outputs", "\n".join(summary["outputs"]))
+    if summary["skipped_non_media"]:
+        table.add_row("skipped", f"{len(summary['skipped_non_media'])} non-media files in directories")
+    console.print(table)
+    for e in summary["errors"][:20]:
+        console.print(f"[red]failed[/] {e['path']}{'#' + str(e['frame']) if 'frame' in e else ''}: {e['error']}")
+    if len(summary["errors"]) > 20:
+        console.print(f"... and {len(summary['errors']) - 20} more (see the JSONL output)")
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="Model: Ultralytics .pt / .yaml (needs yolotune[ultralytics]) or ONNX export."),
+    sources: list[str] = typer.Argument(..., help="Images, directories, globs, .txt lists of paths, video files."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or N."),
+    batch: int = typer.Option(16, min=1, help="Images per batch."),
+    conf: float = typer.Option(0.25, min=0.0, max=1.0, help="Confidence threshold."),
+    iou: float = typer.Option(0.7, min=0.0, max=1.0, help="NMS IoU threshold."),
+    max_det: int = typer.Option(300, min=1, help="Maximum detections per image."),
+    imgsz: Optional[int] = typer.Option(None, help="Input size (default: the model's)."),
+    out: Path = typer.Option(Path("yolotune-out"), help="Output directory."),
+    formats: list[str] = typer.Option(["jsonl"], "--format", "-f", help="jsonl, coco, images (repeat for several)."),
+    half: Optional[bool] = typer.Option(None, "--half/--no-half", help="FP16 on CUDA (default on)."),
+    rect: bool = typer.Option(True, "--rect/--no-rect", help="Minimal stride padding for same-size batches."),
+    cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs."),
+    gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA."),
+    workers: Optional[int] = typer.Option(None, help="CPU decode threads."),
+    agnostic: bool = typer.Option(False, help="Class-agnostic NMS."),
+    seed: int = typer.Option(0, help="Seed for random weights of .yaml models."),
+    class_bias: Optional[float] = typer.Option(None, help="Random-init models only: classification bias (e.g. -4) so they emit boxes."),
+    json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+) -> None:
+    """Detect objects in images and videos; write JSONL / COCO / annotated images."""
+    from yolotune import Detector, ModelLoadError
+    from yolotune.io.sinks import sink_names
+
+    bad = [f for f in formats if f not in sink_names()]
+    if bad:
+        _fail(f"unknown --format {', '.join(bad)}; choose from {', '.join(sink_names())}")
+    try:
+        detector = Detector(
+            model, device=device, half=half, batch=batch, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
+            rect=rect, cuda_graph=cuda_graph, gpu_decode=gpu_decode, workers=workers, agnostic=agnostic,
+            return_images="images" in formats, seed=seed, class_bias=class_bias,
+        )
+    except (ModelLoadError, ValueError) as e:
+        _fail(str(e))
+    with detector:
+        summary = run_predict(detector, sources, out, formats, quiet=json_output or not err.is_terminal)
+    if json_output:
+        sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    else:
+        print_summary(summary, Console())
+    raise typer.Exit(EXIT_INPUT_FAILURES if summary["failed"] else EXIT_OK)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("yolotune-demo"), help="Where to write the demo outputs."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+    images: int = typer.Option(8, min=1, help="Sample images to generate."),
+) -> None:
+    """Generate sample images and a clip, run the embedded default model on them, write annotated outputs."""
+    from yolotune.demo import run_demo
+
+    try:
+        summary = run_demo(out, device=device, n_images=images, console=Console())
+    except Exception as e:  # the demo must explain itself, never dump a traceback on a fresh machine
+        _fail(f"demo failed: {type(e).__name__}: {e}")
+    raise typer.Exit(EXIT_INPUT_FAILURES if summary["failed"] else EXIT_OK)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

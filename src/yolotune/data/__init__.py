@@ -1,0 +1,1 @@
+"""Generated data: sample images and clips (no downloads anywhere)."""
