@@ -37,12 +37,12 @@ def ultralytics_predict(checkpoint, images, batch, **kw):
     return out
 
 
-@pytest.mark.parametrize("conf,iou", [(0.25, 0.7), (0.4, 0.5)])
+@pytest.mark.parametrize("conf,iou", [(0.25, 0.7), (0.3, 0.45)])
 def test_matches_ultralytics_predict(checkpoint, images, conf, iou):
     ref = ultralytics_predict(checkpoint, images, 4, conf=conf, iou=iou)
     with Detector(str(checkpoint), device="cpu", batch=4, conf=conf, iou=iou) as det:
         got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
-    assert sum(len(r[1]) for r in ref) > 150, "the biased model should give many boxes"
+    assert sum(len(r[1]) for r in ref) > 100, "the biased model should give many boxes"
     frac, total = matched_fraction(ref, got)
     assert frac >= 0.99, f"only {frac:.2%} of {total} Ultralytics boxes matched"
     frac_back, _ = matched_fraction(got, ref)

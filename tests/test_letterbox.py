@@ -13,11 +13,11 @@ ops = pytest.importorskip("ultralytics.utils.ops")
 SIZES = [(720, 1280), (1080, 1920), (480, 640), (640, 480), (1, 1), (1, 3000), (3000, 7), (333, 517), (6000, 8000), (640, 640), (100, 90), (37, 1001)]
 
 
-def ours(img: np.ndarray, imgsz, rect: bool):
+def ours(img: np.ndarray, imgsz, rect: bool, backend: str = "torch"):
     h, w = img.shape[:2]
     canvas = canvas_shape([(h, w)], imgsz, 32, rect)
     out = torch.empty(1, 3, *canvas)
-    (g,) = letterbox_batch([torch.from_numpy(img).permute(2, 0, 1)], out)
+    (g,) = letterbox_batch([torch.from_numpy(img).permute(2, 0, 1)], out, backend=backend)
     return (out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.int16), g
 
 
@@ -36,6 +36,8 @@ def test_matches_ultralytics_letterbox(hw, rect, rng):
     params = augment.LetterBox((640, 640), auto=rect, stride=32).get_params({"img": img})
     assert (g.top, g.left) == (params["top"], params["left"])
     assert g.resized_hw[::-1] == tuple(params["new_unpad"])
+    exact, _ = ours(img, (640, 640), rect, backend="opencv")  # the CPU path: bit-identical
+    assert np.array_equal(exact, ref)
 
 
 def test_mixed_shapes_use_full_canvas_and_keep_each_geometry(rng):
@@ -43,7 +45,7 @@ def test_mixed_shapes_use_full_canvas_and_keep_each_geometry(rng):
     canvas = canvas_shape([i.shape[:2] for i in imgs], (640, 640), 32, rect=True)
     assert canvas == (640, 640)
     out = torch.empty(3, 3, *canvas)
-    geoms = letterbox_batch([torch.from_numpy(i).permute(2, 0, 1) for i in imgs], out)
+    geoms = letterbox_batch([torch.from_numpy(i).permute(2, 0, 1) for i in imgs], out, backend="torch")
     for img, g, row in zip(imgs, geoms, out):
         ref = augment.LetterBox((640, 640), auto=False)(image=img).astype(np.int16)
         got = (row.permute(1, 2, 0).numpy() * 255).round().astype(np.int16)

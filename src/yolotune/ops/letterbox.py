@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -63,16 +64,22 @@ def canvas_shape(source_hws: list[tuple[int, int]], imgsz: tuple[int, int], stri
     return new_h + (ch - new_h) % stride, new_w + (cw - new_w) % stride
 
 
-def letterbox_batch(images: list[torch.Tensor], out: torch.Tensor, round_pixels: bool = True) -> list[LetterboxGeometry]:
+def letterbox_batch(
+    images: list[torch.Tensor], out: torch.Tensor, round_pixels: bool = True, backend: str = "auto"
+) -> list[LetterboxGeometry]:
     """Letterbox ``images`` (each uint8 [3, h, w], RGB) into ``out[:len(images)]`` scaled to [0, 1].
 
     ``out`` is a preallocated [B, 3, H, W] float buffer (any dtype or memory format) on the images' device.
-    Images of the same size are resized together in one call. ``round_pixels`` rounds the resized values to
-    integers as OpenCV's uint8 resize does, so inputs match Ultralytics' to within one grey level.
+    On CUDA, images of the same size are resized together in one call; ``round_pixels`` rounds the resized values
+    to integers as OpenCV's uint8 resize does, so inputs match Ultralytics' to within one grey level. On the CPU,
+    OpenCV itself does the resize when it is installed (bit-identical to Ultralytics). ``backend`` forces
+    "torch" or "opencv" (CPU only).
     """
     canvas = tuple(out.shape[-2:])
     n = len(images)
     out[:n].fill_(PAD_VALUE / 255.0)
+    if backend == "opencv" or (backend == "auto" and out.device.type == "cpu" and _opencv() is not None):
+        return _letterbox_with_opencv(images, out, canvas)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, img in enumerate(images):
         groups[tuple(img.shape[-2:])].append(i)
@@ -98,6 +105,31 @@ def letterbox_batch(images: list[torch.Tensor], out: torch.Tensor, round_pixels:
         for i in idxs:
             geometries[i] = g
     return geometries  # type: ignore[return-value]
+
+
+def _opencv():
+    try:
+        import cv2
+    except Exception:  # not installed, or a GUI build without its system libraries
+        return None
+    return cv2
+
+
+def _letterbox_with_opencv(images: list[torch.Tensor], out: torch.Tensor, canvas: tuple[int, int]) -> list[LetterboxGeometry]:
+    """CPU path: OpenCV's uint8 bilinear resize is faster than torch's on CPU and is the very function Ultralytics
+    uses, so CPU inputs are bit-identical to Ultralytics'."""
+    cv2 = _opencv()
+    geometries = []
+    for i, img in enumerate(images):
+        g = letterbox_geometry(tuple(img.shape[-2:]), canvas)
+        hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy())
+        if not g.resized_is_identity:
+            hwc = cv2.resize(hwc, g.resized_hw[::-1], interpolation=cv2.INTER_LINEAR)
+        nh, nw = g.resized_hw
+        region = out[i, :, g.top : g.top + nh, g.left : g.left + nw]
+        region.copy_(torch.from_numpy(hwc).permute(2, 0, 1)).mul_(1.0 / 255.0)
+        geometries.append(g)
+    return geometries
 
 
 def geometry_tensor(geometries: list[LetterboxGeometry], batch: int, device: torch.device) -> torch.Tensor:
