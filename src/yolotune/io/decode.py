@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,6 +60,16 @@ def pil_to_rgb_array(im: Image.Image) -> np.ndarray:
     return np.array(im)  # a writable copy: torch refuses to wrap read-only buffers
 
 
+def _pillow_open():
+    """Pillow's own Image.open. Importing Ultralytics replaces it process-wide with a wrapper that, on an unknown
+    format, tries to install and import pi-heif (offline: ModuleNotFoundError); undo that for our decoding."""
+    opener = Image.open
+    module = sys.modules.get(getattr(opener, "__module__", "") or "")
+    if module is not None and module.__name__.startswith("ultralytics"):
+        opener = getattr(module, "_image_open", opener)
+    return opener
+
+
 def decode_with_pil(data: bytes | bytearray) -> np.ndarray:
     """Decode any format Pillow reads, applying EXIF orientation. Raises ValueError with a readable reason."""
     if len(data) == 0:
@@ -66,7 +77,7 @@ def decode_with_pil(data: bytes | bytearray) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with _pillow_open()(io.BytesIO(data)) as im:
                 im.load()
                 try:
                     im = ImageOps.exif_transpose(im)
@@ -79,6 +90,8 @@ def decode_with_pil(data: bytes | bytearray) -> np.ndarray:
         raise ValueError(f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"corrupt or truncated image: {e}") from None
+    except Exception as e:  # a decoder surprise is still a bad input, never a crash
+        raise ValueError(f"cannot decode image: {type(e).__name__}: {e}") from None
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError("image has zero width or height")
     return np.ascontiguousarray(arr)

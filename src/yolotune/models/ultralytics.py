@@ -128,3 +128,14 @@ def _set_class_bias(head: torch.nn.Module, value: float, weight_scale: float = 2
             if getattr(last, "bias", None) is not None:
                 last.weight.data[: head.nc] *= weight_scale
                 last.bias.data[: head.nc] = value
+
+
+def save_ultralytics_checkpoint(model: LoadedModel, path: str | Path) -> Path:
+    """Write an Ultralytics-loadable .pt of a model loaded from .pt/.yaml (e.g. a random-init one for speed work),
+    so Ultralytics and yolotune can be compared on the very same weights."""
+    import ultralytics
+
+    net = model.runnable.model
+    net.args = {"imgsz": model.spec.imgsz[0], "task": "detect"}
+    torch.save({"model": net, "train_args": dict(net.args), "version": ultralytics.__version__}, str(path))
+    return Path(path)

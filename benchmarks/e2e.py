@@ -1,0 +1,251 @@
+"""End to end, side by side in one process on one device: Ultralytics predict vs yolotune.
+
+Sections (argv, default all that fit the device): e2e, latency, nms, cpu.
+- e2e: 512 real-photo JPEGs 1280x720 -> detections, Ultralytics predict (half, batch 1 and 16) vs yolotune,
+  for yolov8n, yolo11n, yolov8m, yolo26n built from their YAML with the same seeded weights on both sides.
+- latency: batch-1 frame in host memory -> boxes in host memory, p50/p99 (yolov8n).
+- nms: 16 images of dense candidates (84x8400, ~18% above 0.25): Ultralytics non_max_suppression vs ours.
+- cpu: yolov8n on the CPU, Ultralytics predict vs yolotune.
+Writes $OUT/e2e.jsonl as it goes and $OUT/e2e_summary.json + $OUT/e2e_summary.md at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import Log, environment, make_photo_jpegs, percentile_ms  # noqa: E402
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+from yolotune import Detector, load_model  # noqa: E402
+from yolotune.models.ultralytics import save_ultralytics_checkpoint  # noqa: E402
+
+BUDGET = float(os.environ.get("BUDGET_S", "400"))
+MODELS = os.environ.get("MODELS", "yolov8n,yolo11n,yolov8m,yolo26n").split(",")
+log = Log("e2e")
+work = Path(tempfile.mkdtemp(prefix="e2e-"))
+
+
+def checkpoint(cfg: str) -> str:
+    path = work / f"{cfg}.pt"
+    if not path.exists():
+        save_ultralytics_checkpoint(load_model(f"{cfg}.yaml", seed=0), path)
+    return str(path)
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_ultralytics(pt: str, source, batch: int, device, half: bool, n: int) -> float:
+    from ultralytics import YOLO
+
+    model = YOLO(pt)
+    for _ in model.predict(source[:2 * batch] if isinstance(source, list) else source, half=half, device=device,
+                           batch=batch, verbose=False, stream=True):
+        pass
+    sync()
+    t = time.perf_counter()
+    count = sum(1 for _ in model.predict(source, half=half, device=device, batch=batch, verbose=False, stream=True))
+    sync()
+    assert count == n, (count, n)
+    return n / (time.perf_counter() - t)
+
+
+def time_ours(pt: str, sources: list[str], batch: int, device: str, repeats: int) -> tuple[float, Detector]:
+    det = Detector(pt, device=device, batch=batch)
+    for _ in det.predict(sources[: batch * 3]):  # capture graphs / warm caches
+        pass
+    det.timings.clear()
+    work_list = sources * repeats
+    t = time.perf_counter()
+    count = sum(1 for _ in det.predict(work_list))
+    rate = count / (time.perf_counter() - t)
+    return rate, det
+
+
+def section_e2e(photos_dir: Path, paths: list[str]):
+    for cfg in MODELS:
+        if log.elapsed() > BUDGET * 0.7:
+            log.emit(section="e2e", model=cfg, skipped="time budget")
+            continue
+        pt = checkpoint(cfg)
+        peer = {}
+        for b in ((1, 16) if cfg == "yolov8n" else (16,)):
+            peer[b] = time_ultralytics(pt, str(photos_dir), b, 0, True, len(paths))
+        best = None
+        for b in (32, 64, 128):
+            rate, det = time_ours(pt, paths, b, "cuda", repeats=4)
+            row = dict(batch=b, images_per_s=round(rate, 1), stages_s={k: round(v.seconds, 3) for k, v in det.timings.items()},
+                       decode=dict(det.decoder.stats), config=det.describe())
+            if best is None or rate > best["images_per_s"]:
+                best = row
+            det.close()
+        log.emit(section="e2e", model=cfg, images=len(paths), repeats=4,
+                 ultralytics_images_per_s={f"batch{b}": round(v, 1) for b, v in peer.items()},
+                 yolotune=best, ratio_vs_ultralytics_b16=round(best["images_per_s"] / peer[16], 1))
+
+
+def section_latency(paths: list[str]):
+    from yolotune.io.decode import decode_with_pil
+
+    pt = checkpoint("yolov8n")
+    frames = [decode_with_pil(Path(p).read_bytes()) for p in paths[:8]]
+    det = Detector(pt, device="cuda", batch=1)
+    for i in range(30):
+        det.detect([frames[i % 8]])
+    samples = []
+    for i in range(300):
+        t = time.perf_counter()
+        det.detect([frames[i % 8]])
+        samples.append(time.perf_counter() - t)
+    from ultralytics import YOLO
+
+    model = YOLO(pt)
+    bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames]
+    for i in range(10):
+        model.predict(bgr[i % 8], half=True, device=0, verbose=False)
+    peer = []
+    for i in range(100):
+        t = time.perf_counter()
+        model.predict(bgr[i % 8], half=True, device=0, verbose=False)
+        peer.append(time.perf_counter() - t)
+    log.emit(section="latency", model="yolov8n", frame="1280x720 RGB uint8 in host memory", batch=1,
+             yolotune_ms={"p50": percentile_ms(samples, 50), "p99": percentile_ms(samples, 99)},
+             ultralytics_ms={"p50": percentile_ms(peer, 50), "p99": percentile_ms(peer, 99)},
+             ratio_p50=round(np.median(peer) / np.median(samples), 1), config=det.describe())
+
+
+def dense_predictions(batch: int = 16, fraction: float = 0.18, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    pred = torch.rand(batch, 84, 8400, device="cuda", generator=g)
+    pred[:, 0:2] *= 640
+    pred[:, 2:4] = pred[:, 2:4] * 120 + 8
+    pred[:, 4:] *= 0.2  # background scores below the threshold
+    hot = torch.rand(batch, 8400, device="cuda", generator=g) < fraction
+    cls = torch.randint(0, 80, (batch, 8400), device="cuda", generator=g)
+    val = 0.25 + 0.75 * torch.rand(batch, 8400, device="cuda", generator=g)
+    pred[:, 4:].scatter_(1, cls[:, None], torch.where(hot, val, pred[:, 4:].gather(1, cls[:, None])[:, 0])[:, None])
+    return pred
+
+
+def cuda_median_ms(fn, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return round(float(np.median(times)), 3)
+
+
+def section_nms():
+    from ultralytics.utils.nms import non_max_suppression
+
+    from yolotune.ops.postprocess import PostprocessConfig, postprocess
+
+    pred = dense_predictions()
+    above = float((pred[:, 4:].amax(1) > 0.25).float().mean())
+    geometry = torch.tensor([[1.0, 1.0, 0.0, 0.0, 640.0, 640.0]] * 16, device="cuda")
+    cfg = PostprocessConfig(conf=0.25, iou=0.7, max_det=300)
+    for _ in range(3):
+        non_max_suppression(pred, 0.25, 0.7, max_det=300)
+        postprocess(pred, geometry, cfg)
+    sync()
+    peer = cuda_median_ms(lambda: non_max_suppression(pred, 0.25, 0.7, max_det=300), 10)
+    eager = cuda_median_ms(lambda: postprocess(pred, geometry, cfg), 50)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        postprocess(pred, geometry, cfg)
+    graphed = cuda_median_ms(graph.replay, 100)
+    ref = non_max_suppression(pred, 0.25, 0.7, max_det=300)
+    dets, counts = postprocess(pred, geometry, cfg)
+    log.emit(section="nms", batch=16, candidates="84x8400", fraction_above_conf=round(above, 3),
+             ultralytics_ms=peer, yolotune_eager_ms=eager, yolotune_cuda_graph_ms=graphed,
+             ratio_vs_ultralytics=round(peer / graphed, 1),
+             kept_per_image_ultralytics=[len(r) for r in ref][:4], kept_per_image_yolotune=counts.tolist()[:4])
+
+
+def section_cpu(paths: list[str]):
+    torch.set_num_threads(os.cpu_count() or 2)
+    pt = checkpoint("yolov8n")
+    n = min(32, len(paths))
+    d = work / "cpu_photos"
+    d.mkdir(exist_ok=True)
+    for p in paths[:n]:
+        (d / Path(p).name).write_bytes(Path(p).read_bytes())
+    peer = {b: time_ultralytics(pt, str(d), b, "cpu", False, n) for b in (1, 8)}
+    torch.set_num_threads(os.cpu_count() or 2)  # Ultralytics lowers torch's threads on small machines
+    ours = {}
+    for b in (1, 8):
+        rate, det = time_ours(pt, paths[:n], b, "cpu", repeats=1)
+        ours[b] = round(rate, 1)
+    log.emit(section="cpu", model="yolov8n", images=n, cores=os.cpu_count(),
+             ultralytics_images_per_s={f"batch{b}": round(v, 1) for b, v in peer.items()},
+             yolotune_images_per_s={f"batch{b}": v for b, v in ours.items()},
+             ratio_best=round(max(ours.values()) / max(peer.values()), 2))
+
+
+def write_summary():
+    env = environment()
+    out = Path(os.environ.get("OUT") or work)
+    (out / "e2e_summary.json").write_text(json.dumps({"environment": env, "rows": log.rows}, indent=2))
+    lines = [f"# End to end, side by side ({env['device']})", "",
+             f"torch {env['torch']}, torchvision {env['torchvision']}, ultralytics {env.get('ultralytics')}, "
+             f"triton {env.get('triton')}, Python {env['python']}, {env['cpu_count']} CPU cores", ""]
+    e2e = [r for r in log.rows if r.get("section") == "e2e" and "yolotune" in r]
+    if e2e:
+        lines += ["| model | Ultralytics b1 img/s | Ultralytics b16 img/s | yolotune img/s (batch) | ratio vs b16 |", "|---|---|---|---|---|"]
+        for r in e2e:
+            u = r["ultralytics_images_per_s"]
+            lines.append(f"| {r['model']} | {u.get('batch1', '')} | {u['batch16']} | {r['yolotune']['images_per_s']} "
+                         f"({r['yolotune']['batch']}) | {r['ratio_vs_ultralytics_b16']}x |")
+        lines.append("")
+    for r in log.rows:
+        if r.get("section") == "latency":
+            lines.append(f"Batch-1 latency, yolov8n, 720p frame host->boxes host: yolotune p50 {r['yolotune_ms']['p50']} ms / "
+                         f"p99 {r['yolotune_ms']['p99']} ms; Ultralytics p50 {r['ultralytics_ms']['p50']} ms ({r['ratio_p50']}x).")
+        if r.get("section") == "nms":
+            lines.append(f"NMS, 16 images of dense candidates ({r['fraction_above_conf']:.0%} above 0.25): Ultralytics "
+                         f"{r['ultralytics_ms']} ms, yolotune {r['yolotune_cuda_graph_ms']} ms in a CUDA graph "
+                         f"({r['yolotune_eager_ms']} ms eager): {r['ratio_vs_ultralytics']}x.")
+        if r.get("section") == "cpu":
+            lines.append(f"CPU ({r['cores']} cores), yolov8n, {r['images']} 720p photos: Ultralytics "
+                         f"{r['ultralytics_images_per_s']} images/s, yolotune {r['yolotune_images_per_s']} ({r['ratio_best']}x best vs best).")
+    (out / "e2e_summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str]) -> None:
+    cuda = torch.cuda.is_available()
+    sections = argv or (["nms", "latency", "e2e"] if cuda else ["cpu"])
+    log.emit(section="env", **environment())
+    photos_dir = work / "photos"
+    paths = make_photo_jpegs(photos_dir, 512 if cuda else 32)
+    log.emit(section="photos", n=len(paths), mean_kb=round(np.mean([Path(p).stat().st_size for p in paths]) / 1024, 1))
+    for s in sections:
+        try:
+            {"e2e": lambda: section_e2e(photos_dir, paths), "latency": lambda: section_latency(paths),
+             "nms": section_nms, "cpu": lambda: section_cpu(paths)}[s]()
+        except Exception as e:  # one failing section must not lose the others
+            import traceback
+
+            log.emit(section=s, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-2000:])
+    write_summary()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
