@@ -48,23 +48,28 @@ def sync():
         torch.cuda.synchronize()
 
 
-def time_ultralytics(pt: str, source, batch: int, device, half: bool, n: int) -> float:
+# yolo26n runs its NMS-free head on both sides (Ultralytics: nms=False; yolotune: end2end=True)
+PEER_ARGS = {"yolo26n": {"nms": False}}
+OUR_ARGS = {"yolo26n": {"end2end": True}}
+
+
+def time_ultralytics(pt: str, source, batch: int, device, half: bool, n: int, **kw) -> float:
     from ultralytics import YOLO
 
     model = YOLO(pt)
     for _ in model.predict(source[:2 * batch] if isinstance(source, list) else source, half=half, device=device,
-                           batch=batch, verbose=False, stream=True):
+                           batch=batch, verbose=False, stream=True, **kw):
         pass
     sync()
     t = time.perf_counter()
-    count = sum(1 for _ in model.predict(source, half=half, device=device, batch=batch, verbose=False, stream=True))
+    count = sum(1 for _ in model.predict(source, half=half, device=device, batch=batch, verbose=False, stream=True, **kw))
     sync()
     assert count == n, (count, n)
     return n / (time.perf_counter() - t)
 
 
-def time_ours(pt: str, sources: list[str], batch: int, device: str, repeats: int) -> tuple[float, Detector]:
-    det = Detector(pt, device=device, batch=batch)
+def time_ours(pt: str, sources: list[str], batch: int, device: str, repeats: int, **kw) -> tuple[float, Detector]:
+    det = Detector(pt, device=device, batch=batch, **kw)
     for _ in det.predict(sources[: batch * 3]):  # capture graphs / warm caches
         pass
     det.timings.clear()
@@ -83,10 +88,10 @@ def section_e2e(photos_dir: Path, paths: list[str]):
         pt = checkpoint(cfg)
         peer = {}
         for b in ((1, 16) if cfg == "yolov8n" else (16,)):
-            peer[b] = time_ultralytics(pt, str(photos_dir), b, 0, True, len(paths))
+            peer[b] = time_ultralytics(pt, str(photos_dir), b, 0, True, len(paths), **PEER_ARGS.get(cfg, {}))
         best = None
         for b in (32, 64, 128):
-            rate, det = time_ours(pt, paths, b, "cuda", repeats=4)
+            rate, det = time_ours(pt, paths, b, "cuda", repeats=4, **OUR_ARGS.get(cfg, {}))
             row = dict(batch=b, images_per_s=round(rate, 1), stages_s={k: round(v.seconds, 3) for k, v in det.timings.items()},
                        decode=dict(det.decoder.stats), config=det.describe())
             if best is None or rate > best["images_per_s"]:
@@ -110,6 +115,18 @@ def section_latency(paths: list[str]):
         t = time.perf_counter()
         det.detect([frames[i % 8]])
         samples.append(time.perf_counter() - t)
+    # breakdown of the one-graph path: host copy into pinned staging, then H2D+letterbox+model+NMS+D2H replay
+    (fb,) = det._frame_buffers.values()
+    copy_s, replay_s = [], []
+    for i in range(200):
+        t = time.perf_counter()
+        np.copyto(fb.staging[0].numpy(), frames[i % 8])
+        copy_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with torch.cuda.stream(det.compute_stream):
+            det._frame_step(fb.staging, fb.frames, fb.inputs, fb.geometry, fb.host_dets, fb.host_counts)
+        det.compute_stream.synchronize()
+        replay_s.append(time.perf_counter() - t)
     from ultralytics import YOLO
 
     model = YOLO(pt)
@@ -124,7 +141,34 @@ def section_latency(paths: list[str]):
     log.emit(section="latency", model="yolov8n", frame="1280x720 RGB uint8 in host memory", batch=1,
              yolotune_ms={"p50": percentile_ms(samples, 50), "p99": percentile_ms(samples, 99)},
              ultralytics_ms={"p50": percentile_ms(peer, 50), "p99": percentile_ms(peer, 99)},
-             ratio_p50=round(np.median(peer) / np.median(samples), 1), config=det.describe())
+             ratio_p50=round(np.median(peer) / np.median(samples), 1),
+             breakdown_p50_ms={"host_copy_to_pinned": percentile_ms(copy_s, 50), "graph_replay_h2d_to_d2h": percentile_ms(replay_s, 50)},
+             config=det.describe())
+
+
+def section_agreement(paths: list[str]):
+    """Measured, not asserted: how many of Ultralytics' boxes ours reproduce on a random-init model, FP16 and FP32."""
+    from ultralytics import YOLO
+
+    from yolotune.models.ultralytics import save_ultralytics_checkpoint as save
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from matching import matched_fraction
+
+    pt = str(save(load_model("yolov8n.yaml", seed=0, class_bias=-2.0), work / "biased.pt"))
+    imgs = paths[:64]
+    for half in (True, False):
+        model = YOLO(pt)
+        ref = []
+        for k in range(0, len(imgs), 16):
+            for r in model.predict(imgs[k : k + 16], half=half, device=0, verbose=False):
+                ref.append((r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy().astype(np.int64)))
+        with Detector(pt, device="cuda", batch=16, half=half) as det:
+            got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(imgs)]
+        frac, total = matched_fraction(ref, got)
+        log.emit(section="agreement", model="yolov8n random-init, class bias -2", precision="fp16" if half else "fp32",
+                 images=len(imgs), ultralytics_boxes=total, matched_fraction=round(frac, 4),
+                 reverse_matched_fraction=round(matched_fraction(got, ref)[0], 4))
 
 
 def dense_predictions(batch: int = 16, fraction: float = 0.18, seed: int = 0) -> torch.Tensor:
@@ -215,9 +259,15 @@ def write_summary():
                          f"({r['yolotune']['batch']}) | {r['ratio_vs_ultralytics_b16']}x |")
         lines.append("")
     for r in log.rows:
+        if "error" in r or "skipped" in r:
+            lines.append(f"{r['section']} {r.get('model', '')}: not measured ({r.get('error') or r.get('skipped')})")
+            continue
         if r.get("section") == "latency":
             lines.append(f"Batch-1 latency, yolov8n, 720p frame host->boxes host: yolotune p50 {r['yolotune_ms']['p50']} ms / "
                          f"p99 {r['yolotune_ms']['p99']} ms; Ultralytics p50 {r['ultralytics_ms']['p50']} ms ({r['ratio_p50']}x).")
+        if r.get("section") == "agreement":
+            lines.append(f"Agreement with Ultralytics predict ({r['model']}, {r['precision']}, {r['images']} photos): "
+                         f"{r['matched_fraction']:.2%} of its {r['ultralytics_boxes']} boxes matched, {r['reverse_matched_fraction']:.2%} back.")
         if r.get("section") == "nms":
             lines.append(f"NMS, 16 images of dense candidates ({r['fraction_above_conf']:.0%} above 0.25): Ultralytics "
                          f"{r['ultralytics_ms']} ms, yolotune {r['yolotune_cuda_graph_ms']} ms in a CUDA graph "
@@ -231,7 +281,7 @@ def write_summary():
 
 def main(argv: list[str]) -> None:
     cuda = torch.cuda.is_available()
-    sections = argv or (["nms", "latency", "e2e"] if cuda else ["cpu"])
+    sections = argv or (["nms", "latency", "agreement", "e2e"] if cuda else ["cpu"])
     log.emit(section="env", **environment())
     photos_dir = work / "photos"
     paths = make_photo_jpegs(photos_dir, 512 if cuda else 32)
@@ -239,7 +289,7 @@ def main(argv: list[str]) -> None:
     for s in sections:
         try:
             {"e2e": lambda: section_e2e(photos_dir, paths), "latency": lambda: section_latency(paths),
-             "nms": section_nms, "cpu": lambda: section_cpu(paths)}[s]()
+             "nms": section_nms, "cpu": lambda: section_cpu(paths), "agreement": lambda: section_agreement(paths)}[s]()
         except Exception as e:  # one failing section must not lose the others
             import traceback
 

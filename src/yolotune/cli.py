@@ -111,6 +111,7 @@ def predict(
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA."),
     workers: Optional[int] = typer.Option(None, help="CPU decode threads."),
     agnostic: bool = typer.Option(False, help="Class-agnostic NMS."),
+    end2end: Optional[bool] = typer.Option(None, "--end2end/--no-end2end", help="NMS-free head of YOLOv10/YOLO26 models (default: as the checkpoint says)."),
     seed: int = typer.Option(0, help="Seed for random weights of .yaml models."),
     class_bias: Optional[float] = typer.Option(None, help="Random-init models only: classification bias (e.g. -4) so they emit boxes."),
     json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
@@ -126,7 +127,7 @@ def predict(
         detector = Detector(
             model, device=device, half=half, batch=batch, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
             rect=rect, cuda_graph=cuda_graph, gpu_decode=gpu_decode, workers=workers, agnostic=agnostic,
-            return_images="images" in formats, seed=seed, class_bias=class_bias,
+            return_images="images" in formats, seed=seed, class_bias=class_bias, end2end=end2end,
         )
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))

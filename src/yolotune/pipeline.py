@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import queue
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from yolotune.io.sources import SourceList, expand_sources
 from yolotune.io.video import iter_video_frames, video_frame_count
 from yolotune.models import LoadedModel, load_model
 from yolotune.ops.nms import triton_available
-from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch
+from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch, letterbox_geometry
 from yolotune.ops.postprocess import PostprocessConfig, postprocess
 from yolotune.types import Detections, ErrorRecord, InputRef, Result, StageTiming
 
@@ -68,6 +70,20 @@ class _Slot:
         return buf
 
 
+class _FrameBuffers:
+    """Static buffers of the one-graph path for in-memory frames of one shape: pinned staging -> device -> outputs."""
+
+    def __init__(self, bucket: int, hw: tuple[int, int], canvas: tuple[int, int], slot: "_Slot", device: torch.device):
+        self.staging = torch.empty(bucket, *hw, 3, dtype=torch.uint8, pin_memory=True)
+        self.frames = torch.empty(bucket, *hw, 3, dtype=torch.uint8, device=device)
+        self.inputs = slot.input(canvas)[:bucket]
+        geometry = letterbox_geometry(hw, canvas)
+        self.geometries = [geometry] * bucket
+        self.geometry = geometry_tensor(self.geometries, bucket, device)
+        self.host_dets = torch.empty(bucket, slot.host_dets.shape[1], 6, dtype=torch.float32, pin_memory=True)
+        self.host_counts = torch.empty(bucket, dtype=torch.int32, pin_memory=True)
+
+
 @dataclass
 class _Batch:
     """One batch between producer and consumer: per input either an ErrorRecord or its row in the slot."""
@@ -82,6 +98,12 @@ class _Batch:
 @dataclass
 class _Failure:
     error: BaseException
+
+
+def _same_shape_arrays(frames: Sequence) -> bool:
+    return all(isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames) and (
+        len({f.shape for f in frames}) == 1
+    )
 
 
 class Detector:
@@ -135,6 +157,8 @@ class Detector:
         self.uses_cuda_graph = cuda and cuda_graph and self.engine.graph_capturable and triton_available()
         modules = [getattr(self.engine, "module")] if self.uses_cuda_graph else []
         self._step = CudaGraphCache(self._detect_step, modules) if self.uses_cuda_graph else self._detect_step
+        self._frame_step = CudaGraphCache(self._frame_detect_step, modules) if self.uses_cuda_graph else None
+        self._frame_buffers: dict[tuple[int, int, int], _FrameBuffers] = {}
         self.buckets = sorted({self.batch} | {1 << i for i in range(self.batch.bit_length()) if (1 << i) < self.batch})
         make_slot = lambda: _Slot(self.batch, max_det, self.device, self.engine.input_dtype, self.engine.channels_last)  # noqa: E731
         self._slots = [make_slot(), make_slot()]
@@ -176,6 +200,15 @@ class Detector:
 
     def _detect_step(self, x: torch.Tensor, geometry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return postprocess(self.engine(x), geometry, self.post)
+
+    def _frame_detect_step(self, fb_staging, fb_frames, fb_inputs, fb_geometry, fb_host_dets, fb_host_counts):
+        """Everything for in-memory frames in one graph: H2D, letterbox, model, NMS, D2H (all static buffers)."""
+        fb_frames.copy_(fb_staging, non_blocking=True)
+        letterbox_batch(list(fb_frames.permute(0, 3, 1, 2)), fb_inputs)
+        dets, counts = self._detect_step(fb_inputs, fb_geometry)
+        fb_host_dets.copy_(dets, non_blocking=True)
+        fb_host_counts.copy_(counts, non_blocking=True)
+        return dets, counts
 
     def _bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
@@ -267,32 +300,50 @@ class Detector:
             return False
 
         stream_ctx = torch.cuda.stream(self.decode_stream) if self.decode_stream is not None else contextlib.nullcontext()
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="yolotune-read")
         try:
             with torch.inference_mode(), stream_ctx:
-                chunk: list = []
-                decodable = 0
-                for ref, payload in self._iter_items(source_list):
-                    chunk.append((ref, payload))
-                    decodable += not isinstance(payload, ErrorRecord)
-                    if decodable >= self.batch:
-                        if not put(self._prepare(chunk, free_slots, stop)):
-                            return
-                        chunk, decodable = [], 0
-                if chunk and not put(self._prepare(chunk, free_slots, stop)):
-                    return
+                ahead: deque[Future] = deque()  # reading of chunk i+1 overlaps decoding of chunk i
+                for chunk in self._chunks(source_list):
+                    ahead.append(reader.submit(self.decoder.load, chunk))
+                    if len(ahead) > 1 and not put(self._prepare(ahead.popleft().result(), free_slots, stop)):
+                        return
+                while ahead:
+                    if not put(self._prepare(ahead.popleft().result(), free_slots, stop)):
+                        return
         except BaseException as e:  # surface programmer errors in the consumer thread
             put(_Failure(e))
             return
+        finally:
+            reader.shutdown(wait=False, cancel_futures=True)
         put(_END)
 
-    def _prepare(self, chunk: list, free_slots: queue.Queue, stop: threading.Event) -> _Batch:
+    def _chunks(self, source_list: SourceList):
+        """Lists of inputs holding ``batch`` decodable items each (error items ride along in their place)."""
+        chunk: list = []
+        decodable = 0
+        for ref, payload in self._iter_items(source_list):
+            chunk.append((ref, payload))
+            decodable += not isinstance(payload, ErrorRecord)
+            if decodable >= self.batch:
+                yield chunk
+                chunk, decodable = [], 0
+        if chunk:
+            yield chunk
+
+    def _prepare(self, loaded: list, free_slots: queue.Queue, stop: threading.Event) -> _Batch:
         t0 = time.perf_counter()
-        decoded = self.decoder.decode(chunk)
+        decoded = self.decoder.decode_loaded(loaded)
         t1 = time.perf_counter()
         images = [d for d in decoded if isinstance(d, DecodedImage)]
         order: list[ErrorRecord | int] = []
+        row = 0
         for d in decoded:
-            order.append(len([o for o in order if isinstance(o, int)]) if isinstance(d, DecodedImage) else d)
+            if isinstance(d, DecodedImage):
+                order.append(row)
+                row += 1
+            else:
+                order.append(d)
         batch = _Batch(order, images, timings={"decode": t1 - t0})
         if not images:
             return batch
@@ -383,6 +434,10 @@ class Detector:
         stream_ctx = torch.cuda.stream(self.compute_stream) if self.compute_stream is not None else contextlib.nullcontext()
         with stream_ctx:
             for start in range(0, len(frames), self.batch):
+                chunk = frames[start : start + self.batch]
+                if self._frame_step is not None and _same_shape_arrays(chunk):
+                    out.extend(self._detect_frames_in_one_graph(chunk, start))
+                    continue
                 images = [
                     DecodedImage(InputRef(f"<frame {start + i}>"), self._to_device(f))
                     for i, f in enumerate(frames[start : start + self.batch])
@@ -395,6 +450,25 @@ class Detector:
                 self._launch(batch)
                 out.extend(self._collect(batch, None))  # type: ignore[arg-type]
         return out
+
+    def _detect_frames_in_one_graph(self, frames: Sequence[np.ndarray], start: int) -> list[Detections]:
+        hw = frames[0].shape[:2]
+        bucket = self._bucket(len(frames))
+        key = (bucket, *hw)
+        fb = self._frame_buffers.get(key)
+        if fb is None:
+            canvas = self._canvas([hw])
+            fb = self._frame_buffers[key] = _FrameBuffers(bucket, hw, canvas, self._direct_slot, self.device)
+        for i, f in enumerate(frames):
+            np.copyto(fb.staging[i].numpy(), f)  # into pinned memory: the graph's H2D copy reads from here
+        self._frame_step(fb.staging, fb.frames, fb.inputs, fb.geometry, fb.host_dets, fb.host_counts)
+        self.compute_stream.synchronize()
+        dets, counts = fb.host_dets.numpy(), fb.host_counts.numpy()
+        names = self.names
+        return [
+            Detections(InputRef(f"<frame {start + i}>"), hw, d[:c, :4].copy(), d[:c, 4].copy(), d[:c, 5].astype(np.int64), names)
+            for i, (d, c) in enumerate(zip(dets[: len(frames)], counts[: len(frames)]))
+        ]
 
     def _to_device(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1) if isinstance(frame, np.ndarray) else frame

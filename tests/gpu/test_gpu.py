@@ -83,13 +83,22 @@ def test_exif_orientation_on_gpu_matches_pillow(tmp_path, rng):
         exif = Image.Exif()
         exif[0x0112] = orientation
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=95, exif=exif)
+        img.save(buf, format="JPEG", quality=95, subsampling=0, exif=exif)  # 4:4:4: no chroma upsampling differences
         (d,) = dec.decode([(InputRef(f"o{orientation}.jpg"), bytearray(buf.getvalue()))])
         ref = decode_with_pil(buf.getvalue()).astype(np.int16)
         got = d.tensor.permute(1, 2, 0).cpu().numpy().astype(np.int16)
         assert got.shape == ref.shape, orientation
         assert np.abs(got - ref).mean() < 2.0, orientation
     assert dec.stats["gpu"] == 8
+
+
+@pytest.fixture
+def exact_fp32():
+    """FP32 without TF32 and with deterministic cuDNN: runs that must agree bit for bit can be compared."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +112,10 @@ def images(tmp_path_factory):
     return [str(p) for p in write_sample_images(d, 8, size=(720, 1280), seed=3)]
 
 
-def test_cuda_graph_equals_eager(checkpoint, images):
+def test_cuda_graph_equals_eager(checkpoint, images, exact_fp32):
     runs = []
     for graph in (True, False):
-        with Detector(str(checkpoint), device="cuda", batch=4, cuda_graph=graph) as det:
+        with Detector(str(checkpoint), device="cuda", batch=4, cuda_graph=graph, half=False) as det:
             assert det.uses_cuda_graph is graph
             runs.append([(r.boxes, r.scores, r.class_ids) for r in det.predict(images)])
     for a, b in zip(*runs):
@@ -114,27 +123,37 @@ def test_cuda_graph_equals_eager(checkpoint, images):
         np.testing.assert_array_equal(a[2], b[2])
 
 
-def test_partial_batches_and_repeated_runs(checkpoint, images):
-    with Detector(str(checkpoint), device="cuda", batch=4) as det:
+def test_partial_batches_and_repeated_runs(checkpoint, images, exact_fp32):
+    with Detector(str(checkpoint), device="cuda", batch=4, half=False) as det:
         first = [len(r) for r in det.predict(images[:7])]  # 4 + 3: the 3 run in the 4-bucket
         second = [len(r) for r in det.predict(images[:7])]
         single = [len(r) for r in det.detect([decode_with_pil(Path(p).read_bytes()) for p in images[:7]])]
     assert first == second == single and sum(first) > 0
 
 
-def test_gpu_matches_ultralytics_predict_half(checkpoint, images):
+def test_gpu_matches_ultralytics_predict(checkpoint, images, exact_fp32):
+    """FP32 on both sides: a random-init network amplifies FP16 rounding too much for box-level agreement (the
+    benchmark reports the FP16 figure); the trained default model makes the FP16 check meaningful."""
     ultralytics = pytest.importorskip("ultralytics")
     model = ultralytics.YOLO(str(checkpoint))
     ref = []
     for k in range(0, len(images), 4):
-        for r in model.predict(images[k : k + 4], device=0, half=True, verbose=False):
+        for r in model.predict(images[k : k + 4], device=0, half=False, verbose=False):
             b = r.boxes
             ref.append((b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(np.int64)))
-    with Detector(str(checkpoint), device="cuda", batch=4, half=True) as det:
+    with Detector(str(checkpoint), device="cuda", batch=4, half=False) as det:
         got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
     frac, total = matched_fraction(ref, got)
-    print(f"GPU FP16 agreement with Ultralytics: {frac:.4f} of {total} boxes")
-    assert total > 100 and frac >= 0.99
+    back, _ = matched_fraction(got, ref)
+    print(f"GPU FP32 agreement with Ultralytics: {frac:.4f} of {total} boxes, {back:.4f} back")
+    assert total > 100 and frac >= 0.99 and back >= 0.99
+
+
+def test_end2end_head_skips_nms():
+    with Detector("yolo26n.yaml", device="cuda", batch=2, end2end=True, class_bias=-2.0) as det:
+        assert det.model.spec.layout == "end2end"
+        out = det.detect([np.full((360, 640, 3), 90, np.uint8), photo_like(np.random.default_rng(0), 360, 640)])
+    assert all(len(r) <= 300 and np.all(np.diff(r.scores) <= 0) for r in out)
 
 
 def test_bad_inputs_on_gpu_path(bad_inputs):

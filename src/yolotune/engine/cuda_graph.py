@@ -10,11 +10,11 @@ from typing import Callable
 
 import torch
 
-StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+StepFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
 class CudaGraphCache:
-    """Runs ``fn(x, geometry)`` from a CUDA graph captured the first time a given (buffer, shape) is seen.
+    """Runs ``fn(*tensors)`` from a CUDA graph captured the first time those static tensors (address, shape) are seen.
 
     Graphs share one memory pool: they replay one at a time on one stream, so intermediates can share memory,
     while each graph's outputs stay distinct (they are alive when the next graph is captured).
@@ -31,26 +31,27 @@ class CudaGraphCache:
         return len(self._graphs)
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, geometry: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        key = (x.data_ptr(), tuple(x.shape), x.dtype, geometry.data_ptr(), tuple(geometry.shape))
+    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        key = tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(x, geometry)
+            entry = self._capture(tensors)
             self._graphs[key] = entry
         graph, outputs, _ = entry
         graph.replay()
         return outputs
 
-    def _capture(self, x: torch.Tensor, geometry: torch.Tensor):
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
+    def _capture(self, tensors: tuple[torch.Tensor, ...]):
+        device = next(t.device for t in tensors if t.is_cuda)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):  # cuDNN autotuning, Triton compilation, lazy buffers (anchors)
-                self.fn(x, geometry)
-        torch.cuda.current_stream(x.device).wait_stream(side)
+                self.fn(*tensors)
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            outputs = self.fn(x, geometry)
+            outputs = self.fn(*tensors)
         # Modules may cache tensors per input shape (Ultralytics' anchors) and replace them when the shape
         # changes; the graph reads them by address, so keep this capture's tensors alive with the graph.
         keepalive = [v for m in self.modules for mod in m.modules() for v in vars(mod).values() if isinstance(v, torch.Tensor)]

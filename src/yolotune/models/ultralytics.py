@@ -43,13 +43,17 @@ def _import_yolo():
 
 
 @register_loader(".pt", ".yaml")
-def load_ultralytics(path: str, seed: int = 0, class_bias: float | None = None, **_: object) -> LoadedModel:
+def load_ultralytics(
+    path: str, seed: int = 0, class_bias: float | None = None, end2end: bool | None = None, **_: object
+) -> LoadedModel:
     """Load an Ultralytics detection model.
 
     A .yaml builds the architecture with random weights drawn from ``seed`` (for speed work: speed does not depend
     on weights). Ultralytics' built-in config names such as ``yolov8n.yaml`` resolve without a file on disk.
     ``class_bias`` overwrites the classification biases of the Detect head: a random-init model then scores many
     anchors above the threshold, which makes NMS and agreement checks meaningful without trained weights.
+    ``end2end``: for heads with an NMS-free one-to-one branch (YOLOv10, YOLO26), True selects it (output
+    [B, max_det, 6], no NMS), False the one-to-many branch + NMS; None keeps the checkpoint's choice.
     """
     suffix = Path(path).suffix.lower()
     if suffix == ".pt" and not Path(path).is_file():
@@ -70,6 +74,11 @@ def load_ultralytics(path: str, seed: int = 0, class_bias: float | None = None, 
         _calibrate_batchnorm(model, seed)
     if class_bias is not None:
         _set_class_bias(head, class_bias)
+    if end2end is not None:
+        if end2end and getattr(head, "one2one_cv2", None) is None:
+            raise ModelLoadError(f"{path}: has no NMS-free (one-to-one) head; end2end=True is not available")
+        if hasattr(head, "one2one_cv2"):
+            head.end2end = end2end
     end2end = bool(getattr(head, "end2end", False))
     args = getattr(model, "args", {}) or {}
     imgsz = args.get("imgsz", 640) if isinstance(args, dict) else 640

@@ -34,8 +34,9 @@ def boxes_to_original(boxes: torch.Tensor, geometry: torch.Tensor) -> torch.Tens
     ``geometry`` is [B, 6]: gain x, gain y, left, top, source height, source width (see ``geometry_tensor``).
     Same arithmetic as Ultralytics' ``scale_boxes``: subtract the padding, divide by the per-axis gain.
     """
-    gain = geometry[:, None, [0, 1, 0, 1]]
-    offset = geometry[:, None, [2, 3, 2, 3]]  # left, top, left, top
+    # Slices only: list indexing would build a CPU index tensor, which CUDA graph capture forbids.
+    gain = geometry[:, None, 0:2].repeat(1, 1, 2)  # gx, gy, gx, gy
+    offset = geometry[:, None, 2:4].repeat(1, 1, 2)  # left, top, left, top
     out = (boxes - offset) / gain
-    limit = geometry[:, None, [5, 4, 5, 4]]  # w, h, w, h
+    limit = geometry[:, None, 4:6].flip(-1).repeat(1, 1, 2)  # w, h, w, h
     return torch.minimum(out.clamp(min=0), limit)
