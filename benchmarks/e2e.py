@@ -115,18 +115,45 @@ def section_latency(paths: list[str]):
         t = time.perf_counter()
         det.detect([frames[i % 8]])
         samples.append(time.perf_counter() - t)
-    # breakdown of the one-graph path: host copy into pinned staging, then H2D+letterbox+model+NMS+D2H replay
+    # breakdown of the one-graph path: upload (two ways) then letterbox+model+NMS+D2H replay
     (fb,) = det._frame_buffers.values()
-    copy_s, replay_s = [], []
-    for i in range(200):
-        t = time.perf_counter()
-        np.copyto(fb.staging[0].numpy(), frames[i % 8])
-        copy_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        with torch.cuda.stream(det.compute_stream):
-            det._frame_step(fb.staging, fb.frames, fb.inputs, fb.geometry, fb.host_dets, fb.host_counts)
-        det.compute_stream.synchronize()
-        replay_s.append(time.perf_counter() - t)
+    breakdown = {}
+    for mode in ("pageable", "pinned"):
+        det.frame_upload = mode
+        up, replay, total = [], [], []
+        with torch.cuda.stream(det.compute_stream), torch.inference_mode():
+            for i in range(200):
+                t0 = time.perf_counter()
+                det._upload_frames([frames[i % 8]], fb)
+                det.compute_stream.synchronize()
+                t1 = time.perf_counter()
+                det._frame_step(fb.frames, fb.inputs, fb.geometry, fb.host_dets, fb.host_counts)
+                det.compute_stream.synchronize()
+                t2 = time.perf_counter()
+                det.detect([frames[i % 8]])
+                total.append(time.perf_counter() - t2)
+                up.append(t1 - t0)
+                replay.append(t2 - t1)
+        breakdown[mode] = {"upload": percentile_ms(up, 50), "graph_replay": percentile_ms(replay, 50),
+                           "detect_p50": percentile_ms(total, 50), "detect_p99": percentile_ms(total, 99)}
+    det.frame_upload = "pinned"
+    # model-only graph replay at batch 1 on the same canvas, both memory formats
+    model_only = {}
+    canvas = fb.inputs.shape[-2:]
+    for channels_last in (True, False):
+        m = load_model(pt).runnable
+        m.model.fuse(verbose=False)
+        m = m.cuda().half().eval()
+        x = torch.rand(1, 3, *canvas, device="cuda", dtype=torch.half)
+        if channels_last:
+            m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            for _ in range(3):
+                m(x)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                m(x)
+            model_only["channels_last" if channels_last else "contiguous"] = cuda_median_ms(g.replay, 200)
     from ultralytics import YOLO
 
     model = YOLO(pt)
@@ -142,7 +169,7 @@ def section_latency(paths: list[str]):
              yolotune_ms={"p50": percentile_ms(samples, 50), "p99": percentile_ms(samples, 99)},
              ultralytics_ms={"p50": percentile_ms(peer, 50), "p99": percentile_ms(peer, 99)},
              ratio_p50=round(np.median(peer) / np.median(samples), 1),
-             breakdown_p50_ms={"host_copy_to_pinned": percentile_ms(copy_s, 50), "graph_replay_h2d_to_d2h": percentile_ms(replay_s, 50)},
+             breakdown_ms=breakdown, model_only_graph_ms=model_only,
              config=det.describe())
 
 
@@ -155,20 +182,22 @@ def section_agreement(paths: list[str]):
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     from matching import matched_fraction
 
-    pt = str(save(load_model("yolov8n.yaml", seed=0, class_bias=-2.0), work / "biased.pt"))
     imgs = paths[:64]
-    for half in (True, False):
-        model = YOLO(pt)
-        ref = []
-        for k in range(0, len(imgs), 16):
-            for r in model.predict(imgs[k : k + 16], half=half, device=0, verbose=False):
-                ref.append((r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy().astype(np.int64)))
-        with Detector(pt, device="cuda", batch=16, half=half) as det:
-            got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(imgs)]
-        frac, total = matched_fraction(ref, got)
-        log.emit(section="agreement", model="yolov8n random-init, class bias -2", precision="fp16" if half else "fp32",
-                 images=len(imgs), ultralytics_boxes=total, matched_fraction=round(frac, 4),
-                 reverse_matched_fraction=round(matched_fraction(got, ref)[0], 4))
+    for bias in (-2.0, -4.0):
+        pt = str(save(load_model("yolov8n.yaml", seed=0, class_bias=bias), work / f"biased{bias}.pt"))
+        for half in (True, False):
+            model = YOLO(pt)
+            ref = []
+            for k in range(0, len(imgs), 16):
+                for r in model.predict(imgs[k : k + 16], half=half, device=0, verbose=False):
+                    ref.append((r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy().astype(np.int64)))
+            for preprocess in ("gpu", "cpu"):
+                with Detector(pt, device="cuda", batch=16, half=half, preprocess=preprocess) as det:
+                    got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(imgs)]
+                frac, total = matched_fraction(ref, got)
+                log.emit(section="agreement", model=f"yolov8n random-init, class bias {bias}", precision="fp16" if half else "fp32",
+                         decode="nvjpeg + device letterbox" if preprocess == "gpu" else "cpu (pillow + opencv)", images=len(imgs), ultralytics_boxes=total,
+                         matched_fraction=round(frac, 4), reverse_matched_fraction=round(matched_fraction(got, ref)[0], 4))
 
 
 def dense_predictions(batch: int = 16, fraction: float = 0.18, seed: int = 0) -> torch.Tensor:
@@ -266,7 +295,7 @@ def write_summary():
             lines.append(f"Batch-1 latency, yolov8n, 720p frame host->boxes host: yolotune p50 {r['yolotune_ms']['p50']} ms / "
                          f"p99 {r['yolotune_ms']['p99']} ms; Ultralytics p50 {r['ultralytics_ms']['p50']} ms ({r['ratio_p50']}x).")
         if r.get("section") == "agreement":
-            lines.append(f"Agreement with Ultralytics predict ({r['model']}, {r['precision']}, {r['images']} photos): "
+            lines.append(f"Agreement with Ultralytics predict ({r['model']}, {r['precision']}, {r['decode']} decode, {r['images']} photos): "
                          f"{r['matched_fraction']:.2%} of its {r['ultralytics_boxes']} boxes matched, {r['reverse_matched_fraction']:.2%} back.")
         if r.get("section") == "nms":
             lines.append(f"NMS, 16 images of dense candidates ({r['fraction_above_conf']:.0%} above 0.25): Ultralytics "

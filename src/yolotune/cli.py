@@ -109,6 +109,7 @@ def predict(
     rect: bool = typer.Option(True, "--rect/--no-rect", help="Minimal stride padding for same-size batches."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs."),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA."),
+    preprocess: str = typer.Option("auto", help="Where to decode + letterbox: gpu (nvJPEG, batched on the device), cpu (threads; Ultralytics-identical pixels), auto."),
     workers: Optional[int] = typer.Option(None, help="CPU decode threads."),
     agnostic: bool = typer.Option(False, help="Class-agnostic NMS."),
     end2end: Optional[bool] = typer.Option(None, "--end2end/--no-end2end", help="NMS-free head of YOLOv10/YOLO26 models (default: as the checkpoint says)."),
@@ -126,7 +127,7 @@ def predict(
     try:
         detector = Detector(
             model, device=device, half=half, batch=batch, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
-            rect=rect, cuda_graph=cuda_graph, gpu_decode=gpu_decode, workers=workers, agnostic=agnostic,
+            rect=rect, cuda_graph=cuda_graph, gpu_decode=gpu_decode, preprocess=preprocess, workers=workers, agnostic=agnostic,
             return_images="images" in formats, seed=seed, class_bias=class_bias, end2end=end2end,
         )
     except (ModelLoadError, ValueError) as e:

@@ -125,28 +125,42 @@ def test_cuda_graph_equals_eager(checkpoint, images, exact_fp32):
 
 def test_partial_batches_and_repeated_runs(checkpoint, images, exact_fp32):
     with Detector(str(checkpoint), device="cuda", batch=4, half=False) as det:
-        first = [len(r) for r in det.predict(images[:7])]  # 4 + 3: the 3 run in the 4-bucket
-        second = [len(r) for r in det.predict(images[:7])]
-        single = [len(r) for r in det.detect([decode_with_pil(Path(p).read_bytes()) for p in images[:7]])]
-    assert first == second == single and sum(first) > 0
+        first = [(r.boxes, r.class_ids) for r in det.predict(images[:7])]  # 4 + 3: the 3 run in the 4-bucket
+        second = [(r.boxes, r.class_ids) for r in det.predict(images[:7])]
+        # the in-memory path on the very pixels the GPU decoder produced
+        pixels = [d.tensor.permute(1, 2, 0).cpu().numpy() for d in det.decoder.decode([(InputRef(p), None) for p in images[:7]])]
+        direct = [(r.boxes, r.class_ids) for r in det.detect(pixels)]
+    assert sum(len(c) for _, c in first) > 0
+    for a, b, c in zip(first, second, direct):
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], c[1])
+        np.testing.assert_allclose(a[0], c[0], atol=1e-3)
 
 
-def test_gpu_matches_ultralytics_predict(checkpoint, images, exact_fp32):
-    """FP32 on both sides: a random-init network amplifies FP16 rounding too much for box-level agreement (the
-    benchmark reports the FP16 figure); the trained default model makes the FP16 check meaningful."""
+@pytest.mark.parametrize("half", [False, True])
+def test_gpu_matches_ultralytics_predict(checkpoint, images, half):
+    """Ultralytics-identical input pixels (preprocess="cpu"), model and NMS on the GPU, >= 99% of boxes matched.
+
+    The default GPU input path (nvJPEG, device letterbox) differs from libjpeg/OpenCV by a grey level or two, which
+    a random-init network turns into different boxes; benchmarks/e2e.py reports that agreement as a measurement,
+    and the trained default model makes it checkable."""
     ultralytics = pytest.importorskip("ultralytics")
     model = ultralytics.YOLO(str(checkpoint))
     ref = []
     for k in range(0, len(images), 4):
-        for r in model.predict(images[k : k + 4], device=0, half=False, verbose=False):
+        for r in model.predict(images[k : k + 4], device=0, half=half, verbose=False):
             b = r.boxes
             ref.append((b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), b.cls.cpu().numpy().astype(np.int64)))
-    with Detector(str(checkpoint), device="cuda", batch=4, half=False) as det:
+    with Detector(str(checkpoint), device="cuda", batch=4, half=half, preprocess="cpu") as det:
         got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
     frac, total = matched_fraction(ref, got)
     back, _ = matched_fraction(got, ref)
-    print(f"GPU FP32 agreement with Ultralytics: {frac:.4f} of {total} boxes, {back:.4f} back")
-    assert total > 100 and frac >= 0.99 and back >= 0.99
+    print(f"GPU agreement with Ultralytics (half={half}): {frac:.4f} of {total} boxes, {back:.4f} back")
+    # FP16 rounding alone (different cuDNN kernels on each side) flips about 1% of a random-init network's boxes
+    # (measured 98.5-99.3%); the trained default model of issue 3 holds FP16 to the 0.99 bar as well.
+    bound = 0.97 if half else 0.99
+    assert total > 100 and frac >= bound and back >= bound
 
 
 def test_end2end_head_skips_nms():

@@ -65,13 +65,16 @@ def load_onnx(path: str, providers: list[str] | None = None, threads: int | None
         kind = " (looks like a classification model)" if len(out_shapes[0]) == 2 else ""
         raise ModelLoadError(f"{path}: expected a rank-3 detection output, found shape {out_shapes[0]}{kind}")
     names = _parse_names(meta.get("names"))
+    in_shape = inputs[0].shape
+    out_shape = out_shapes[0]
+    if any(_dim(d) is None for d in out_shape[1:]):
+        out_shape = _probe_output_shape(session, in_shape, _parse_imgsz(meta.get("imgsz")), path)
     try:
-        layout, nc = detect_layout(out_shapes[0], meta, len(names) if names else None)
+        layout, nc = detect_layout(out_shape, meta, len(names) if names else None)
     except ValueError as e:
         raise ModelLoadError(f"{path}: {e}") from e
     if not names:
         names = {i: str(i) for i in range(nc or 0)}
-    in_shape = inputs[0].shape
     fixed_hw = (_dim(in_shape[2]), _dim(in_shape[3]))
     fixed_hw = fixed_hw if None not in fixed_hw else None
     imgsz = _parse_imgsz(meta.get("imgsz")) or fixed_hw or (640, 640)
@@ -85,9 +88,24 @@ def load_onnx(path: str, providers: list[str] | None = None, threads: int | None
         fixed_batch=_dim(in_shape[0]),
         fixed_hw=fixed_hw,
         input_dtype="float16" if "float16" in inputs[0].type else "float32",
-        extra={"input_name": inputs[0].name, "output_shape": out_shapes[0], "metadata": meta},
+        extra={"input_name": inputs[0].name, "output_shape": list(out_shape), "metadata": meta},
     )
     return LoadedModel(spec=spec, runnable=session)
+
+
+def _probe_output_shape(session, in_shape: list, imgsz: tuple[int, int] | None, path: str) -> list:
+    """Concrete output shape from one dummy run, for exports whose output dims are symbolic."""
+    import numpy as np
+
+    b = _dim(in_shape[0]) or 1
+    h = _dim(in_shape[2]) or (imgsz or (640, 640))[0]
+    w = _dim(in_shape[3]) or (imgsz or (640, 640))[1]
+    dtype = np.float16 if "float16" in session.get_inputs()[0].type else np.float32
+    try:
+        out = session.run(None, {session.get_inputs()[0].name: np.zeros((b, 3, h, w), dtype)})[0]
+    except Exception as e:
+        raise ModelLoadError(f"{path}: could not run a {h}x{w} test input to learn its output shape ({str(e)[:200]})") from e
+    return list(out.shape)
 
 
 def _parse_names(text: str | None) -> dict[int, str]:

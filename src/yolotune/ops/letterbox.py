@@ -77,15 +77,16 @@ def letterbox_batch(
     """
     canvas = tuple(out.shape[-2:])
     n = len(images)
-    out[:n].fill_(PAD_VALUE / 255.0)
+    scale = 1.0 if out.dtype == torch.uint8 else 1.0 / 255.0  # a uint8 buffer keeps raw pixel values
+    out[:n].fill_(PAD_VALUE * scale)
     if backend == "opencv" or (backend == "auto" and out.device.type == "cpu" and _opencv() is not None):
-        return _letterbox_with_opencv(images, out, canvas)
+        return _letterbox_with_opencv(images, out, canvas, scale)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, img in enumerate(images):
         groups[tuple(img.shape[-2:])].append(i)
     geometries: list[LetterboxGeometry | None] = [None] * n
     # Half precision is exact for 0..255 and plenty for interpolated pixels; CPU kernels want float32.
-    work_dtype = out.dtype if out.device.type == "cuda" else torch.float32
+    work_dtype = out.dtype if out.device.type == "cuda" and out.dtype != torch.uint8 else torch.float32
     for hw, idxs in groups.items():
         g = letterbox_geometry(hw, canvas)
         x = images[idxs[0]][None] if len(idxs) == 1 else torch.stack([images[i] for i in idxs])
@@ -94,7 +95,8 @@ def letterbox_batch(
             x = F.interpolate(x, size=g.resized_hw, mode="bilinear", align_corners=False)
             if round_pixels:
                 x = x.round_()
-        x = x.mul_(1.0 / 255.0)
+        if scale != 1.0:
+            x = x.mul_(scale)
         nh, nw = g.resized_hw
         region = (slice(g.top, g.top + nh), slice(g.left, g.left + nw))
         if idxs == list(range(idxs[0], idxs[0] + len(idxs))):
@@ -115,7 +117,9 @@ def _opencv():
     return cv2
 
 
-def _letterbox_with_opencv(images: list[torch.Tensor], out: torch.Tensor, canvas: tuple[int, int]) -> list[LetterboxGeometry]:
+def _letterbox_with_opencv(
+    images: list[torch.Tensor], out: torch.Tensor, canvas: tuple[int, int], scale: float
+) -> list[LetterboxGeometry]:
     """CPU path: OpenCV's uint8 bilinear resize is faster than torch's on CPU and is the very function Ultralytics
     uses, so CPU inputs are bit-identical to Ultralytics'."""
     cv2 = _opencv()
@@ -127,7 +131,9 @@ def _letterbox_with_opencv(images: list[torch.Tensor], out: torch.Tensor, canvas
             hwc = cv2.resize(hwc, g.resized_hw[::-1], interpolation=cv2.INTER_LINEAR)
         nh, nw = g.resized_hw
         region = out[i, :, g.top : g.top + nh, g.left : g.left + nw]
-        region.copy_(torch.from_numpy(hwc).permute(2, 0, 1)).mul_(1.0 / 255.0)
+        region.copy_(torch.from_numpy(hwc).permute(2, 0, 1))
+        if scale != 1.0:
+            region.mul_(scale)
         geometries.append(g)
     return geometries
 

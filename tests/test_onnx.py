@@ -1,0 +1,97 @@
+"""ONNX exports: layouts detected from shapes and metadata, clear errors for other tasks, same boxes as PyTorch."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from yolotune import Detector, ModelLoadError, load_model
+from yolotune.data.samples import write_sample_images
+from yolotune.models.export import export_onnx
+
+from matching import matched_fraction
+
+
+def constant_model(path, outputs: dict[str, np.ndarray], input_shape=(1, 3, 64, 64), metadata=None):
+    """An ONNX model that ignores its image input and returns fixed tensors."""
+    nodes, outs = [], []
+    for name, value in outputs.items():
+        nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value.astype(np.float32))))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape)))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, list(input_shape))], outs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in (metadata or {}).items():
+        e = model.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_layouts_detected(tmp_path):
+    v8 = constant_model(tmp_path / "v8.onnx", {"out": np.zeros((1, 7, 500))})
+    v5 = constant_model(tmp_path / "v5.onnx", {"out": np.zeros((1, 500, 8))})
+    e2e = constant_model(tmp_path / "e2e.onnx", {"out": np.zeros((1, 300, 6))})
+    assert (load_model(v8).spec.layout, load_model(v8).spec.num_classes) == ("v8", 3)
+    assert (load_model(v5).spec.layout, load_model(v5).spec.num_classes) == ("v5", 3)
+    assert load_model(e2e).spec.layout == "end2end"
+    meta = constant_model(tmp_path / "m.onnx", {"out": np.zeros((1, 300, 6))},
+                          metadata={"names": "{0: 'cat', 1: 'dog'}", "stride": "32", "imgsz": "[64, 64]", "task": "detect"})
+    spec = load_model(meta).spec
+    assert spec.names == {0: "cat", 1: "dog"} and spec.fixed_hw == (64, 64) and spec.fixed_batch == 1
+
+
+@pytest.mark.parametrize(
+    "outputs,input_shape,metadata,message",
+    [
+        ({"logits": np.zeros((1, 1000))}, (1, 3, 64, 64), None, "classification"),
+        ({"out": np.zeros((1, 116, 500)), "protos": np.zeros((1, 32, 16, 16))}, (1, 3, 64, 64), None, "segmentation"),
+        ({"out": np.zeros((1, 7, 500))}, (1, 3, 64), None, "expected one image input"),
+        ({"out": np.zeros((1, 7, 500))}, (1, 3, 64, 64), {"task": "pose"}, "'pose' model"),
+    ],
+)
+def test_clear_errors_for_non_detection_models(tmp_path, outputs, input_shape, metadata, message):
+    path = constant_model(tmp_path / "bad.onnx", outputs, input_shape, metadata)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(path)
+    assert message in str(e.value) and "bad.onnx" in str(e.value)
+
+
+def test_garbage_onnx_file(tmp_path):
+    p = tmp_path / "garbage.onnx"
+    p.write_bytes(b"\x08\x07 not a protobuf")
+    with pytest.raises(ModelLoadError, match="garbage.onnx"):
+        load_model(str(p))
+
+
+def test_v5_and_end2end_outputs_decode_to_source_pixels(tmp_path):
+    """Known outputs on a 64x64 canvas map back to a 128x128 image (gain 0.5, no padding)."""
+    v5 = np.zeros((1, 500, 8), np.float32)
+    v5[0, 0] = [32, 32, 20, 10, 0.9, 0.1, 0.9, 0.2]  # xywh, objectness, 3 class scores -> class 1, score 0.81
+    v5[0, 1] = [10, 10, 4, 4, 0.2, 1.0, 0.0, 0.0]  # score 0.2: below the threshold
+    e2e = np.zeros((1, 300, 6), np.float32)
+    e2e[0, 0] = [22, 27, 42, 37, 0.8, 2]
+    e2e[0, 1] = [0, 0, 8, 8, 0.1, 1]
+    for name, out in (("v5", v5), ("e2e", e2e)):
+        path = constant_model(tmp_path / f"{name}.onnx", {"out": out}, metadata={"imgsz": "[64, 64]"})
+        with Detector(path, device="cpu", batch=1) as det:
+            (r,) = det.detect([np.zeros((128, 128, 3), np.uint8)])
+        assert len(r) == 1, name
+        np.testing.assert_allclose(r.boxes[0], [44, 54, 84, 74], atol=1e-4)
+        assert r.class_ids[0] == (1 if name == "v5" else 2)
+        assert abs(r.scores[0] - (0.81 if name == "v5" else 0.8)) < 1e-5
+
+
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_exported_model_matches_pytorch(tmp_path, dynamic_batch):
+    images = [str(p) for p in write_sample_images(tmp_path / "imgs", 3, size=(480, 640), seed=11)]
+    path = export_onnx(load_model("yolov8n.yaml", class_bias=-2.0), tmp_path / "v8n.onnx", imgsz=(640, 640), dynamic_batch=dynamic_batch)
+    spec = load_model(str(path)).spec
+    assert spec.layout == "v8" and spec.num_classes == 80 and spec.fixed_batch == (None if dynamic_batch else 1)
+    with Detector(str(path), device="cpu", batch=2) as det:
+        assert det.engine.name == "onnxruntime" and not det.rect  # a static 640x640 export takes square inputs
+        got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
+    with Detector("yolov8n.yaml", device="cpu", batch=2, class_bias=-2.0, rect=False) as det:
+        ref = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
+    frac, total = matched_fraction(ref, got)
+    assert total > 50 and frac >= 0.99

@@ -1,0 +1,80 @@
+"""Sinks (JSONL, COCO, annotated images), video inputs, the in-memory API and NMS-free heads, on the CPU."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from yolotune import Detections, Detector, ErrorRecord
+from yolotune.cli import app
+from yolotune.data.samples import photo_like, write_sample_images, write_sample_video
+
+
+@pytest.fixture(scope="module")
+def detector():
+    with Detector("yolov8n.yaml", device="cpu", batch=4, class_bias=-2.0, return_images=True) as det:
+        yield det
+
+
+def test_cli_writes_jsonl_coco_and_images(tmp_path):
+    imgs = write_sample_images(tmp_path / "in", 3, size=(240, 320), seed=2)
+    (tmp_path / "in" / "000000000139.jpg").write_bytes(imgs[0].read_bytes())  # COCO-style numeric name
+    res = CliRunner().invoke(app, ["predict", "yolov8n.yaml", str(tmp_path / "in"), "--device", "cpu", "--class-bias", "-2",
+                                   "--out", str(tmp_path / "out"), "-f", "jsonl", "-f", "coco", "-f", "images", "--json"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in (tmp_path / "out" / "detections.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(line["ok"] for line in lines)
+    first = lines[0]["detections"][0]
+    assert set(first) == {"box", "score", "class_id", "class_name"} and len(first["box"]) == 4
+    coco = json.loads((tmp_path / "out" / "coco_results.json").read_text())
+    images = json.loads((tmp_path / "out" / "coco_images.json").read_text())
+    assert {i["id"] for i in images} >= {139}
+    assert len(coco) == sum(len(line["detections"]) for line in lines)
+    x, y, w, h = coco[0]["bbox"]
+    assert w > 0 and h > 0 and set(coco[0]) == {"image_id", "category_id", "bbox", "score"}
+    drawn = sorted((tmp_path / "out" / "images").iterdir())
+    assert len(drawn) == 4 and Image.open(drawn[0]).size == (320, 240)
+
+
+def test_video_frames_come_back_in_order(tmp_path, detector):
+    clip = write_sample_video(tmp_path / "clip.mp4", frames=10, size=(120, 160))
+    results = list(detector.predict([clip]))
+    assert [r.source.frame for r in results] == list(range(10))
+    assert all(isinstance(r, Detections) and r.image_size == (120, 160) for r in results)
+
+
+def test_corrupt_and_truncated_videos_are_reported_and_others_continue(tmp_path, detector):
+    good = write_sample_video(tmp_path / "good.mp4", frames=6, size=(120, 160))
+    data = good.read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.mp4").write_bytes(b"\x00" * 4096)
+    results = list(detector.predict([tmp_path / "garbage.mp4", tmp_path / "truncated.mp4", good]))
+    errors = [r for r in results if isinstance(r, ErrorRecord)]
+    assert errors and errors[0].source.path.endswith("garbage.mp4") and "cannot open video" in errors[0].reason
+    assert [r.source.frame for r in results if r.ok and r.source.path == str(good)] == list(range(6))
+
+
+def test_detect_in_memory_frames_equals_predict_on_the_same_pixels(tmp_path, detector):
+    paths = write_sample_images(tmp_path, 3, size=(200, 300), seed=9, quality=100)
+    from yolotune.io.decode import decode_with_pil
+
+    frames = [decode_with_pil(p.read_bytes()) for p in paths]
+    direct = detector.detect(frames)
+    via_files = list(detector.predict(paths))
+    for a, b in zip(direct, via_files):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+        np.testing.assert_array_equal(a.class_ids, b.class_ids)
+    assert sum(len(r) for r in direct) > 0
+    assert direct[0].to_dict()["detections"][0]["class_name"] == detector.names[int(direct[0].class_ids[0])]
+
+
+def test_nms_free_head_on_cpu(rng):
+    with Detector("yolo26n.yaml", device="cpu", batch=2, end2end=True, class_bias=0.0, max_det=100) as det:
+        assert det.model.spec.layout == "end2end"
+        out = det.detect([photo_like(rng, 240, 320), photo_like(rng, 240, 320)])
+    assert all(0 < len(r) <= 100 for r in out)
+    assert all(np.all(np.diff(r.scores) <= 0) for r in out)
+    with pytest.raises(Exception, match="no NMS-free"):
+        Detector("yolov8n.yaml", device="cpu", end2end=True)

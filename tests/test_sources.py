@@ -1,0 +1,40 @@
+"""Source expansion: files, directories, globs, list files, videos; nothing named disappears."""
+
+from yolotune.io.sources import expand_sources
+
+
+def touch(p, data=b"x"):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def test_directory_natural_order_skips_non_media_and_flags_media_named_dirs(tmp_path):
+    for name in ("img10.jpg", "img2.JPG", "img1.png", "clip.mp4", "notes.txt"):
+        touch(tmp_path / name)
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "sub").mkdir()
+    out = expand_sources([tmp_path])
+    names = [(i.path.split("/")[-1], i.kind) for i in out.items]
+    assert names == [("clip.mp4", "video"), ("folder.jpg", "error"), ("img1.png", "image"), ("img2.JPG", "image"), ("img10.jpg", "image")]
+    assert out.skipped == [str(tmp_path / "notes.txt")]
+
+
+def test_globs_lists_and_missing(tmp_path):
+    a = touch(tmp_path / "a" / "x1.jpg")
+    b = touch(tmp_path / "a" / "deep" / "x2.jpg")
+    lst = tmp_path / "inputs.txt"
+    lst.write_text(f"# comment\n\n{a}\na/deep/x2.jpg\nmissing.jpg\n")  # relative entries resolve against the list
+    out = expand_sources([str(tmp_path / "**" / "*.jpg"), str(tmp_path / "*.nothing"), lst, tmp_path / "gone.png"])
+    got = [(i.path, i.kind, i.error) for i in out.items]
+    assert got[:2] == [(str(b), "image", None), (str(a), "image", None)]  # glob matches in sorted path order
+    assert got[2] == (str(tmp_path / "*.nothing"), "error", "glob pattern matched no files")
+    assert got[3] == (str(a), "image", None)
+    assert got[4] == (str(tmp_path / "a/deep/x2.jpg"), "image", None)
+    assert got[5][1:] == ("error", "no such file or directory") and got[5][0] == "missing.jpg"
+    assert got[6] == (str(tmp_path / "gone.png"), "error", "no such file or directory")
+
+
+def test_explicit_file_with_unknown_suffix_is_an_image_to_sniff(tmp_path):
+    f = touch(tmp_path / "photo.data")
+    assert [(i.kind) for i in expand_sources([f]).items] == ["image"]
