@@ -131,3 +131,29 @@ def test_triton_kernels_match_torchvision_in_interpreter():
     script = _TRITON_SCRIPT.format(tests=str(Path(__file__).parent))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert "triton-interpreter-ok" in proc.stdout, proc.stderr[-3000:]
+
+
+_FINALIZE_SCRIPT = r"""
+import torch
+from yolotune.ops.postprocess import finalize
+g = torch.Generator().manual_seed(0)
+B, K, M = 3, 50, 20
+boxes = torch.rand(B, K, 4, generator=g) * 640
+scores = torch.rand(B, K, generator=g)
+classes = torch.randint(0, 80, (B, K), generator=g)
+keep = torch.randint(0, K, (B, M), generator=g)
+kept = torch.tensor([0, 7, 20], dtype=torch.int32)
+geometry = torch.tensor([[0.5, 0.5, 0.0, 12.0, 720.0, 1280.0], [1.0, 1.0, 3.0, 0.0, 300.0, 200.0], [2.0, 1.5, 0.0, 0.0, 100.0, 100.0]])
+from yolotune.ops.nms_triton import finalize_triton
+got = finalize_triton(boxes, scores, classes, keep, kept, geometry)
+want = finalize(boxes, scores, classes, keep, kept, geometry, backend="torch")
+assert torch.equal(got, want), (got - want).abs().max()
+print("finalize-ok")
+"""
+
+
+def test_triton_finalize_matches_torch_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", _FINALIZE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert "finalize-ok" in proc.stdout, proc.stderr[-3000:]

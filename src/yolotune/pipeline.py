@@ -97,6 +97,11 @@ class _FrameBuffers:
         self.geometry = geometry_tensor(self.geometries, bucket, device)
         self.host_dets = torch.empty(bucket, slot.host_dets.shape[1], 6, dtype=torch.float32, pin_memory=True)
         self.host_counts = torch.empty(bucket, dtype=torch.int32, pin_memory=True)
+        self.graph: torch.cuda.CUDAGraph | None = None  # captured on first use
+
+    @property
+    def static_tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.frames, self.inputs, self.geometry, self.host_dets, self.host_counts
 
 
 @dataclass
@@ -498,8 +503,10 @@ class Detector:
         if fb is None:
             canvas = self._canvas([hw])
             fb = self._frame_buffers[key] = _FrameBuffers(bucket, hw, canvas, self._direct_slot, self.device)
+        if fb.graph is None:
+            fb.graph, _ = self._frame_step.graph_for(*fb.static_tensors)
         self._upload_frames(frames, fb)
-        self._frame_step(fb.frames, fb.inputs, fb.geometry, fb.host_dets, fb.host_counts)
+        fb.graph.replay()
         self.compute_stream.synchronize()
         dets, counts = fb.host_dets.numpy(), fb.host_counts.numpy()
         names = self.names

@@ -32,14 +32,19 @@ class CudaGraphCache:
 
     @torch.inference_mode()
     def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        graph, outputs = self.graph_for(*tensors)
+        graph.replay()
+        return outputs
+
+    @torch.inference_mode()
+    def graph_for(self, *tensors: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]:
+        """The graph (captured now if new) for these static tensors, and its output tensors."""
         key = tuple((t.data_ptr(), tuple(t.shape), t.dtype) for t in tensors)
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(tensors)
             self._graphs[key] = entry
-        graph, outputs, _ = entry
-        graph.replay()
-        return outputs
+        return entry[0], entry[1]
 
     def _capture(self, tensors: tuple[torch.Tensor, ...]):
         device = next(t.device for t in tensors if t.is_cuda)

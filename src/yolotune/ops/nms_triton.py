@@ -114,3 +114,60 @@ def nms_triton(
     )
     _greedy_scan_kernel[(B,)](mask, counts, keep, kept, K, W, max_det, W_BLOCK=triton.next_power_of_2(W), num_warps=1)
     return keep, kept
+
+
+@triton.jit
+def _finalize_kernel(
+    boxes_ptr,  # [B, K, 4] float32, canvas xyxy
+    scores_ptr,  # [B, K] float32
+    classes_ptr,  # [B, K] int64
+    keep_ptr,  # [B, MAX_DET] int64 positions into K
+    kept_ptr,  # [B] int32
+    geometry_ptr,  # [B, 6] float32: gain x, gain y, left, top, height, width
+    out_ptr,  # [B, MAX_DET, 6] float32
+    K,
+    MAX_DET,
+    BLOCK: tl.constexpr,
+):
+    b = tl.program_id(0)
+    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    in_range = j < MAX_DET
+    valid = in_range & (j < tl.load(kept_ptr + b))
+    idx = tl.load(keep_ptr + b * MAX_DET + j, mask=valid, other=0)
+    gx = tl.load(geometry_ptr + b * 6 + 0)
+    gy = tl.load(geometry_ptr + b * 6 + 1)
+    left = tl.load(geometry_ptr + b * 6 + 2)
+    top = tl.load(geometry_ptr + b * 6 + 3)
+    height = tl.load(geometry_ptr + b * 6 + 4)
+    width = tl.load(geometry_ptr + b * 6 + 5)
+    base = boxes_ptr + (b * K + idx) * 4
+    # same arithmetic as ops.boxes.boxes_to_original: (v - pad) / gain, clipped to the image
+    x1 = tl.minimum(tl.maximum(tl.math.div_rn(tl.load(base + 0, mask=valid, other=0.0) - left, gx), 0.0), width)
+    y1 = tl.minimum(tl.maximum(tl.math.div_rn(tl.load(base + 1, mask=valid, other=0.0) - top, gy), 0.0), height)
+    x2 = tl.minimum(tl.maximum(tl.math.div_rn(tl.load(base + 2, mask=valid, other=0.0) - left, gx), 0.0), width)
+    y2 = tl.minimum(tl.maximum(tl.math.div_rn(tl.load(base + 3, mask=valid, other=0.0) - top, gy), 0.0), height)
+    score = tl.load(scores_ptr + b * K + idx, mask=valid, other=0.0)
+    cls = tl.load(classes_ptr + b * K + idx, mask=valid, other=0).to(tl.float32)
+    zero = tl.zeros([BLOCK], dtype=tl.float32)
+    row = out_ptr + (b * MAX_DET + j) * 6
+    tl.store(row + 0, tl.where(valid, x1, zero), mask=in_range)
+    tl.store(row + 1, tl.where(valid, y1, zero), mask=in_range)
+    tl.store(row + 2, tl.where(valid, x2, zero), mask=in_range)
+    tl.store(row + 3, tl.where(valid, y2, zero), mask=in_range)
+    tl.store(row + 4, tl.where(valid, score, zero), mask=in_range)
+    tl.store(row + 5, tl.where(valid, cls, zero), mask=in_range)
+
+
+def finalize_triton(boxes, scores, classes, keep, kept, geometry) -> torch.Tensor:
+    """Kept rows -> [B, max_det, 6] in source pixels, zero-padded: one kernel instead of a dozen small ones."""
+    B, K = scores.shape
+    max_det = keep.shape[1]
+    out = torch.empty(B, max_det, 6, dtype=torch.float32, device=boxes.device)
+    if B == 0 or max_det == 0:
+        return out
+    block = min(triton.next_power_of_2(max_det), 512)
+    _finalize_kernel[(B, triton.cdiv(max_det, block))](
+        boxes.float().contiguous(), scores.float().contiguous(), classes.to(torch.int64).contiguous(),
+        keep.contiguous(), kept.to(torch.int32).contiguous(), geometry.float().contiguous(), out, K, max_det, BLOCK=block,
+    )
+    return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from yolotune.ops.boxes import boxes_to_original, xywh_to_xyxy
-from yolotune.ops.nms import batched_nms
+from yolotune.ops.nms import batched_nms, triton_available
 
 LAYOUTS = ("v8", "v5", "end2end")
 
@@ -69,8 +69,16 @@ def postprocess(raw: torch.Tensor, geometry: torch.Tensor, cfg: PostprocessConfi
     else:
         nms_classes = torch.zeros_like(classes) if cfg.agnostic else classes
         keep, kept = batched_nms(boxes, nms_classes, counts, cfg.iou, cfg.max_det, backend=cfg.nms_backend)
-    sel_boxes = boxes.gather(1, keep[..., None].expand(-1, -1, 4))
-    sel_boxes = boxes_to_original(sel_boxes, geometry)
+    return finalize(boxes, scores, classes, keep, kept, geometry, cfg.nms_backend), kept.to(torch.int32)
+
+
+def finalize(boxes, scores, classes, keep, kept, geometry, backend: str = "auto") -> torch.Tensor:
+    """Kept candidates -> [B, max_det, 6] (x1, y1, x2, y2, score, class) in source pixels, zero past ``kept``."""
+    if backend in ("auto", "triton") and boxes.is_cuda and triton_available():
+        from yolotune.ops.nms_triton import finalize_triton
+
+        return finalize_triton(boxes, scores, classes, keep, kept, geometry)
+    sel_boxes = boxes_to_original(boxes.gather(1, keep[..., None].expand(-1, -1, 4)), geometry)
     dets = torch.cat((sel_boxes, scores.gather(1, keep)[..., None], classes.gather(1, keep)[..., None].float()), dim=-1)
-    valid = torch.arange(cfg.max_det, device=dets.device)[None, :] < kept[:, None]
-    return dets * valid[..., None], kept.to(torch.int32)
+    valid = torch.arange(keep.shape[1], device=dets.device)[None, :] < kept[:, None]
+    return dets * valid[..., None]
