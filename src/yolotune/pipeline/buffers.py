@@ -1,0 +1,110 @@
+"""Static buffers of the pipeline: allocated once per shape, reused by every batch (and by CUDA graphs)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from yolotune.io.decode import DecodedImage
+from yolotune.ops.letterbox import geometry_tensor, letterbox_geometry
+from yolotune.types import ErrorRecord
+
+
+class Slot:
+    """Buffers for one batch in flight: inputs per canvas, geometry, pinned outputs, and the two events that
+    order the producer's writes (``ready``) and the host's reads (``done``) against the compute stream."""
+
+    def __init__(self, batch: int, max_det: int, device: torch.device, dtype: torch.dtype, channels_last: bool):
+        self.batch, self.device, self.dtype, self.channels_last = batch, device, dtype, channels_last
+        self.inputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.host_inputs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.canvas: tuple[int, int] | None = None  # canvas of the batch now in this slot
+        self.geometry = torch.zeros(batch, 6, dtype=torch.float32, device=device)
+        pin = device.type == "cuda"
+        self.host_dets = torch.zeros(batch, max_det, 6, dtype=torch.float32, pin_memory=pin)
+        self.host_counts = torch.zeros(batch, dtype=torch.int32, pin_memory=pin)
+        self.ready = torch.cuda.Event() if pin else None
+        self.done = torch.cuda.Event() if pin else None
+
+    def input(self, canvas: tuple[int, int]) -> torch.Tensor:
+        """The model-input buffer [batch, 3, H, W] for ``canvas`` (engine dtype and memory format)."""
+        buf = self.inputs.get(canvas)
+        if buf is None:
+            buf = torch.zeros(self.batch, 3, *canvas, dtype=self.dtype, device=self.device)
+            if self.channels_last:
+                buf = buf.contiguous(memory_format=torch.channels_last)
+            self.inputs[canvas] = buf
+        return buf
+
+    def host_input(self, canvas: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pinned uint8 canvas for CPU preprocessing and its uint8 device twin (raw pixels cross PCIe: 4x fewer
+        bytes than float32)."""
+        pair = self.host_inputs.get(canvas)
+        if pair is None:
+            pin = self.device.type == "cuda"
+            pair = (
+                torch.empty(self.batch, 3, *canvas, dtype=torch.uint8, pin_memory=pin),
+                torch.empty(self.batch, 3, *canvas, dtype=torch.uint8, device=self.device),
+            )
+            self.host_inputs[canvas] = pair
+        return pair
+
+
+class FrameBuffers:
+    """The one-graph path for in-memory frames of one shape: pinned staging -> device frames -> model input ->
+    pinned outputs. ``graph`` replays letterbox + model + NMS + copy-back on these tensors."""
+
+    def __init__(self, bucket: int, hw: tuple[int, int], canvas: tuple[int, int], slot: Slot, device: torch.device):
+        self.staging = torch.empty(bucket, *hw, 3, dtype=torch.uint8, pin_memory=True)
+        self.frames = torch.empty(bucket, *hw, 3, dtype=torch.uint8, device=device)
+        self.inputs = slot.input(canvas)[:bucket]
+        self.geometry = geometry_tensor([letterbox_geometry(hw, canvas)] * bucket, bucket, device)
+        self.host_dets = torch.empty(bucket, slot.host_dets.shape[1], 6, dtype=torch.float32, pin_memory=True)
+        self.host_counts = torch.empty(bucket, dtype=torch.int32, pin_memory=True)
+        self.graph: torch.cuda.CUDAGraph | None = None  # captured on first use
+
+    @property
+    def static_tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.frames, self.inputs, self.geometry, self.host_dets, self.host_counts
+
+
+@dataclass
+class Batch:
+    """One batch between producer and consumer: per input either an ErrorRecord or its row in the slot."""
+
+    order: list[ErrorRecord | int]
+    images: list[DecodedImage]
+    slot: Slot | None = None
+    bucket: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_decoded(cls, decoded: list[DecodedImage | ErrorRecord]) -> "Batch":
+        order: list[ErrorRecord | int] = []
+        images: list[DecodedImage] = []
+        for d in decoded:
+            if isinstance(d, DecodedImage):
+                order.append(len(images))
+                images.append(d)
+            else:
+                order.append(d)
+        return cls(order, images)
+
+
+def host_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor view of a host array that is only read (read-only arrays are fine: torch just warns about them)."""
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
+
+
+def same_shape_rgb_arrays(frames: Sequence) -> bool:
+    return all(isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames) and (
+        len({f.shape for f in frames}) == 1
+    )
