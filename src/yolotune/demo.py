@@ -15,7 +15,7 @@ from rich.console import Console
 from yolotune.data.samples import write_sample_images, write_sample_video
 
 DEMO_MODEL = "yolov8n.yaml"
-DEMO_CLASS_BIAS = -2.0
+DEMO_CLASS_BIAS = -2.5
 
 
 def run_demo(out: Path, device: str = "auto", n_images: int = 8, console: Console | None = None) -> dict:
@@ -28,7 +28,7 @@ def run_demo(out: Path, device: str = "auto", n_images: int = 8, console: Consol
     write_sample_images(samples, n_images, size=(720, 1280), seed=0)
     write_sample_video(samples / "clip.mp4", frames=24, size=(360, 640), seed=1)
     console.print(f"model: {DEMO_MODEL} with seeded random weights (a stand-in until the trained default model ships)")
-    with Detector(DEMO_MODEL, device=device, batch=8, class_bias=DEMO_CLASS_BIAS, seed=0, return_images=True, max_det=50) as det:
+    with Detector(DEMO_MODEL, device=device, batch=8, class_bias=DEMO_CLASS_BIAS, seed=0, return_images=True, max_det=20) as det:
         summary = run_predict(det, [str(samples)], out, ["jsonl", "images", "coco"], quiet=not console.is_terminal)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     report = out / "report.md"
