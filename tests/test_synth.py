@@ -1,0 +1,67 @@
+"""Generated detection data: deterministic, labels on the visible objects, YOLO and COCO agree, clip ground truth."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from yolotune.cli import app
+from yolotune.data.shapes import CLASS_NAMES, draw_object
+from yolotune.data.synth import render_scene, write_video
+
+
+def test_deterministic_per_seed_and_index():
+    a_img, a_boxes = render_scene(3, 17)
+    b_img, b_boxes = render_scene(3, 17)
+    assert np.array_equal(a_img, b_img) and a_boxes == b_boxes
+    c_img, _ = render_scene(4, 17)
+    assert c_img.shape != a_img.shape or not np.array_equal(c_img, a_img)
+
+
+def test_boxes_inside_images_and_classes_valid():
+    n_boxes, empty, sizes = 0, 0, []
+    for i in range(40):
+        img, boxes = render_scene(0, i)
+        h, w = img.shape[:2]
+        empty += not boxes
+        for b in boxes:
+            assert 0 <= b.x1 < b.x2 <= w and 0 <= b.y1 < b.y2 <= h
+            assert 0 <= b.class_id < len(CLASS_NAMES)
+            sizes.append(max(b.x2 - b.x1, b.y2 - b.y1))
+        n_boxes += len(boxes)
+    assert n_boxes > 100 and min(sizes) < 30 and max(sizes) > 200  # small and large objects
+    assert {b.class_id for i in range(40) for b in render_scene(0, i)[1]} == set(range(len(CLASS_NAMES)))
+
+
+def test_every_class_draws_a_visible_object(rng):
+    for class_id in range(len(CLASS_NAMES)):
+        patch = np.asarray(draw_object(class_id, 60, rng))
+        assert patch.shape[2] == 4 and (patch[..., 3] > 127).sum() > 300, CLASS_NAMES[class_id]
+
+
+def test_cli_writes_yolo_and_coco_labels_that_agree(tmp_path):
+    res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "d"), "--n", "12", "--seed", "5", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    coco = json.loads((tmp_path / "d" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == list(CLASS_NAMES) and len(coco["images"]) == 12
+    for image in coco["images"]:
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        lines = (tmp_path / "d" / "labels" / image["file_name"].replace(".jpg", ".txt")).read_text().splitlines()
+        assert len(lines) == len(anns)
+        for line, ann in zip(lines, anns):
+            c, cx, cy, bw, bh = line.split()
+            x, y, w, h = ann["bbox"]
+            assert int(c) == ann["category_id"]
+            assert abs(float(cx) * image["width"] - (x + w / 2)) < 0.01 and abs(float(bw) * image["width"] - w) < 0.01
+    assert "names:" in (tmp_path / "d" / "dataset.yaml").read_text()
+
+
+def test_video_ground_truth_per_frame(tmp_path):
+    import av
+
+    path = write_video(tmp_path / "clip.mp4", frames=12, size=(120, 160), seed=1, objects=3)
+    truth = json.loads(path.with_suffix(".json").read_text())
+    with av.open(str(path)) as c:
+        decoded = sum(1 for _ in c.decode(video=0))
+    assert decoded == len(truth["frames"]) == 12
+    assert any(f["boxes"] for f in truth["frames"])
