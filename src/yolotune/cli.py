@@ -157,6 +157,41 @@ def demo(
     raise typer.Exit(EXIT_INPUT_FAILURES if summary["failed"] else EXIT_OK)
 
 
+@app.command()
+def val(
+    model: str = typer.Argument(..., help="Model to validate (.pt, .yaml, .onnx)."),
+    data: Path = typer.Argument(..., help="Dataset folder with annotations.json and images/ (yolotune data synth)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+    batch: int = typer.Option(16, min=1),
+    imgsz: Optional[int] = typer.Option(None),
+    conf: float = typer.Option(0.25, help="Operating threshold for precision/recall (mAP uses all detections >= 0.001)."),
+    half: Optional[bool] = typer.Option(None, "--half/--no-half"),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """COCO mAP50-95, mAP50, per-class AP, precision and recall of a model on a labelled dataset."""
+    from yolotune import Detector, ModelLoadError
+    from yolotune.data.validate import validate
+
+    try:
+        det = Detector(model, device=device, batch=batch, imgsz=imgsz, half=half, conf=0.001, max_det=300)
+        metrics = validate(det, data, conf=conf)
+    except (ModelLoadError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if json_output:
+        sys.stdout.write(json.dumps(metrics.to_dict(), indent=2) + "\n")
+        return
+    table = Table(title=f"yolotune val: {model} on {data}")
+    for col in ("class", "AP50-95"):
+        table.add_column(col)
+    for name, ap in metrics.per_class_ap.items():
+        table.add_row(name, f"{ap:.3f}")
+    table.add_row("[bold]all[/]", f"[bold]{metrics.map50_95:.3f}[/]")
+    console = Console()
+    console.print(table)
+    console.print(f"mAP50 {metrics.map50:.3f}; at conf {conf}: precision {metrics.precision:.3f}, recall {metrics.recall:.3f} "
+                  f"({metrics.backend})")
+
+
 data_app = typer.Typer(help="Generated detection data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

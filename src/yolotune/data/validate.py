@@ -1,0 +1,72 @@
+"""Validate a detection pipeline on a labelled dataset, and the accuracy guard that later optimisation steps use."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolotune.data.evaluate import DetectionMetrics, coco_metrics, detections_as_ground_truth
+
+
+def load_dataset(data: str | Path) -> tuple[dict, Path]:
+    """(COCO ground truth, images folder) of a dataset folder holding ``annotations.json`` and ``images/``."""
+    root = Path(data)
+    ann = root / "annotations.json" if root.is_dir() else root
+    if not ann.is_file():
+        raise FileNotFoundError(f"{data}: expected a folder with annotations.json and images/ (yolotune data synth writes one)")
+    images = ann.parent / "images"
+    return json.loads(ann.read_text()), images if images.is_dir() else ann.parent
+
+
+def predict_coco(detector, ground_truth: dict, images: Path) -> list[dict]:
+    """The detector's detections on the dataset's images, as COCO results keyed by the dataset's image ids."""
+    ids = {str(images / im["file_name"]): im["id"] for im in ground_truth["images"]}
+    results = []
+    for r in detector.predict(list(ids)):
+        if r.ok:
+            results.extend(r.to_coco(ids[r.source.path]))
+    return results
+
+
+def validate(detector, data: str | Path, conf: float = 0.25) -> DetectionMetrics:
+    """COCO mAP50-95 / mAP50 / per-class AP of ``detector`` on ``data``; precision and recall at ``conf``.
+
+    Build the detector with a low confidence threshold (Ultralytics validates at 0.001) so the whole
+    precision-recall curve is seen; ``conf`` is the operating point reported as precision/recall.
+    """
+    gt, images = load_dataset(data)
+    return coco_metrics(gt, predict_coco(detector, gt, images), conf=conf)
+
+
+@dataclass
+class GuardResult:
+    """A candidate's accuracy against labels (or a reference's pseudo-labels) and its drop from the reference."""
+
+    candidate: DetectionMetrics
+    reference_map50_95: float
+    drop_points: float  # reference - candidate, in mAP50-95 points (x100)
+    passed: bool
+    against: str  # "labels" or "reference pseudo-labels"
+
+
+def accuracy_guard(candidate, data: str | Path, reference=None, max_drop_points: float = 1.0, conf: float = 0.25) -> GuardResult:
+    """Does ``candidate`` keep accuracy within ``max_drop_points`` mAP50-95 points of ``reference``?
+
+    With labels in ``data``, both are measured against them (the reference may be None: then the bar is the
+    candidate's own labelled mAP and the guard passes). Without labels (``annotations`` empty), the reference's
+    detections above ``conf`` are the pseudo-labels and the reference scores 1.0 by definition.
+    """
+    gt, images = load_dataset(data)
+    labelled = bool(gt.get("annotations"))
+    if not labelled:
+        if reference is None:
+            raise ValueError("unlabelled data needs a reference detector for pseudo-labels")
+        gt = detections_as_ground_truth(predict_coco(reference, gt, images), gt["images"], gt["categories"], conf)
+        ref_map = 1.0
+    else:
+        ref_map = coco_metrics(gt, predict_coco(reference, gt, images)).map50_95 if reference is not None else None
+    cand = coco_metrics(gt, predict_coco(candidate, gt, images), conf=conf)
+    ref_map = cand.map50_95 if ref_map is None else ref_map
+    drop = (ref_map - cand.map50_95) * 100
+    return GuardResult(cand, ref_map, drop, drop <= max_drop_points, "labels" if labelled else "reference pseudo-labels")
