@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--resume", default=None)
     ap.add_argument("--work", default="/tmp/yolotune-train")
+    ap.add_argument("--device", default="0")
+    ap.add_argument("--workers", type=int, default=8, help="dataloader workers")
+    ap.add_argument("--cache", default="", help="Ultralytics cache: '' (off), ram or disk")
     args = ap.parse_args()
     out = Path(os.environ.get("OUT") or args.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,8 +61,8 @@ def main() -> None:
     t = time.time()
     model = YOLO(args.resume) if args.resume else YOLO("yolov8n.yaml")
     train_kw = dict(data=str(data_yaml), epochs=args.epochs, time=args.hours, imgsz=640, batch=args.batch,
-                    workers=min(16, workers), seed=args.seed, deterministic=True, plots=False, project=str(work / "runs"),
-                    name="default", exist_ok=True, device=0, patience=1000, cache="ram")
+                    workers=args.workers, seed=args.seed, deterministic=True, plots=False, project=str(work / "runs"),
+                    name="default", exist_ok=True, device=args.device, patience=1000, cache=args.cache or False)
     results = model.train(resume=True) if args.resume else model.train(**train_kw)
     record["train_s"] = round(time.time() - t, 1)
     run = work / "runs" / "default" / "weights"
@@ -72,7 +75,7 @@ def main() -> None:
     from yolotune import Detector
     from yolotune.data.validate import validate
 
-    with Detector(str(best), device="cuda", batch=32, conf=0.001, max_det=300) as det:
+    with Detector(str(best), device="auto", batch=32, conf=0.001, max_det=300) as det:
         m = validate(det, work / "val")
     record["yolotune_val"] = m.to_dict()
     record["weights_bytes"] = (out / "default.pt").stat().st_size
