@@ -9,11 +9,14 @@ from yolotune.cli import app
 
 def test_demo_writes_annotated_outputs_and_report(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--images", "2", "--device", "cpu"])
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--images", "3", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert str(out.resolve()) in res.output.replace("\n", "")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["inputs"] == 2 + 24 and summary["failed"] == 0  # 2 images + a 24-frame clip
-    assert len(list((out / "images").iterdir())) == 26
-    assert len((out / "detections.jsonl").read_text().splitlines()) == 26
-    assert "random weights" in (out / "report.md").read_text()
+    assert summary["inputs"] == 3 + 48 and summary["failed"] == 0  # 3 scenes + a 48-frame clip
+    assert len(list((out / "images").iterdir())) == 51
+    assert len((out / "detections.jsonl").read_text().splitlines()) == 51
+    assert (out / "videos" / "clip.mp4").stat().st_size > 10_000
+    assert sum(summary["per_class"].values()) == summary["detections"] > 0
+    assert summary["sample_accuracy"]["map50"] > 0.3  # the trained default model finds the objects
+    assert "mAP50-95" in (out / "report.md").read_text()

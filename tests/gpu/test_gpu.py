@@ -174,3 +174,25 @@ def test_bad_inputs_on_gpu_path(bad_inputs):
     with Detector("yolov8n.yaml", device="cuda", batch=4) as det:
         results = list(det.predict([str(bad_inputs.root)]))
     bad_inputs.check(results)
+
+
+@pytest.mark.parametrize("preprocess", ["gpu", "cpu"])
+def test_trained_default_matches_ultralytics_fp16(tmp_path, preprocess):
+    """With a trained model the FP16 and default-input-path agreement is a real check (see the random-init notes)."""
+    ultralytics = pytest.importorskip("ultralytics")
+    from yolotune.assets import resolve
+    from yolotune.data.synth import write_dataset
+
+    scenes = write_dataset(tmp_path / "scenes", 32, seed=4242, workers=8)
+    images = sorted(str(p) for p in (scenes / "images").iterdir())
+    model = ultralytics.YOLO(str(resolve("default")))
+    ref = []
+    for k in range(0, len(images), 8):
+        for r in model.predict(images[k : k + 8], device=0, half=True, verbose=False):
+            ref.append((r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy(), r.boxes.cls.cpu().numpy().astype(np.int64)))
+    with Detector("default", device="cuda", batch=8, half=True, preprocess=preprocess) as det:
+        got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
+    frac, total = matched_fraction(ref, got)
+    back, _ = matched_fraction(got, ref)
+    print(f"trained default, FP16, preprocess={preprocess}: {frac:.4f} of {total} boxes, {back:.4f} back")
+    assert total > 80 and frac >= 0.99 and back >= 0.99

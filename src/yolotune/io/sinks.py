@@ -154,3 +154,42 @@ class AnnotatedImageSink(Sink):
 
     def close(self) -> list[str]:
         return [str(self.dir)]
+
+
+@register_sink("video")
+class AnnotatedVideoSink(Sink):
+    """``videos/<stem>.mp4``: the frames of each video input drawn with their boxes (needs return_images=True)."""
+
+    def __init__(self, out_dir: Path, fps: int = 25):
+        self.dir = out_dir / "videos"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fps = fps
+        self._open: dict[str, tuple] = {}
+
+    def write(self, result: Result) -> None:
+        if isinstance(result, ErrorRecord) or result.image is None or result.source.frame is None:
+            return
+        import av
+
+        entry = self._open.get(result.source.path)
+        if entry is None:
+            path = self.dir / f"{Path(result.source.path).stem}.mp4"
+            container = av.open(str(path), "w")
+            stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=self.fps)
+            h, w = result.image_size
+            stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+            entry = self._open[result.source.path] = (container, stream, path)
+        container, stream, _ = entry
+        frame = np.asarray(draw_detections(result.image, result))[: stream.height, : stream.width]
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            container.mux(packet)
+
+    def close(self) -> list[str]:
+        paths = []
+        for container, stream, path in self._open.values():
+            for packet in stream.encode():
+                container.mux(packet)
+            container.close()
+            paths.append(str(path))
+        self._open.clear()
+        return paths

@@ -21,10 +21,14 @@ def register_loader(*suffixes: str) -> Callable[[Loader], Loader]:
 
 
 def load_model(model: str | Path | LoadedModel, **options) -> LoadedModel:
-    """Load a detection model by file suffix (.pt/.yaml through Ultralytics, .onnx through onnxruntime)."""
+    """Load a detection model by file suffix (.pt/.yaml through Ultralytics, .onnx through onnxruntime), or the
+    embedded model by name ("default")."""
     if isinstance(model, LoadedModel):
         return model
-    path = str(model)
+    from yolotune.assets import resolve
+
+    embedded = resolve(str(model))
+    path = str(embedded) if embedded is not None else str(model)
     suffix = Path(path).suffix.lower()
     if suffix == ".yml":
         suffix = ".yaml"
