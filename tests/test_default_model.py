@@ -52,3 +52,39 @@ def test_trained_model_matches_ultralytics_predict(scenes):
     frac, total = matched_fraction(ref, got)
     back, _ = matched_fraction(got, ref)
     assert total > 50 and frac >= 0.99 and back >= 0.99, (frac, back, total)
+
+
+def test_default_exported_to_onnx_gives_the_same_boxes(scenes, tmp_path):
+    res = CliRunner().invoke(app, ["export", "default", "--out", str(tmp_path / "default.onnx")])
+    assert res.exit_code == 0, res.output
+    images = sorted(str(p) for p in (scenes / "images").iterdir())[:12]
+    with Detector(str(tmp_path / "default.onnx"), device="cpu", batch=4) as det:
+        assert det.engine.name == "onnxruntime" and det.names[0] == "circle"
+        got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
+    with Detector("default", device="cpu", batch=4, rect=False) as det:  # the export takes a square 640 input
+        ref = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
+    frac, total = matched_fraction(ref, got)
+    assert total > 20 and frac >= 0.99
+
+
+def test_accuracy_guard_with_labels_and_with_pseudo_labels(scenes, tmp_path):
+    import json
+
+    from yolotune.data.validate import accuracy_guard
+
+    with Detector("default", device="cpu", batch=8, conf=0.001) as ref, \
+            Detector("default", device="cpu", batch=8, conf=0.001, imgsz=320) as small, \
+            Detector("yolov8n.yaml", device="cpu", batch=8, conf=0.001) as random_model:
+        same = accuracy_guard(ref, scenes, reference=ref)
+        assert same.passed and same.against == "labels" and abs(same.drop_points) < 1e-6
+        worse = accuracy_guard(small, scenes, reference=ref)  # half the input size loses small objects
+        assert worse.drop_points > 1.0 and not worse.passed
+        # no labels: the reference's detections become the ground truth
+        unlabelled = tmp_path / "unlabelled"
+        unlabelled.mkdir()
+        gt = json.loads((scenes / "annotations.json").read_text())
+        (unlabelled / "annotations.json").write_text(json.dumps(dict(gt, annotations=[])))
+        (unlabelled / "images").symlink_to(scenes / "images")
+        pseudo = accuracy_guard(ref, unlabelled, reference=ref)
+        assert pseudo.against == "reference pseudo-labels" and pseudo.passed
+        assert not accuracy_guard(random_model, unlabelled, reference=ref).passed

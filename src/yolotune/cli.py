@@ -192,6 +192,27 @@ def val(
                   f"({metrics.backend})")
 
 
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="Model to export: default, .pt or .yaml."),
+    out: Path = typer.Option(..., help="Output .onnx path."),
+    imgsz: int = typer.Option(640, help="Input size (square)."),
+    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch"),
+) -> None:
+    """Export a model to ONNX (with Ultralytics-style metadata) for onnxruntime."""
+    from yolotune import ModelLoadError, load_model
+    from yolotune.models.export import export_onnx
+
+    try:
+        loaded = load_model(model)
+    except ModelLoadError as e:
+        _fail(str(e))
+    if loaded.spec.format != "ultralytics":
+        _fail(f"{model}: only PyTorch models can be exported (this one is {loaded.spec.format})")
+    path = export_onnx(loaded, out, imgsz=(imgsz, imgsz), dynamic_batch=dynamic_batch)
+    Console().print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, layout {loaded.spec.layout})")
+
+
 data_app = typer.Typer(help="Generated detection data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

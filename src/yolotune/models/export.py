@@ -26,7 +26,7 @@ def export_onnx(model: LoadedModel, path: str | Path, imgsz: tuple[int, int] | N
     axes = {"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic_batch else None
     path = Path(path)
     with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter needs no onnxscript
+        warnings.simplefilter("ignore")  # TorchScript exporter (needs no onnxscript): deprecation and tracer notes
         torch.onnx.export(net, dummy, str(path), dynamo=False, opset_version=opset, input_names=["images"],
                           output_names=["output0"], dynamic_axes=axes)
     proto = onnx.load(str(path))
