@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--resume", default=None)
+    ap.add_argument("--init", default=None, help="start from these weights (fine-tune) instead of the YAML")
+    ap.add_argument("--lr0", type=float, default=None, help="initial learning rate (with --init: AdamW)")
     ap.add_argument("--work", default="/tmp/yolotune-train")
     ap.add_argument("--device", default="0")
     ap.add_argument("--workers", type=int, default=8, help="dataloader workers")
@@ -59,10 +61,12 @@ def main() -> None:
     print(json.dumps(record), flush=True)
 
     t = time.time()
-    model = YOLO(args.resume) if args.resume else YOLO("yolov8n.yaml")
+    model = YOLO(args.resume or args.init or "yolov8n.yaml")
     train_kw = dict(data=str(data_yaml), epochs=args.epochs, time=args.hours, imgsz=640, batch=args.batch,
                     workers=args.workers, seed=args.seed, deterministic=True, plots=False, project=str(work / "runs"),
                     name="default", exist_ok=True, device=args.device, patience=1000, cache=args.cache or False)
+    if args.init:  # second stage: a gentle optimiser from the given weights
+        train_kw.update(optimizer="AdamW", lr0=args.lr0 or 0.0005, warmup_epochs=0.5)
     results = model.train(resume=True) if args.resume else model.train(**train_kw)
     record["train_s"] = round(time.time() - t, 1)
     run = work / "runs" / "default" / "weights"
