@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from yolotune import Detections, Detector, ErrorRecord
 from yolotune.cli import app
-from yolotune.data.samples import photo_like, write_sample_images, write_sample_video
+from yolotune.data.samples import photo_like, write_sample_images
+from yolotune.data.synth import write_video
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +40,14 @@ def test_cli_writes_jsonl_coco_and_images(tmp_path):
 
 
 def test_video_frames_come_back_in_order(tmp_path, detector):
-    clip = write_sample_video(tmp_path / "clip.mp4", frames=10, size=(120, 160))
+    clip = write_video(tmp_path / "clip.mp4", frames=10, size=(120, 160))
     results = list(detector.predict([clip]))
     assert [r.source.frame for r in results] == list(range(10))
     assert all(isinstance(r, Detections) and r.image_size == (120, 160) for r in results)
 
 
 def test_corrupt_and_truncated_videos_are_reported_and_others_continue(tmp_path, detector):
-    good = write_sample_video(tmp_path / "good.mp4", frames=6, size=(120, 160))
+    good = write_video(tmp_path / "good.mp4", frames=6, size=(120, 160))
     data = good.read_bytes()
     (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (tmp_path / "garbage.mp4").write_bytes(b"\x00" * 4096)

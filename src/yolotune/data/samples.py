@@ -1,7 +1,7 @@
-"""Deterministic sample images and clips with photo-like structure, for the demo, tests and benchmarks.
+"""Deterministic photo-like sample images, for tests, benchmarks and BatchNorm calibration of random-init models.
 
-Not a detection dataset (that is a later issue): smooth multi-scale texture plus solid shapes, so JPEG sizes and
-decode cost resemble photographs rather than noise.
+Not a detection dataset (that is data/synth.py, which also writes clips): smooth multi-scale texture plus solid
+shapes, so JPEG sizes and decode cost resemble photographs rather than noise.
 """
 
 from __future__ import annotations
@@ -47,29 +47,3 @@ def write_sample_images(out_dir: Path, n: int, size: tuple[int, int] = (720, 128
         Image.fromarray(photo_like(rng, *size)).save(p, quality=quality)
         paths.append(p)
     return paths
-
-
-def write_sample_video(path: Path, frames: int = 48, size: tuple[int, int] = (360, 640), fps: int = 24, seed: int = 0) -> Path:
-    """A short H.264 (or MPEG-4) clip of shapes moving over a textured background, through PyAV."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    h, w = size
-    background = photo_like(rng, h, w, shapes=0)
-    movers = [(rng.integers(0, w), rng.integers(0, h), rng.integers(-6, 7), rng.integers(-4, 5), rng.integers(30, 90), tuple(int(c) for c in rng.integers(0, 256, 3))) for _ in range(4)]
-    with av.open(str(path), "w") as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for t in range(frames):
-            im = Image.fromarray(background.copy())
-            draw = ImageDraw.Draw(im)
-            for x, y, dx, dy, s, color in movers:
-                cx, cy = int((x + dx * t) % w), int((y + dy * t) % h)
-                draw.ellipse([cx, cy, cx + s, cy + s], fill=color)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(im), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
