@@ -23,6 +23,8 @@ def test_default_is_embedded_small_and_documented():
     assert path.is_file() and path.stat().st_size <= 8 * 1024 * 1024
     record = default_model_record()
     assert record["args"]["seed"] != record["args"]["val_seed"] and record["versions"]["ultralytics"]
+    # the shipped weights' held-out accuracy, as recorded by the training run (issue 3's target: >= 0.75)
+    assert record["yolotune_val"]["map50_95"] >= 0.75 and record["weights_bytes"] == path.stat().st_size
     assert resolve("yolov8n.pt") is None
 
 
@@ -54,17 +56,22 @@ def test_trained_model_matches_ultralytics_predict(scenes):
     assert total > 50 and frac >= 0.99 and back >= 0.99, (frac, back, total)
 
 
-def test_default_exported_to_onnx_gives_the_same_boxes(scenes, tmp_path):
-    res = CliRunner().invoke(app, ["export", "default", "--out", str(tmp_path / "default.onnx")])
+@pytest.mark.parametrize("layout", ["raw", "end2end"])
+def test_default_exported_to_onnx_gives_the_same_boxes(scenes, tmp_path, layout):
+    # end2end: decoding and NMS run inside the ONNX graph; batch 5 of 12 images also checks a dynamic last batch
+    res = CliRunner().invoke(app, ["export", "default", "--out", str(tmp_path / "default.onnx"), f"--{layout}"])
     assert res.exit_code == 0, res.output
+    assert f"layout {'end2end' if layout == 'end2end' else 'v8'}" in res.output
     images = sorted(str(p) for p in (scenes / "images").iterdir())[:12]
-    with Detector(str(tmp_path / "default.onnx"), device="cpu", batch=4) as det:
+    with Detector(str(tmp_path / "default.onnx"), device="cpu", batch=5) as det:
         assert det.engine.name == "onnxruntime" and det.names[0] == "circle"
+        assert det.model.spec.layout == ("end2end" if layout == "end2end" else "v8")
         got = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
     with Detector("default", device="cpu", batch=4, rect=False) as det:  # the export takes a square 640 input
         ref = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
     frac, total = matched_fraction(ref, got)
-    assert total > 20 and frac >= 0.99
+    back, _ = matched_fraction(got, ref)
+    assert total > 20 and frac >= 0.99 and back >= 0.99
 
 
 def test_accuracy_guard_with_labels_and_with_pseudo_labels(scenes, tmp_path):

@@ -198,6 +198,9 @@ def export(
     out: Path = typer.Option(..., help="Output .onnx path."),
     imgsz: int = typer.Option(640, help="Input size (square)."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch"),
+    end2end: bool = typer.Option(False, "--end2end/--raw", help="Put box decoding and NMS in the graph: [B, max_det, 6] out."),
+    iou: float = typer.Option(0.7, help="NMS IoU threshold (with --end2end)."),
+    max_det: int = typer.Option(300, help="Detections per image (with --end2end)."),
 ) -> None:
     """Export a model to ONNX (with Ultralytics-style metadata) for onnxruntime."""
     from yolotune import ModelLoadError, load_model
@@ -209,8 +212,13 @@ def export(
         _fail(str(e))
     if loaded.spec.format != "ultralytics":
         _fail(f"{model}: only PyTorch models can be exported (this one is {loaded.spec.format})")
-    path = export_onnx(loaded, out, imgsz=(imgsz, imgsz), dynamic_batch=dynamic_batch)
-    Console().print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, layout {loaded.spec.layout})")
+    try:
+        path = export_onnx(loaded, out, imgsz=(imgsz, imgsz), dynamic_batch=dynamic_batch, end2end=end2end, iou=iou,
+                           max_det=max_det)
+    except ValueError as e:
+        _fail(f"{model}: {e}")
+    layout = "end2end" if end2end else loaded.spec.layout
+    Console().print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, layout {layout})")
 
 
 data_app = typer.Typer(help="Generated detection data.", no_args_is_help=True)
