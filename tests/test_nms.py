@@ -61,6 +61,14 @@ def test_batched_nms_matches_torchvision_per_image(case, iou):
     assert as_lists(keep, kept) == reference(boxes, scores, classes, counts, iou, 300)
 
 
+@pytest.mark.parametrize("case", CASES[:4])
+def test_per_image_loop_backend_equals_the_batched_one(case):
+    # the profiler's "plain" baseline must compute the same NMS, only slower
+    boxes, scores, classes, counts = make_case(**case)
+    loop = batched_nms(boxes, classes, counts, 0.6, max_det=100, backend="loop")
+    assert as_lists(*loop) == reference(boxes, scores, classes, counts, 0.6, 100)
+
+
 def test_negative_coordinates_do_not_mix_groups():
     """Boxes hanging off the top-left edge (negative x1/y1) must not overlap another group's offset region."""
     boxes, scores, classes, counts = make_case(seed=9, B=4, K=300, nc=6, spread=50.0)

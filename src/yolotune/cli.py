@@ -244,6 +244,13 @@ def data_synth(
     Console().print(f"wrote {n} images to {out.resolve()}" + (f" and a {video_frames}-frame clip" if video_frames else ""))
 
 
+from yolotune.cli_analysis import compare_command, diagram_command, profile_command  # noqa: E402
+
+app.command("profile")(profile_command)
+app.command("diagram")(diagram_command)
+app.command("compare")(compare_command)
+
+
 def main() -> None:
     app()
 

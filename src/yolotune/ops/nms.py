@@ -9,13 +9,16 @@ Two implementations compute the same function:
   float32 ``class * max_wh`` trick does), then a vectorised regroup per image. Any device; used on CPU.
 - ``nms_triton``: a bitmask kernel (all pairs in parallel) and a per-image sequential scan that stops at
   ``max_det`` kept boxes; fixed shapes, no host synchronisation, so it is captured in the CUDA graph.
+- ``nms_per_image``: the common hand-written way (Ultralytics' ``non_max_suppression`` does this): a Python loop over
+  images, one ``torchvision.ops.batched_nms`` call and one host synchronisation each. Same result; kept as the
+  baseline the profiler measures ("nms": "loop").
 """
 
 from __future__ import annotations
 
 import torch
 
-
+NMS_BACKENDS = ("auto", "triton", "torchvision", "loop")
 
 
 def batched_nms(
@@ -32,7 +35,7 @@ def batched_nms(
         boxes: [B, K, 4] xyxy, each image's candidates sorted by descending score.
         classes: [B, K] integer class ids (pass zeros for class-agnostic NMS).
         counts: [B] number of valid candidates per image (a prefix of the K rows).
-        backend: "auto" (Triton on CUDA when available, else torchvision), "torchvision" or "triton".
+        backend: "auto" (Triton on CUDA when available, else torchvision), "torchvision", "triton" or "loop".
 
     Returns:
         keep: [B, max_det] int64 positions into K of kept boxes, in score order; rows past ``kept`` are 0.
@@ -46,6 +49,8 @@ def batched_nms(
         return nms_triton(boxes, classes, counts, iou_threshold, max_det)
     if backend == "torchvision":
         return nms_torchvision(boxes, classes, counts, iou_threshold, max_det)
+    if backend == "loop":
+        return nms_per_image(boxes, classes, counts, iou_threshold, max_det)
     raise ValueError(f"unknown NMS backend {backend!r}")
 
 
@@ -87,3 +92,22 @@ def nms_torchvision(
     take = rank < max_det
     keep_out[k_image[take], rank[take]] = k_position[take]
     return keep_out, per_image.clamp(max=max_det).to(torch.int32)
+
+
+def nms_per_image(
+    boxes: torch.Tensor, classes: torch.Tensor, counts: torch.Tensor, iou_threshold: float, max_det: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image loop of ``torchvision.ops.batched_nms`` (see module docstring): same output as the batched kernels."""
+    from torchvision.ops import batched_nms as tv_batched_nms
+
+    B, K = boxes.shape[:2]
+    keep_out = torch.zeros(B, max_det, dtype=torch.int64, device=boxes.device)
+    kept = torch.zeros(B, dtype=torch.int32, device=boxes.device)
+    for b, n in enumerate(counts.tolist()):  # one host sync per batch, then one NMS launch sequence per image
+        if n == 0 or max_det == 0:
+            continue
+        position = torch.arange(n, device=boxes.device)
+        keep = tv_batched_nms(boxes[b, :n].double(), -position.double(), classes[b, :n], iou_threshold)[:max_det]
+        keep_out[b, : keep.numel()] = keep
+        kept[b] = keep.numel()
+    return keep_out, kept

@@ -24,7 +24,7 @@ from yolotune.io.sources import SourceList, expand_sources
 from yolotune.io.video import video_frame_count
 from yolotune.models import LoadedModel, load_model
 from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch
-from yolotune.ops.nms import triton_available
+from yolotune.ops.nms import NMS_BACKENDS, triton_available
 from yolotune.ops.postprocess import PostprocessConfig, postprocess
 from yolotune.pipeline.buffers import Batch, FrameBuffers, Slot, host_tensor, same_shape_rgb_arrays
 from yolotune.pipeline.producer import BatchProducer
@@ -65,6 +65,7 @@ class Detector:
         max_det: int = 300,
         topk: int = 2048,
         agnostic: bool = False,
+        nms: str = "auto",
         rect: bool = True,
         cuda_graph: bool = True,
         gpu_decode: bool = True,
@@ -87,8 +88,10 @@ class Detector:
         self.imgsz = self._check_imgsz(imgsz if imgsz is not None else spec.imgsz)
         self.rect = rect and self.engine.fixed_hw is None
         self.post = PostprocessConfig(
-            layout=spec.layout, conf=conf, iou=iou, max_det=max_det, topk=topk, agnostic=agnostic
+            layout=spec.layout, conf=conf, iou=iou, max_det=max_det, topk=topk, agnostic=agnostic, nms_backend=nms
         )
+        if nms not in NMS_BACKENDS:
+            raise ValueError(f"nms must be one of {NMS_BACKENDS}, not {nms!r}")
         if preprocess not in ("auto", "gpu", "cpu"):
             raise ValueError(f"preprocess must be auto, gpu or cpu, not {preprocess!r}")
         # "cpu": decode with Pillow and letterbox with OpenCV in CPU threads (bit-identical to Ultralytics' inputs);
@@ -99,7 +102,8 @@ class Detector:
         self.return_images = return_images
         cuda = self.device.type == "cuda"
         # The graph holds NMS too, which needs the fixed-shape Triton kernels (torchvision's NMS is dynamic).
-        self.uses_cuda_graph = cuda and cuda_graph and self.engine.graph_capturable and triton_available()
+        self.uses_cuda_graph = (cuda and cuda_graph and self.engine.graph_capturable and triton_available()
+                                and nms in ("auto", "triton"))
         modules = [getattr(self.engine, "module")] if self.uses_cuda_graph else []
         self._step = CudaGraphCache(self._detect_step, modules) if self.uses_cuda_graph else self._detect_step
         self._frame_step = CudaGraphCache(self._frame_detect_step, modules) if self.uses_cuda_graph else None
@@ -142,6 +146,7 @@ class Detector:
             "conf": self.post.conf,
             "iou": self.post.iou,
             "max_det": self.post.max_det,
+            "nms": self.post.nms_backend,
             "gpu_decode": self.decoder.gpu_decode,
             "preprocess": self.preprocess,
         }

@@ -1,0 +1,104 @@
+"""Commands that analyse rather than detect: ``profile``, ``diagram``, ``compare`` (registered on the main app)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+EXIT_USAGE = 2
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def profile_command(
+    model: str = typer.Argument(..., help="Model: default, Ultralytics .pt / .yaml, or ONNX."),
+    sources: Optional[list[str]] = typer.Argument(None, help="Images or folders (default: 64 generated 720p photos)."),
+    pipeline: str = typer.Option("optimized", help="Preset: 'plain' (CPU decode, eager FP32, batch 1, NMS loop) or 'optimized'."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    batch: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
+    precision: Optional[str] = typer.Option(None, help="Override: fp32, fp16, bf16."),
+    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Override graph replay."),
+    preprocess: Optional[str] = typer.Option(None, help="Override: gpu or cpu."),
+    nms: Optional[str] = typer.Option(None, help="Override: auto, triton, torchvision, loop."),
+    images: Optional[int] = typer.Option(None, min=1, help="Images per pass (sources cycled or cut)."),
+    repeats: int = typer.Option(3, min=1, help="Repeated passes, for spread."),
+    sweep: bool = typer.Option(True, "--sweep/--no-sweep", help="Sweep batch sizes."),
+    max_batch: Optional[int] = typer.Option(None, help="Largest batch of the sweep (default 256 GPU, 8 CPU)."),
+    verify: bool = typer.Option(False, "--verify", help="Apply each recommendation and measure its real gain."),
+    out: Path = typer.Option(Path("yolotune-profile"), help="Directory for profile.json, trace.json, report.html."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout instead of the summary."),
+) -> None:
+    """Profile a pipeline stage by stage, find its bottlenecks, recommend (and with --verify measure) fixes."""
+    from yolotune.models import ModelLoadError
+    from yolotune.profile import profile
+    from yolotune.profile.trace import write_trace
+    from yolotune.report.html import write_profile_report
+    from yolotune.report.terminal import print_profile
+
+    overrides = dict(batch=batch, precision=precision, cuda_graph=cuda_graph, preprocess=preprocess, nms=nms)
+    try:
+        with err.status("profiling") as status:
+            result = profile(model, sources or None, pipeline=pipeline, device=device, images=images, repeats=repeats,
+                             sweep=sweep, max_batch=max_batch, verify=verify,
+                             progress=lambda msg: status.update(f"profiling: {msg}"), **overrides)
+    except (ModelLoadError, ValueError) as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps(result, indent=1))
+    write_trace(result, out / "trace.json")
+    write_profile_report(result, out / "report.html")
+    if as_json:
+        print(json.dumps(result))
+        return
+    print_profile(result)
+    Console().print(f"wrote {out / 'profile.json'}, {out / 'trace.json'} (ui.perfetto.dev), {out / 'report.html'}")
+
+
+def diagram_command(
+    model: str = typer.Argument(..., help="Model: default, Ultralytics .pt / .yaml."),
+    out: Path = typer.Option(Path("model.svg"), help="Output .svg or .png."),
+    profile_json: Optional[Path] = typer.Option(None, "--profile", help="A profile.json whose layer times paint the blocks."),
+    imgsz: int = typer.Option(640, help="Input size for the tensor shapes."),
+) -> None:
+    """Architecture diagram of the model: backbone, neck and head blocks with tensor shapes (and latency)."""
+    from yolotune.models import ModelLoadError
+    from yolotune.report.diagram import write_diagram
+
+    try:
+        path = write_diagram(model, out, profile=json.loads(profile_json.read_text()) if profile_json else None, imgsz=imgsz)
+    except (ModelLoadError, ValueError) as e:
+        _fail(str(e))
+    Console().print(f"wrote {path}")
+
+
+def compare_command(
+    a: Path = typer.Argument(..., help="Baseline profile.json."),
+    b: Path = typer.Argument(..., help="Candidate profile.json."),
+    out: Optional[Path] = typer.Option(None, help="Also write an HTML comparison here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Two profiles side by side: per stage and end to end, changes beyond run-to-run noise flagged."""
+    from yolotune.report.compare import compare_profiles, print_comparison, write_comparison_html
+
+    try:
+        pa, pb = json.loads(a.read_text()), json.loads(b.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        _fail(f"cannot read a profile: {e}")
+    try:
+        cmp = compare_profiles(pa, pb)
+    except (KeyError, ValueError) as e:
+        _fail(f"not a yolotune profile: {e}")
+    if out:
+        write_comparison_html(cmp, out)
+    if as_json:
+        print(json.dumps(cmp))
+    else:
+        print_comparison(cmp)

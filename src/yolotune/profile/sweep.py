@@ -1,0 +1,94 @@
+"""Throughput and latency of the detector's model + NMS step over batch sizes, up to what memory allows."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SweepPoint:
+    batch: int
+    latency_ms: float  # one batch, median of the timed repeats
+    latency_spread_ms: float  # max - min of the repeats
+    images_per_s: float
+    memory_mib: float | None  # peak device memory of the step (GPU)
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    out, b = [], 1
+    while b <= max_batch:
+        out.append(b)
+        b *= 2
+    return out
+
+
+def sweep_batches(detector, max_batch: int, repeats: int = 5, min_seconds: float = 0.15) -> tuple[list[SweepPoint], str]:
+    """The detector's step (as the pipeline runs it: graph or eager, same NMS) at batch 1, 2, 4, ... ``max_batch``.
+
+    Stops early at an out-of-memory error or when memory passes 80% of the device. Returns points and a note.
+    """
+    det = detector
+    cuda = det.device.type == "cuda"
+    h, w = det.imgsz
+    points: list[SweepPoint] = []
+    note = f"batches 1..{max_batch}"
+    total = torch.cuda.get_device_properties(det.device).total_memory if cuda else None
+    for b in batch_sizes(max_batch):
+        if det.engine.fixed_batch not in (None, b):
+            continue
+        try:
+            point = _measure(det, b, h, w, repeats, min_seconds)
+        except torch.OutOfMemoryError:
+            note = f"stopped at batch {b}: out of GPU memory"
+            torch.cuda.empty_cache()
+            break
+        points.append(point)
+        if cuda and point.memory_mib is not None and point.memory_mib * 2**20 > 0.8 * total:
+            note = f"stopped after batch {b}: over 80% of GPU memory"
+            break
+    return points, note
+
+
+def _measure(det, b: int, h: int, w: int, repeats: int, min_seconds: float) -> SweepPoint:
+    cuda = det.device.type == "cuda"
+    x = torch.rand(b, 3, h, w, device=det.device).to(det.engine.input_dtype)
+    if det.engine.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.tensor([[1.0, 1.0, 0.0, 0.0, float(h), float(w)]], device=det.device).repeat(b, 1)  # identity geometry
+    if cuda:
+        torch.cuda.synchronize(det.device)
+        torch.cuda.reset_peak_memory_stats(det.device)
+    with torch.inference_mode():
+        det._step(x, g)  # capture / warm up
+        if cuda:
+            torch.cuda.synchronize(det.device)
+        once = _time(det, x, g, 1, cuda)
+        inner = max(1, int(min_seconds / max(once, 1e-6)))
+        samples = [_time(det, x, g, inner, cuda) for _ in range(repeats)]
+    samples.sort()
+    median = samples[len(samples) // 2]
+    mem = torch.cuda.max_memory_allocated(det.device) / 2**20 if cuda else None
+    return SweepPoint(b, median * 1e3, (samples[-1] - samples[0]) * 1e3, b / median, mem)
+
+
+def _time(det, x, g, n: int, cuda: bool) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        det._step(x, g)
+    if cuda:
+        torch.cuda.synchronize(det.device)
+    return (time.perf_counter() - t0) / n
+
+
+def knee(points: list[SweepPoint], within: float = 0.9) -> SweepPoint | None:
+    """Smallest batch reaching ``within`` of the best throughput: where the curve flattens."""
+    if not points:
+        return None
+    best = max(p.images_per_s for p in points)
+    return next(p for p in points if p.images_per_s >= within * best)

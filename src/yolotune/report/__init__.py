@@ -1,0 +1,1 @@
+"""Rendering of what profile / optimize found: terminal tables, HTML reports, diagrams, comparisons."""

@@ -1,0 +1,53 @@
+"""The profile summary in the terminal (rich): stage table, end-to-end figures, top findings."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_profile(p: dict, console: Console | None = None, top: int = 5) -> None:
+    console = console or Console()
+    dev = p["device"]
+    o = p["options"]
+    console.print(f"[bold]{p['model']}[/bold] on {dev['name']} - pipeline [bold]{p['pipeline']}[/bold]: "
+                  f"batch {o['batch']}, {o.get('dtype')}, graph {'on' if o.get('cuda_graph_active') else 'off'}, "
+                  f"preprocess {o.get('preprocess')}, nms {o.get('nms')}")
+    kernels = p.get("kernels", {})
+    table = Table(title="Stages (serialised, per image)")
+    for col in ("stage", "ms/image", "+/-", "share", "GPU ms", "launches", "GPU busy ms"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in p["stages"]:
+        k = kernels.get(s["stage"], {})
+        gpu = s.get("gpu_ms_per_image")
+        table.add_row(s["stage"], f"{s['ms_per_image']:.3f}", f"{s['ms_per_image_std']:.3f}", f"{s['share']:.0%}",
+                      "" if gpu is None else f"{gpu:.3f}", f"{k.get('launches', 0):.0f}" if k else "",
+                      f"{k.get('gpu_busy_ms', 0):.3f}" if k and dev["type"] == "cuda" else "")
+    console.print(table)
+    e2e = p.get("e2e", {})
+    line = (f"end to end (overlapped pipeline): [bold]{e2e.get('images_per_s', 0):.1f} images/s[/bold] "
+            f"(+/- {e2e.get('std', 0):.1f} over {len(e2e.get('samples', []))} runs); serialised stages "
+            f"{p['serial_ms_per_image']:.2f} ms/image; {p.get('launches_per_image', 0):.0f} launches/image")
+    console.print(line)
+    c = p.get("counters") or {}
+    if c.get("available") and c.get("e2e_gpu_util_mean") is not None:
+        console.print(f"GPU during end to end: utilisation {c['e2e_gpu_util_mean']:.0f}%, memory bandwidth "
+                      f"{c['e2e_mem_util_mean']:.0f}%, SM clock {c['e2e_sm_clock_mhz_mean']:.0f} MHz")
+    sweep = p.get("sweep")
+    if sweep and sweep.get("points"):
+        best = max(sweep["points"], key=lambda q: q["images_per_s"])
+        console.print(f"batch sweep: best {best['images_per_s']:.0f} images/s at batch {best['batch']}; "
+                      f"curve flattens at batch {sweep['knee']} ({sweep['note']})")
+    findings = p.get("findings", [])[:top]
+    if findings:
+        console.print("[bold]Findings[/bold]")
+    for i, f in enumerate(findings, 1):
+        gain = f" - predicted {f['predicted_gain']:.2f}x" if f.get("predicted_gain") else ""
+        console.print(f" {i}. [bold]{f['title']}[/bold]: {f['evidence']}\n    -> {f['recommendation']}{gain}")
+    for v in p.get("verify", []):
+        if "error" in v:
+            console.print(f" verify {v['kind']}: could not run ({v['error']})")
+        else:
+            pred = f"predicted {v['predicted_gain']:.2f}x, " if v.get("predicted_gain") else ""
+            console.print(f" verify {v['kind']} {v['options']}: {pred}measured {v['measured_gain']:.2f}x "
+                          f"({v['images_per_s']:.1f} images/s)")
