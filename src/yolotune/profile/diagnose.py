@@ -1,8 +1,9 @@
 """Findings from a profile's measurements: what limits the pipeline, the figure that shows it, what to change.
 
-A small pipeline model turns measured per-image stage costs into a throughput: the producer thread (read, decode,
-preprocess, upload) and the consumer (model, NMS, copy-back, results) overlap, so images/s ~ 1 / max(producer,
-consumer). A recommendation is a change of the Detector's options plus the stage costs it is expected to change
+A small pipeline model turns measured per-image stage costs (medians over batches) into a throughput: the producer
+(reading runs ahead in its own thread, then decode, preprocess, upload) and the consumer (model, NMS, copy-back,
+results) overlap, imperfectly: time/image = max(P, C) + a * min(P, C), where the overlap loss ``a`` (GIL and CPU
+contention between the threads) is calibrated on the measured end-to-end rate. A recommendation is a change of the Detector's options plus the stage costs it is expected to change
 (from this run's own measurements: kernel busy time, a sweep point, a probe of the batched NMS); its predicted gain
 is the model's throughput after / before. ``--verify`` then measures the real gain by running those options.
 """
@@ -18,22 +19,35 @@ MODEL = ("backbone", "neck", "head", "model")
 
 @dataclass
 class PipelineModel:
-    """Per-image stage times (ms) of the serialised run."""
+    """Per-image stage times (ms) of the serialised run, and the overlap loss ``a`` (0 = perfect overlap)."""
 
     ms: dict[str, float]
+    overlap_loss: float = 0.0
 
     def producer(self) -> float:
-        return sum(self.ms.get(s, 0.0) for s in PRODUCER)
+        return max(self.ms.get("read", 0.0), sum(self.ms.get(s, 0.0) for s in PRODUCER if s != "read"))
 
     def consumer(self) -> float:
         return sum(self.ms.get(s, 0.0) for s in CONSUMER)
 
+    def ms_per_image(self) -> float:
+        p, c = self.producer(), self.consumer()
+        return max(p, c) + self.overlap_loss * min(p, c)
+
     def images_per_s(self) -> float:
-        bound = max(self.producer(), self.consumer())
-        return 1000.0 / bound if bound > 0 else 0.0
+        t = self.ms_per_image()
+        return 1000.0 / t if t > 0 else 0.0
 
     def with_changes(self, changes: dict[str, float]) -> "PipelineModel":
-        return PipelineModel({**self.ms, **changes})
+        return PipelineModel({**self.ms, **changes}, self.overlap_loss)
+
+    def calibrated(self, measured_images_per_s: float | None) -> "PipelineModel":
+        """The same stages with the overlap loss that reproduces the measured end-to-end rate (clamped to [0, 1])."""
+        p, c = self.producer(), self.consumer()
+        if not measured_images_per_s or min(p, c) <= 0:
+            return self
+        loss = (1000.0 / measured_images_per_s - max(p, c)) / min(p, c)
+        return PipelineModel(self.ms, min(1.0, max(0.0, loss)))
 
 
 @dataclass
@@ -54,8 +68,8 @@ class Finding:
 def diagnose(p: dict) -> list[Finding]:
     """Findings for a profile dict (see ``profile.run``), most severe first."""
     stages = {s["stage"]: s for s in p["stages"]}
-    ms = {k: v["ms_per_image"] for k, v in stages.items()}
-    model = PipelineModel(ms)
+    ms = {k: v.get("ms_per_image_p50", v["ms_per_image"]) for k, v in stages.items()}
+    model = PipelineModel(ms).calibrated((p.get("e2e") or {}).get("images_per_s"))
     opts = p["options"]
     cuda = p["device"]["type"] == "cuda"
     kernels = p.get("kernels", {})
@@ -82,6 +96,24 @@ def diagnose(p: dict) -> list[Finding]:
             "producer cost with decode + letterbox measured on the GPU" if gpu_pre is not None else
             "producer cost without decode + letterbox (upper bound)",
             host_pixels / bound,
+        ))
+
+    # File reading: the reader thread (read + JPEG header parse) is the slowest producer part and the producer binds.
+    read = ms.get("read", 0)
+    rest = sum(ms.get(s, 0) for s in PRODUCER if s != "read")
+    if read > rest and prod >= cons and read > 0:
+        mean_bytes = (p.get("inputs") or {}).get("mean_bytes") or 0
+        workers = opts.get("decode_workers") or 1
+        findings.append(Finding(
+            "host_bound_read",
+            "File reading sets the pace",
+            f"reading files takes {read:.3f} ms/image ({mean_bytes / 1e3 / read if read else 0:.0f} MB/s with "
+            f"{workers} threads), more than decode + preprocess ({rest:.3f} ms) and the GPU side ({cons:.3f} ms).",
+            "More reader threads (workers), files on faster storage or in the page cache, or frames from memory.",
+            {"workers": min(64, 2 * workers)},
+            gain({"read": read / 2}),
+            "reading at twice the threads (upper bound: half the time)",
+            read / bound,
         ))
 
     # Kernel-launch overhead: the model's stages take far longer on the host than their kernels run on the GPU.
@@ -194,7 +226,9 @@ def diagnose(p: dict) -> list[Finding]:
     # GPU idle during the real (overlapped) run.
     util = (p.get("counters") or {}).get("e2e_gpu_util_mean")
     if cuda and util is not None and util < 60:
-        side = "host producer (read/decode/preprocess)" if prod > cons else "host launching work"
+        host_only = [s for s in ms if kernels.get(s, {}).get("gpu_busy_ms", 0) == 0]
+        top = max(host_only, key=lambda s: ms[s], default="host work")
+        side = f"host-side stage '{top}' ({ms.get(top, 0):.3f} ms/image, the largest with no GPU work)"
         findings.append(Finding(
             "gpu_idle",
             "GPU idle gaps",

@@ -8,6 +8,8 @@ kernel launches; per-layer costs (eager) for the roofline and the diagram; the r
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import platform
 import statistics
@@ -104,15 +106,26 @@ def _device_info(device: torch.device) -> dict:
     return info
 
 
+def e2e_inputs(paths: list[str], rate_guess: float, seconds: float = 1.5, cap: int = 20000) -> list[str]:
+    """``paths`` cycled so one end-to-end run lasts about ``seconds``: pipeline fill and drain become negligible."""
+    n = max(len(paths), min(cap, int(rate_guess * seconds)))
+    return (paths * (-(-n // len(paths))))[:n]
+
+
 def measure_end_to_end(detector, paths: list[str], repeats: int) -> dict:
-    """The real pipeline (overlapped ``predict``) over ``paths``, ``repeats`` times: images/s and spread."""
+    """The real pipeline (overlapped ``predict``) over ``paths``, ``repeats`` times: images/s and spread.
+
+    Each result is serialised as a JSON line (to memory), as the profile's "sink" stage does.
+    """
     rates, errors = [], 0
     for _ in range(repeats):
         t0 = time.perf_counter()
         n = 0
+        sink = io.StringIO()
         for r in detector.predict(paths):
             n += 1
-            errors += getattr(r, "error", None) is not None
+            errors += not r.ok
+            sink.write(json.dumps(r.to_dict()) + "\n")
         rates.append(n / (time.perf_counter() - t0))
     return {"images_per_s": statistics.mean(rates), "std": statistics.pstdev(rates) if len(rates) > 1 else 0.0,
             "samples": rates, "errors": errors, "images": len(paths)}
@@ -162,7 +175,10 @@ def profile(
 
         result: dict = {"version": PROFILE_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "model": str(model), "pipeline": pipeline, "device": _device_info(det.device)}
-        result["options"] = {**opts, **det.describe(), "cuda_graph_active": det.uses_cuda_graph}
+        result["options"] = {**opts, **det.describe(), "cuda_graph_active": det.uses_cuda_graph,
+                             "decode_workers": det.decoder.workers}
+        sizes = [os.path.getsize(q) for q in set(paths)]
+        result["inputs"] = {"images": len(paths), "files": len(sizes), "mean_bytes": sum(sizes) / max(1, len(sizes))}
         staged = StagedPipeline(det)
         with NvmlSampler(det.device) as sampler, det:
             with phase("warm-up"):
@@ -185,9 +201,10 @@ def profile(
             with phase("probes"):
                 result["probes"] = _probes(det, staged, paths)
             with phase("end-to-end"):
-                measure_end_to_end(det, paths[: det.batch * 2], 1)  # warm-up: the pipeline's own graphs
+                warm = measure_end_to_end(det, paths[: det.batch * 4], 1)  # warm-up: the pipeline's own graphs
+                e2e_paths = e2e_inputs(paths, warm["images_per_s"])
                 e2e_start = time.perf_counter()
-                result["e2e"] = measure_end_to_end(det, paths, repeats)
+                result["e2e"] = measure_end_to_end(det, e2e_paths, repeats)
                 e2e_end = time.perf_counter()
             if sweep:
                 with phase("sweep"):
@@ -195,6 +212,12 @@ def profile(
                     points, note = sweep_batches(det, cap)
                     k = knee(points)
                     result["sweep"] = {"points": [p.to_dict() for p in points], "knee": k.batch if k else None, "note": note}
+            if verify:
+                result["findings"] = [f.to_dict() for f in diagnose(result)]
+                from yolotune.profile.verify import verify_findings
+
+                with phase("verify"):
+                    result["verify"] = verify_findings(model, str(det.device), opts, result, e2e_paths, repeats, say)
         series = sampler.series
         result["counters"] = {**series.to_dict(), "t": [t - t_origin for t in series.t],
                               "e2e_gpu_util_mean": series.mean("gpu_util", e2e_start, e2e_end),
@@ -204,13 +227,8 @@ def profile(
         result["timeline"] = [[s.stage, s.batch, s.images, s.host_start - t_origin, s.host_enqueued - t_origin,
                                s.host_end - t_origin, None if s.gpu_start is None else s.gpu_start - t_origin,
                                None if s.gpu_end is None else s.gpu_end - t_origin] for s in spans]
-        result["findings"] = [f.to_dict() for f in diagnose(result)]
-        if verify:
-            from yolotune.profile.verify import verify_findings
-
-            with phase("verify"):
-                result["verify"] = verify_findings(model, str(det.device), opts, result, paths, repeats, say)
         result["phases"] = phases
+        result["findings"] = [f.to_dict() for f in diagnose(result)]
         return result
 
 

@@ -19,9 +19,9 @@ def print_profile(p: dict, console: Console | None = None, top: int = 5) -> None
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in p["stages"]:
         k = kernels.get(s["stage"], {})
-        gpu = s.get("gpu_ms_per_image")
+        gpu = s.get("gpu_ms_per_image") if k.get("gpu_busy_ms") else None  # events around host-only work say nothing
         table.add_row(s["stage"], f"{s['ms_per_image']:.3f}", f"{s['ms_per_image_std']:.3f}", f"{s['share']:.0%}",
-                      "" if gpu is None else f"{gpu:.3f}", f"{k.get('launches', 0):.0f}" if k else "",
+                      "" if gpu is None else f"{gpu:.3f}", _count(k.get("launches", 0)) if k else "",
                       f"{k.get('gpu_busy_ms', 0):.3f}" if k and dev["type"] == "cuda" else "")
     console.print(table)
     e2e = p.get("e2e", {})
@@ -51,3 +51,7 @@ def print_profile(p: dict, console: Console | None = None, top: int = 5) -> None
             pred = f"predicted {v['predicted_gain']:.2f}x, " if v.get("predicted_gain") else ""
             console.print(f" verify {v['kind']} {v['options']}: {pred}measured {v['measured_gain']:.2f}x "
                           f"({v['images_per_s']:.1f} images/s)")
+
+
+def _count(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 or v == 0 else f"{v:.2f}"

@@ -1,0 +1,146 @@
+"""Matplotlib figures of a profile, returned as inline SVG text (the HTML report needs no network or files)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STAGE_COLORS = {
+    "read": "#8c8c8c", "decode": "#e377c2", "h2d": "#bcbd22", "preprocess": "#ff7f0e", "backbone": "#1f77b4",
+    "neck": "#17becf", "head": "#2ca02c", "model": "#1f77b4", "nms": "#d62728", "d2h": "#9467bd", "sink": "#7f7f7f",
+}
+
+
+def svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def stage_bars(p: dict) -> str:
+    """Per-image time by stage with spread (std over batches), and the stacked total."""
+    stages = p["stages"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 4.8), gridspec_kw={"height_ratios": [3, 1]})
+    names = [s["stage"] for s in stages]
+    vals = [s["ms_per_image"] for s in stages]
+    std = [s["ms_per_image_std"] for s in stages]
+    ax1.barh(names, vals, xerr=[[min(d, v) for d, v in zip(std, vals)], std], capsize=3,
+             color=[STAGE_COLORS.get(n, "#999") for n in names])
+    ax1.invert_yaxis()
+    ax1.set_xlabel("ms per image (serialised run; bars: std over batches)")
+    for i, v in enumerate(vals):
+        ax1.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+    left = 0.0
+    for n, v in zip(names, vals):
+        ax2.barh(["total"], [v], left=left, color=STAGE_COLORS.get(n, "#999"), label=n)
+        left += v
+    ax2.set_xlabel("ms per image, stacked")
+    ax2.legend(ncol=6, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6), frameon=False)
+    fig.tight_layout()
+    return svg(fig)
+
+
+def waterfall(p: dict, batches: int = 4) -> str:
+    """The first batches of the serialised run: host span and GPU span of every stage on one clock."""
+    rows = p.get("timeline", [])
+    if not rows:
+        return ""
+    first = sorted({r[1] for r in rows})[:batches]
+    rows = [r for r in rows if r[1] in first]
+    t0 = min(r[3] for r in rows)
+    fig, ax = plt.subplots(figsize=(9, 2.6))
+    for stage, _b, _n, h0, _he, h1, g0, g1 in rows:
+        c = STAGE_COLORS.get(stage, "#999")
+        ax.broken_barh([((h0 - t0) * 1e3, (h1 - h0) * 1e3)], (10, 8), color=c)
+        if g0 is not None:
+            ax.broken_barh([((g0 - t0) * 1e3, max(0.0, g1 - g0) * 1e3)], (0, 8), color=c, alpha=0.7)
+    ax.set_yticks([4, 14], ["GPU (events)", "host"])
+    ax.set_xlabel(f"ms from the start of batch {first[0]} (first {len(first)} batches)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=STAGE_COLORS.get(s, "#999")) for s in dict.fromkeys(r[0] for r in rows)]
+    ax.legend(handles, list(dict.fromkeys(r[0] for r in rows)), ncol=6, fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.35), frameon=False)
+    fig.tight_layout()
+    return svg(fig)
+
+
+def sweep_curve(p: dict) -> str:
+    sweep = p.get("sweep") or {}
+    pts = sweep.get("points") or []
+    if not pts:
+        return ""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    b = [q["batch"] for q in pts]
+    ax.plot(b, [q["images_per_s"] for q in pts], "o-", color="#1f77b4", label="images/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images/s (model + NMS)", color="#1f77b4")
+    if sweep.get("knee"):
+        ax.axvline(sweep["knee"], color="#999", ls="--", lw=1)
+        ax.text(sweep["knee"], ax.get_ylim()[1] * 0.95, f" flattens at {sweep['knee']}", fontsize=8, va="top")
+    ax2 = ax.twinx()
+    ax2.plot(b, [q["latency_ms"] for q in pts], "s--", color="#d62728", label="latency")
+    ax2.set_ylabel("ms per batch", color="#d62728")
+    ax2.set_yscale("log")
+    fig.tight_layout()
+    return svg(fig)
+
+
+def roofline(p: dict) -> str:
+    roof = p.get("roofline") or {}
+    pts = roof.get("points") or []
+    peaks = roof.get("peaks")
+    if not pts or not peaks:
+        return ""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ai = np.logspace(-1, 4, 200)
+    ax.plot(ai, np.minimum(peaks["flops"], ai * peaks["bandwidth"]) / 1e12, color="k", lw=1.5,
+            label=f"roof ({peaks['source']}: {peaks['flops'] / 1e12:.0f} TFLOP/s, {peaks['bandwidth'] / 1e9:.0f} GB/s)")
+    if peaks["source"] == "datasheet":
+        ax.plot(ai, np.minimum(peaks["measured_flops"], ai * peaks["measured_bandwidth"]) / 1e12, color="#999", lw=1,
+                ls="--", label="measured roof (matmul, copy)")
+    for q in pts:
+        c = STAGE_COLORS.get(q["name"], "#333")
+        ax.scatter([q["intensity"]], [q["achieved_tflops"]], color=c, s=60 if q["name"] == "model" else 35,
+                   marker="*" if q["name"] == "model" else "o", zorder=3)
+        ax.annotate(f"{q['name']} ({q['fraction_of_roof']:.0%})", (q["intensity"], q["achieved_tflops"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("TFLOP/s")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return svg(fig)
+
+
+def counters(p: dict) -> str:
+    c = p.get("counters") or {}
+    if not c.get("available") or not c.get("t"):
+        return ""
+    fig, ax = plt.subplots(figsize=(9, 3))
+    t = c["t"]
+    ax.plot(t, c["gpu_util"], lw=1, label="GPU utilisation %")
+    ax.plot(t, c["mem_util"], lw=1, label="memory bandwidth utilisation %")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("s since the profile started")
+    ax.set_ylabel("%")
+    ax2 = ax.twinx()
+    ax2.plot(t, c["mem_used_mib"], lw=1, color="#9467bd", label="memory used MiB")
+    ax2.set_ylabel("MiB")
+    for i, ph in enumerate(p.get("phases", [])):
+        ax.axvspan(ph["start"], ph["end"], color="#000", alpha=0.04 if i % 2 else 0.08)
+        ax.text((ph["start"] + ph["end"]) / 2, 101, ph["name"], fontsize=6, ha="center", va="bottom", rotation=0)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+              ncol=3, frameon=False)
+    fig.tight_layout()
+    return svg(fig)

@@ -1,0 +1,161 @@
+"""Profiler: model split from structure, kernel attribution, diagnosis from data, trace, report, diagram, compare."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from yolotune.cli import app
+from yolotune.models import load_model
+from yolotune.profile.diagnose import PipelineModel, diagnose
+from yolotune.profile.kernels import attribute
+from yolotune.profile.sections import SectionRunner, describe_layers
+from yolotune.report.compare import compare_profiles
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "profiles"
+
+
+@pytest.fixture(scope="module")
+def cpu_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile")
+    res = CliRunner().invoke(app, ["profile", "default", "--device", "cpu", "--pipeline", "plain", "--images", "4",
+                                   "--repeats", "2", "--max-batch", "2", "--verify", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out, json.loads((out / "profile.json").read_text()), res.output
+
+
+def test_cli_profile_on_cpu_measures_every_stage(cpu_profile):
+    out, p, output = cpu_profile
+    stages = [s["stage"] for s in p["stages"]]
+    assert stages == ["read", "decode", "preprocess", "backbone", "neck", "head", "nms", "d2h", "sink"]
+    assert all(s["ms_per_image"] > 0 and len(s["samples"]) == 8 for s in p["stages"])  # 4 images x 2 passes, batch 1
+    assert p["kernels"]["backbone"]["launches"] > 20  # CPU: operator calls per image stand in for launches
+    assert p["e2e"]["images_per_s"] > 0 and len(p["e2e"]["samples"]) == 2 and p["e2e"]["errors"] == 0
+    assert [q["batch"] for q in p["sweep"]["points"]] == [1, 2]
+    assert {q["section"] for q in p["layers"]} == {"backbone", "neck", "head"} and len(p["layers"]) == 23
+    total_gflops = sum(q["flops"] for q in p["layers"]) / 1e9
+    h, w = p["roofline"]["input_hw"]
+    assert total_gflops == pytest.approx(8.1 * h * w / 640**2, rel=0.08)  # yolov8n: 8.1 GFLOPs at 640x640
+    assert p["roofline"]["peaks"]["source"] == "measured"
+    assert "Stages" in output and "end to end" in output
+
+
+def test_trace_is_valid_chrome_trace_json(cpu_profile):
+    out, p, _ = cpu_profile
+    trace = json.loads((out / "trace.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e.get("cat") == "stage"]
+    assert len(spans) == len(p["timeline"]) > 0
+    assert all(e["ph"] == "X" and e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "process_name"}
+    assert "profile phases" in names
+
+
+def test_html_report_is_self_contained(cpu_profile):
+    out, p, _ = cpu_profile
+    text = (out / "report.html").read_text()
+    assert text.count("<svg") >= 4  # stages, waterfall, sweep, roofline, diagram
+    assert "Findings" in text and "Slowest layers" in text and "Architecture" in text
+    # nothing fetched: no scripts, stylesheets or remote images (SVG namespace URIs are names, not requests)
+    assert not any(tag in text for tag in ("<script", "<link", "@import", 'src="http', "<img"))
+
+
+@pytest.mark.parametrize("cfg,head", [("yolov8n.yaml", "Detect"), ("yolo11n.yaml", "Detect"), ("yolov10n.yaml", "v10Detect")])
+def test_sections_come_from_the_model_structure(cfg, head):
+    net = load_model(cfg).runnable.model.eval()
+    layers = describe_layers(net)
+    n_backbone = len(net.yaml["backbone"])
+    assert [q.section for q in layers[:n_backbone]] == ["backbone"] * n_backbone
+    assert layers[-1].section == "head" and layers[-1].type == head
+    assert all(q.section == "neck" for q in layers[n_backbone:-1])
+    x = torch.rand(1, 3, 320, 320)
+    with torch.inference_mode():
+        ref = net(x)
+        ref = ref[0] if isinstance(ref, (tuple, list)) else ref
+        assert torch.equal(SectionRunner(net).run(x), ref)
+
+
+def test_kernel_attribution_follows_correlation_ids():
+    ann = lambda name, ts, dur: {"ph": "X", "cat": "user_annotation", "name": name, "ts": ts, "dur": dur, "tid": 1}  # noqa: E731
+    rt = lambda name, ts, corr: {"ph": "X", "cat": "cuda_runtime", "name": name, "ts": ts, "dur": 2, "tid": 1,  # noqa: E731
+                                 "args": {"correlation": corr}}
+    k = lambda ts, dur, corr: {"ph": "X", "cat": "kernel", "name": "k", "ts": ts, "dur": dur, "tid": 7,  # noqa: E731
+                               "args": {"correlation": corr}}
+    events = [ann("backbone", 0, 100), ann("nms", 100, 50),
+              rt("cudaLaunchKernel", 10, 1), rt("cudaLaunchKernel", 20, 2), rt("cudaGraphLaunch", 110, 3),
+              rt("cudaStreamSynchronize", 120, 4),  # not a launch
+              k(30, 40, 1), k(80, 10, 2), k(115, 5, 3), k(121, 5, 3)]  # graph kernels share the launch's id
+    stats = attribute(events, images=2, cuda=True)
+    assert stats["backbone"].launches == 1.0 and stats["backbone"].kernels == 1.0
+    assert stats["backbone"].gpu_busy_ms == pytest.approx(0.025)  # (40 + 10) us / 2 images
+    assert stats["nms"].launches == 0.5 and stats["nms"].graph_launches == 0.5 and stats["nms"].kernels == 1.0
+
+
+def test_pipeline_model_is_calibrated_on_the_measured_rate():
+    m = PipelineModel({"read": 1.0, "decode": 4.0, "backbone": 3.0, "nms": 1.0})
+    assert m.producer() == 4.0 and m.consumer() == 4.0  # reading runs ahead in its own thread
+    cal = m.calibrated(1000.0 / 6.0)  # measured 6 ms/image = 4 + a * 4
+    assert cal.overlap_loss == pytest.approx(0.5) and cal.images_per_s() == pytest.approx(1000 / 6)
+    assert cal.with_changes({"decode": 1.0}).ms_per_image() == pytest.approx(4.0 + 0.5 * 1.0)
+
+
+def _stored(name: str) -> dict:
+    return json.loads((RESULTS / f"profile_{name}.json").read_text())
+
+
+@pytest.mark.parametrize("model", ["yolov8n", "yolov8m"])
+def test_stored_h100_profiles_find_the_documented_bottlenecks(model):
+    """BASELINE.md's bottlenecks of the plain pipeline are found from the stored H100 data, and gone when optimized."""
+    plain = {f.kind: f for f in diagnose(_stored(f"{model}_plain"))}
+    assert {"launch_overhead", "batch_size"} <= set(plain)
+    assert "host_bound_preprocess" in plain or "nms_share" in plain
+    assert plain["launch_overhead"].predicted_gain > 1.2 and plain["launch_overhead"].options["cuda_graph"] is True
+    optimized = {f.kind for f in diagnose(_stored(f"{model}_optimized"))}
+    assert not optimized & {"launch_overhead", "host_bound_preprocess", "nms_share", "batch_size"}
+
+
+def test_diagnosis_follows_the_data_not_fixed_text():
+    p = _stored("yolov8n_plain")
+    launch = next(f for f in diagnose(p) if f.kind == "launch_overhead")
+    faster = copy.deepcopy(p)
+    for s in ("backbone", "neck", "head"):
+        faster["kernels"][s]["gpu_busy_ms"] = next(q["ms_per_image_p50"] for q in p["stages"] if q["stage"] == s)
+    assert "launch_overhead" not in {f.kind for f in diagnose(faster)}  # GPU-bound now: no launch finding
+    assert f"{p['launches_per_image'] - p['kernels']['d2h']['launches'] - p['kernels']['h2d']['launches']:.0f}" in launch.evidence
+
+
+def test_compare_flags_only_changes_beyond_noise(cpu_profile):
+    _, p, _ = cpu_profile
+    slower = copy.deepcopy(p)
+    for s in slower["stages"]:
+        if s["stage"] == "backbone":
+            s["samples"] = [v * 2 for v in s["samples"]]
+            s["ms_per_image"] *= 2
+    c = compare_profiles(p, slower)
+    verdicts = {s["stage"]: s["verdict"] for s in c["stages"]}
+    assert verdicts["backbone"] == "regression"
+    assert all(v == "within noise" for k, v in verdicts.items() if k != "backbone")
+    assert c["e2e"]["verdict"] == "within noise"
+
+
+def test_cli_compare_and_diagram(cpu_profile, tmp_path):
+    out, _, _ = cpu_profile
+    res = CliRunner().invoke(app, ["compare", str(out / "profile.json"), str(out / "profile.json"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["e2e"]["verdict"] == "within noise"
+    res = CliRunner().invoke(app, ["diagram", "default", "--out", str(tmp_path / "m.svg"), "--profile", str(out / "profile.json")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "m.svg").read_text()
+    assert "<svg" in text and "Detect" in text and "ms" in text
+
+
+def test_profile_errors_are_clear(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    res = CliRunner().invoke(app, ["profile", "default", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no image files" in res.output
+    res = CliRunner().invoke(app, ["profile", "default", "--pipeline", "fastest", "--device", "cpu"])
+    assert res.exit_code == 2 and "pipeline must be one of" in res.output
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "notes.txt"), str(tmp_path / "notes.txt")])
+    assert res.exit_code == 2
