@@ -159,3 +159,17 @@ def test_profile_errors_are_clear(tmp_path):
     assert res.exit_code == 2 and "pipeline must be one of" in res.output
     res = CliRunner().invoke(app, ["compare", str(tmp_path / "notes.txt"), str(tmp_path / "notes.txt")])
     assert res.exit_code == 2
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="Debian's chromium is not installed")
+def test_report_renders_in_headless_chromium(cpu_profile, tmp_path):
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    out, _, _ = cpu_profile
+    script = Path(__file__).resolve().parents[1] / "scripts" / "report-screenshot"
+    subprocess.run([str(script), str(out / "report.html"), str(tmp_path / "shot.png"), "1200x3000"], check=True, timeout=120)
+    pixels = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=np.float32)
+    assert pixels.shape == (3000, 1200) and pixels.std() > 20  # text and figures drawn, not a blank page

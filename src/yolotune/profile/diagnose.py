@@ -174,6 +174,24 @@ def diagnose(p: dict) -> list[Finding]:
             xfer / bound,
         ))
 
+    # Result handling: turning detections into records (JSON here) on the consumer thread.
+    sink = ms.get("sink", 0)
+    if sink > 0.15 * bound and cons >= prod:
+        dets = (p.get("e2e") or {}).get("detections_per_image")
+        per = f" for {dets:.0f} detections/image" if dets is not None else ""
+        findings.append(Finding(
+            "sink_share",
+            "Result handling takes a large share",
+            f"serialising results takes {sink:.3f} ms/image{per}, {sink / bound:.0%} of the bottleneck side "
+            f"({bound:.3f} ms/image), on the same thread that feeds the GPU.",
+            "Keep fewer boxes (higher conf, lower max_det), write a binary/columnar format, or hand results to a "
+            "separate writer process.",
+            {},
+            None,
+            "",
+            sink / bound,
+        ))
+
     # Batch size: the sweep shows much more throughput at another batch.
     sweep = p.get("sweep") or {}
     points = sweep.get("points") or []

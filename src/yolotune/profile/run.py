@@ -117,7 +117,7 @@ def measure_end_to_end(detector, paths: list[str], repeats: int) -> dict:
 
     Each result is serialised as a JSON line (to memory), as the profile's "sink" stage does.
     """
-    rates, errors = [], 0
+    rates, errors, boxes = [], 0, 0
     for _ in range(repeats):
         t0 = time.perf_counter()
         n = 0
@@ -125,10 +125,12 @@ def measure_end_to_end(detector, paths: list[str], repeats: int) -> dict:
         for r in detector.predict(paths):
             n += 1
             errors += not r.ok
+            boxes += len(r) if r.ok else 0
             sink.write(json.dumps(r.to_dict()) + "\n")
         rates.append(n / (time.perf_counter() - t0))
     return {"images_per_s": statistics.mean(rates), "std": statistics.pstdev(rates) if len(rates) > 1 else 0.0,
-            "samples": rates, "errors": errors, "images": len(paths)}
+            "samples": rates, "errors": errors, "images": len(paths),
+            "detections_per_image": boxes / max(1, len(paths) * repeats)}
 
 
 def profile(
