@@ -106,12 +106,12 @@ def roofline(p: dict) -> str:
     if peaks["source"] == "datasheet":
         ax.plot(ai, np.minimum(peaks["measured_flops"], ai * peaks["measured_bandwidth"]) / 1e12, color="#999", lw=1,
                 ls="--", label="measured roof (matmul, copy)")
-    for q in pts:
+    for i, q in enumerate(pts):
         c = STAGE_COLORS.get(q["name"], "#333")
         ax.scatter([q["intensity"]], [q["achieved_tflops"]], color=c, s=60 if q["name"] == "model" else 35,
                    marker="*" if q["name"] == "model" else "o", zorder=3)
         ax.annotate(f"{q['name']} ({q['fraction_of_roof']:.0%})", (q["intensity"], q["achieved_tflops"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+                    xytext=(6, 12 * i - 18), textcoords="offset points")  # staggered: points sit close together
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
