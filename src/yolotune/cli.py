@@ -95,10 +95,11 @@ def print_summary(summary: dict, console: Console) -> None:
 
 @app.command()
 def predict(
-    model: str = typer.Argument(..., help="Model: Ultralytics .pt / .yaml (needs yolotune[ultralytics]) or ONNX export."),
+    model: str = typer.Argument(..., help="Model: default, Ultralytics .pt / .yaml (needs yolotune[ultralytics]), ONNX "
+                                           "export, or an artifact directory from yolotune optimize."),
     sources: list[str] = typer.Argument(..., help="Images, directories, globs, .txt lists of paths, video files."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or N."),
-    batch: int = typer.Option(16, min=1, help="Images per batch."),
+    batch: Optional[int] = typer.Option(None, min=1, help="Images per batch (default 16, or the artifact's)."),
     conf: float = typer.Option(0.25, min=0.0, max=1.0, help="Confidence threshold."),
     iou: float = typer.Option(0.7, min=0.0, max=1.0, help="NMS IoU threshold."),
     max_det: int = typer.Option(300, min=1, help="Maximum detections per image."),
@@ -107,7 +108,7 @@ def predict(
     formats: list[str] = typer.Option(["jsonl"], "--format", "-f", help="jsonl, coco, images (repeat for several)."),
     half: Optional[bool] = typer.Option(None, "--half/--no-half", help="FP16 on CUDA (default on)."),
     rect: bool = typer.Option(True, "--rect/--no-rect", help="Minimal stride padding for same-size batches."),
-    cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs."),
+    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on)."),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA."),
     preprocess: str = typer.Option("auto", help="Where to decode + letterbox: gpu (nvJPEG, batched on the device), cpu (threads; Ultralytics-identical pixels), auto."),
     workers: Optional[int] = typer.Option(None, help="CPU decode threads."),
@@ -125,10 +126,13 @@ def predict(
     if bad:
         _fail(f"unknown --format {', '.join(bad)}; choose from {', '.join(sink_names())}")
     try:
+        # options left unset are not passed, so an artifact's tuned values (batch, precision, graph) apply
+        unset = dict(half=half, batch=batch, imgsz=imgsz, cuda_graph=cuda_graph, workers=workers, class_bias=class_bias,
+                     end2end=end2end)
         detector = Detector(
-            model, device=device, half=half, batch=batch, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det,
-            rect=rect, cuda_graph=cuda_graph, gpu_decode=gpu_decode, preprocess=preprocess, workers=workers, agnostic=agnostic,
-            return_images="images" in formats, seed=seed, class_bias=class_bias, end2end=end2end,
+            model, device=device, conf=conf, iou=iou, max_det=max_det, rect=rect, gpu_decode=gpu_decode,
+            preprocess=preprocess, agnostic=agnostic, return_images="images" in formats, seed=seed,
+            **{k: v for k, v in unset.items() if v is not None},
         )
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
@@ -249,6 +253,10 @@ from yolotune.cli_analysis import compare_command, diagram_command, profile_comm
 app.command("profile")(profile_command)
 app.command("diagram")(diagram_command)
 app.command("compare")(compare_command)
+
+from yolotune.cli_optimize import optimize_command  # noqa: E402
+
+app.command("optimize")(optimize_command)
 
 
 def main() -> None:

@@ -10,13 +10,35 @@ from yolotune.data.evaluate import DetectionMetrics, coco_metrics, detections_as
 
 
 def load_dataset(data: str | Path) -> tuple[dict, Path]:
-    """(COCO ground truth, images folder) of a dataset folder holding ``annotations.json`` and ``images/``."""
+    """(COCO ground truth, images folder) of a dataset folder holding ``annotations.json`` and ``images/``.
+
+    A plain folder of images (no labels) gives ground truth with images only (``annotations`` empty): the accuracy
+    guard then uses a reference model's detections as pseudo-labels.
+    """
     root = Path(data)
     ann = root / "annotations.json" if root.is_dir() else root
+    if root.is_dir() and not ann.is_file():
+        unlabelled = _image_folder(root)
+        if unlabelled is not None:
+            return unlabelled, root
     if not ann.is_file():
         raise FileNotFoundError(f"{data}: expected a folder with annotations.json and images/ (yolotune data synth writes one)")
     images = ann.parent / "images"
     return json.loads(ann.read_text()), images if images.is_dir() else ann.parent
+
+
+def _image_folder(root: Path) -> dict | None:
+    from PIL import Image
+
+    images = []
+    for path in sorted(p for p in root.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp")):
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except Exception:
+            continue  # unreadable files cannot be scored; the guard runs on the readable ones
+        images.append({"id": len(images) + 1, "file_name": path.name, "width": w, "height": h})
+    return {"images": images, "annotations": [], "categories": []} if images else None
 
 
 def predict_coco(detector, ground_truth: dict, images: Path) -> list[dict]:
@@ -62,7 +84,8 @@ def accuracy_guard(candidate, data: str | Path, reference=None, max_drop_points:
     if not labelled:
         if reference is None:
             raise ValueError("unlabelled data needs a reference detector for pseudo-labels")
-        gt = detections_as_ground_truth(predict_coco(reference, gt, images), gt["images"], gt["categories"], conf)
+        categories = gt["categories"] or [{"id": int(i), "name": n} for i, n in reference.names.items()]
+        gt = detections_as_ground_truth(predict_coco(reference, gt, images), gt["images"], categories, conf)
         ref_map = 1.0
     else:
         ref_map = coco_metrics(gt, predict_coco(reference, gt, images)).map50_95 if reference is not None else None

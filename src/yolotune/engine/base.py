@@ -47,7 +47,7 @@ def register_engine(model_format: str) -> Callable[[EngineBuilder], EngineBuilde
     return wrap
 
 
-def build_engine(model: LoadedModel, device: torch.device, precision: str) -> Engine:
+def build_engine(model: LoadedModel, device: torch.device, precision: str, compile: bool = False) -> Engine:
     """The engine that runs ``model`` (by its format) on ``device`` at ``precision``."""
     from yolotune.engine import ort as _ort  # noqa: F401  (registers)
     from yolotune.engine import torch as _torch  # noqa: F401  (registers)
@@ -55,4 +55,4 @@ def build_engine(model: LoadedModel, device: torch.device, precision: str) -> En
     builder = _BUILDERS.get(model.spec.format)
     if builder is None:
         raise ValueError(f"no engine for model format {model.spec.format!r}")
-    return builder(model, device=device, precision=precision)
+    return builder(model, device=device, precision=precision, compile=compile)

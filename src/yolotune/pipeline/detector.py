@@ -28,6 +28,7 @@ from yolotune.ops.nms import NMS_BACKENDS, triton_available
 from yolotune.ops.postprocess import PostprocessConfig, postprocess
 from yolotune.pipeline.buffers import Batch, FrameBuffers, Slot, host_tensor, same_shape_rgb_arrays
 from yolotune.pipeline.producer import BatchProducer
+from yolotune.tune.artifact import accepts_artifacts
 from yolotune.types import Detections, ErrorRecord, InputRef, Result, StageTiming
 
 _MAX_CANVASES = 8  # distinct rect canvases before new shapes fall back to the square canvas (bounds graph count)
@@ -52,6 +53,7 @@ class Detector:
     ...     print(result.to_dict())
     """
 
+    @accepts_artifacts
     def __init__(
         self,
         model: str | Path | LoadedModel,
@@ -68,6 +70,7 @@ class Detector:
         nms: str = "auto",
         rect: bool = True,
         cuda_graph: bool = True,
+        compile: bool = False,
         gpu_decode: bool = True,
         preprocess: str = "auto",
         workers: int | None = None,
@@ -81,7 +84,7 @@ class Detector:
             precision = "fp32" if (half is False or self.device.type == "cpu") else "fp16"
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
-        self.engine = build_engine(self.model, self.device, precision)
+        self.engine = build_engine(self.model, self.device, precision, compile=compile)
         self.device = self.engine.device  # an ONNX Runtime CPU engine keeps preprocessing on the CPU too
         self.batch = max(1, int(batch))
         self.stride = spec.stride
@@ -140,6 +143,7 @@ class Detector:
             "classes": self.model.spec.num_classes,
             **self.engine.describe(),
             "cuda_graph": self.uses_cuda_graph,
+            "compile": getattr(self.engine, "compiled", None) is not None,
             "batch": self.batch,
             "imgsz": list(self.imgsz),
             "rect": self.rect,

@@ -1,0 +1,60 @@
+"""The ``optimize`` command (registered on the main app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+err = Console(stderr=True)
+
+
+def optimize_command(
+    model: str = typer.Argument(..., help="Model: default, Ultralytics .pt / .yaml, or ONNX."),
+    data: Optional[Path] = typer.Option(None, help="Validation data: a dataset folder (annotations.json + images/) or a "
+                                                    "folder of images (then the FP32 model's detections are the labels). "
+                                                    "Default: generated scenes."),
+    out: Path = typer.Option(Path("yolotune-artifact"), help="Artifact directory (model, yolotune.json, report)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    objective: str = typer.Option("throughput", help="throughput or latency (batch 1)."),
+    latency_ms: Optional[float] = typer.Option(None, help="Max latency per batch when choosing the batch size."),
+    target_fps: Optional[float] = typer.Option(None, help="Smallest batch that reaches this many images/s."),
+    memory_mib: Optional[float] = typer.Option(None, help="GPU memory cap for the chosen batch."),
+    budget: float = typer.Option(120.0, help="Time budget in seconds (compile included)."),
+    max_drop: float = typer.Option(1.0, help="Accuracy bound: max mAP50-95 drop in points."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Try torch.compile (GPU)."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Try INT8 ONNX Runtime (CPU)."),
+    calibration: Optional[Path] = typer.Option(None, help="Folder of images for INT8 calibration (default: generated)."),
+    val_images: Optional[int] = typer.Option(None, help="Generated validation images (default 200 GPU, 48 CPU)."),
+) -> None:
+    """Find the fastest pipeline that keeps accuracy, save it as an artifact, and report before/after."""
+    from yolotune.models import ModelLoadError
+    from yolotune.tune.search import optimize
+
+    try:
+        with err.status("optimizing") as status:
+            report = optimize(model, data, device=device, objective=objective, latency_ms=latency_ms, target_fps=target_fps,
+                              memory_mib=memory_mib, budget_s=budget, max_drop=max_drop, out=out, compile=compile,
+                              int8=int8, calibration=calibration, val_images=val_images,
+                              progress=lambda m: status.update(f"optimizing: {m}"))
+    except (ModelLoadError, ValueError) as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2)
+    console = Console()
+    table = Table(title=f"candidates on {report['device']}")
+    for col in ("candidate", "status", "images/s", "b1 ms", "mAP50-95", "drop", "note"):
+        table.add_column(col, justify="left" if col in ("candidate", "status", "note") else "right")
+    for c in report["candidates"]:
+        num = lambda k, d: "" if c.get(k) is None else f"{c[k]:.{d}f}"  # noqa: E731
+        table.add_row(c["name"], c.get("status", ""), num("images_per_s", 1), num("latency_ms_b1", 3),
+                      num("map50_95", 4), num("drop_points", 2), c.get("reason", ""))
+    console.print(table)
+    for n in report["notes"]:
+        console.print(n)
+    if not report.get("chosen"):
+        raise typer.Exit(1)
+    console.print(report["summary"])
+    console.print(f"artifact: {out} (reloads in {report['reload_s']} s); report: {out / 'report.md'}")

@@ -1,0 +1,44 @@
+"""The search space: each candidate is a set of real Detector options (plus, for INT8, a quantized model file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Candidate:
+    name: str
+    options: dict  # Detector options (precision, cuda_graph, compile, batch, nms, ...)
+    engine: str = "torch"  # "torch" or "onnxruntime"
+    calibration: str | None = None  # INT8 calibration method (ONNX Runtime static quantization)
+    est_cost_s: float = 10.0  # rough time to build and measure, for the budget
+    reference: bool = False  # the accuracy reference (FP32, plain)
+    result: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "options": self.options, "engine": self.engine, "calibration": self.calibration,
+                **self.result}
+
+
+def search_space(device_type: str, compile: bool = True, int8: bool = True) -> list[Candidate]:
+    """Engine x precision candidates for ``device_type``, the FP32 reference first."""
+    if device_type == "cuda":
+        out = [
+            Candidate("eager fp32", {"precision": "fp32", "cuda_graph": False}, reference=True, est_cost_s=8),
+            Candidate("eager fp16", {"precision": "fp16", "cuda_graph": False}, est_cost_s=8),
+            Candidate("graph fp32", {"precision": "fp32", "cuda_graph": True}, est_cost_s=8),
+            Candidate("graph bf16", {"precision": "bf16", "cuda_graph": True}, est_cost_s=8),
+            Candidate("graph fp16", {"precision": "fp16", "cuda_graph": True}, est_cost_s=8),
+        ]
+        if compile:
+            out.append(Candidate("compiled+graph fp16", {"precision": "fp16", "cuda_graph": True, "compile": True},
+                                 est_cost_s=60))
+        return out
+    out = [
+        Candidate("torch fp32", {"precision": "fp32"}, reference=True, est_cost_s=15),
+        Candidate("onnxruntime fp32", {}, engine="onnxruntime", est_cost_s=15),
+    ]
+    if int8:
+        out += [Candidate(f"onnxruntime int8 ({m})", {}, engine="onnxruntime", calibration=m, est_cost_s=45)
+                for m in ("minmax", "entropy", "percentile")]
+    return out

@@ -1,0 +1,92 @@
+"""INT8 ONNX Runtime models by static quantization (QDQ, per-channel weights), calibrated on real images.
+
+The head's decoding (DFL softmax, anchors, box arithmetic, sigmoid, concat) stays in float: box coordinates in
+pixels and class probabilities lose far more to 8-bit steps than convolution activations do. Its convolutions
+are quantized like the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class CalibrationError(ValueError):
+    """The calibration set cannot be used (empty, unreadable)."""
+
+
+def calibration_batches(images: Iterable[str], imgsz: tuple[int, int], limit: int = 64) -> list[np.ndarray]:
+    """[1, 3, H, W] float32 inputs letterboxed exactly as the pipeline does, from up to ``limit`` readable images."""
+    import torch
+
+    from yolotune.io.decode import decode_with_pil
+    from yolotune.ops.letterbox import letterbox_batch
+
+    out: list[np.ndarray] = []
+    for path in images:
+        if len(out) >= limit:
+            break
+        try:
+            tensor = torch.from_numpy(decode_with_pil(Path(path).read_bytes())).permute(2, 0, 1)
+        except Exception:
+            continue  # unreadable files are skipped; an empty result is an error below
+        buf = torch.zeros(1, 3, *imgsz, dtype=torch.float32)
+        letterbox_batch([tensor], buf)
+        out.append(buf.numpy())
+    if not out:
+        raise CalibrationError("no readable calibration images (pass a folder of JPEG/PNG images)")
+    return out
+
+
+def _head_nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
+    """Non-convolution nodes of the last (detection) module ``model.N``: its decoding stays in float."""
+    indices = [int(m.group(1)) for n in model.graph.node for m in [re.search(r"/model\.(\d+)/", n.name)] if m]
+    if not indices:
+        return []
+    head = f"/model.{max(indices)}/"
+    return [n.name for n in model.graph.node if head in n.name and n.op_type != "Conv"]
+
+
+def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.ndarray], method: str = "minmax",
+                  per_channel: bool = True) -> Path:
+    """Write an INT8 QDQ model of ``fp32_onnx`` calibrated on ``calibration`` with ``method``."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, not {method!r}")
+    if not calibration:
+        raise CalibrationError("empty calibration set")
+    model = onnx.load(str(fp32_onnx))
+    input_name = model.graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calibration)
+
+        def get_next(self):
+            batch = next(self.it, None)
+            return None if batch is None else {input_name: batch}
+
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    out = Path(out)
+    quantize_static(
+        str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
+        nodes_to_exclude=_head_nodes_to_exclude(model),
+        extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.99},
+    )
+    # keep Ultralytics-style metadata (names, stride, imgsz) so the loader describes the model as before
+    q = onnx.load(str(out))
+    del q.metadata_props[:]
+    for prop in model.metadata_props:
+        q.metadata_props.add(key=prop.key, value=prop.value)
+    q.metadata_props.add(key="quantization", value=f"int8 qdq per_channel={per_channel} calibration={method} n={len(calibration)}")
+    onnx.save(q, str(out))
+    return out

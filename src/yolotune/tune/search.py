@@ -1,0 +1,311 @@
+"""``optimize()``: measure every candidate pipeline, keep those within the accuracy bound, pick the best for the
+objective, pick its batch size, and save it as an artifact with a before/after report.
+
+Each candidate is validated (mAP50-95 against labels, or against the FP32 reference's detections when the data has
+none) before it may win. A candidate that fails to build, runs out of memory, or does not fit the time budget is
+reported and skipped; Ctrl-C stops the search and still writes what was measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from yolotune.profile.sweep import _measure, batch_sizes
+from yolotune.tune.artifact import use_inductor_cache, write_artifact
+from yolotune.tune.candidates import Candidate, search_space
+from yolotune.tune.int8 import CalibrationError, calibration_batches, quantize_int8
+
+OBJECTIVES = ("throughput", "latency")
+
+
+def _model_file(model: str, work: Path) -> Path:
+    """A file that holds the model: the user's .pt/.onnx, the embedded default, or a checkpoint of a .yaml."""
+    from yolotune.assets import resolve
+
+    embedded = resolve(model)
+    if embedded is not None:
+        return Path(embedded)
+    path = Path(model)
+    if path.suffix in (".pt", ".onnx") and path.is_file():
+        return path
+    if path.suffix in (".yaml", ".yml"):
+        from yolotune.models import load_model
+        from yolotune.models.ultralytics import save_ultralytics_checkpoint
+
+        return save_ultralytics_checkpoint(load_model(model), work / f"{path.stem}.pt")
+    raise ValueError(f"{model}: expected default, a .pt, .yaml or .onnx model")
+
+
+def _dataset(data, device_type: str, work: Path, n: int | None, seed: int) -> Path:
+    if data is not None:
+        return Path(data)
+    from yolotune.data.synth import write_dataset
+
+    return write_dataset(work / f"data-{seed}", n or (200 if device_type == "cuda" else 48), seed=seed)
+
+
+def _images(folder: Path) -> list[str]:
+    root = folder / "images" if (folder / "images").is_dir() else folder
+    return sorted(str(p) for p in root.iterdir() if p.is_file()) if root.is_dir() else []
+
+
+def optimize(
+    model: str,
+    data: str | Path | None = None,
+    device: str = "auto",
+    objective: str = "throughput",
+    latency_ms: float | None = None,
+    target_fps: float | None = None,
+    memory_mib: float | None = None,
+    budget_s: float = 120.0,
+    max_drop: float = 1.0,
+    out: str | Path = "yolotune-artifact",
+    compile: bool = True,
+    int8: bool = True,
+    calibration: str | Path | None = None,
+    probe_batch: int | None = None,
+    max_batch: int | None = None,
+    val_images: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Search engines x precisions (then batch sizes) for ``objective`` within ``budget_s``; write an artifact.
+
+    Returns the report dict (also written to ``out``/report.json and report.md).
+    """
+    from yolotune.data.validate import accuracy_guard, load_dataset
+    from yolotune.pipeline.detector import Detector, resolve_device
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if compile and dev.type == "cuda":
+        use_inductor_cache(out)  # compiled kernels land in the artifact, so reloading it reuses them
+    tmp = contextlib.ExitStack()
+    work = Path(tmp.enter_context(tempfile.TemporaryDirectory(prefix="yolotune-optimize-")))
+    report: dict = {"model": model, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
+                    "objective": objective, "latency_ms": latency_ms, "target_fps": target_fps, "memory_mib": memory_mib,
+                    "budget_s": budget_s, "max_drop_points": max_drop, "candidates": [], "notes": []}
+    with tmp:
+        model_file = _model_file(model, work)
+        say("preparing validation data")
+        val = _dataset(data, dev.type, work, val_images, seed=101)
+        try:
+            load_dataset(val)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from e
+        cal_images = _images(Path(calibration)) if calibration else _images(_dataset(None, "cpu", work, 32, seed=102))
+        probe = probe_batch or (1 if objective == "latency" or dev.type == "cpu" else 32)
+        candidates = search_space(dev.type, compile=compile, int8=int8)
+        reference = candidates[0]
+        onnx_fp32: Path | None = None
+        interrupted = False
+        try:
+            for cand in candidates:
+                left = budget_s - (time.perf_counter() - t0)
+                if not cand.reference and left < cand.est_cost_s:
+                    cand.result = {"status": "skipped", "reason": f"budget: {left:.0f} s left, needs ~{cand.est_cost_s:.0f} s"}
+                    continue
+                say(f"candidate {cand.name}")
+                started = time.perf_counter()
+                try:
+                    file = model_file
+                    if cand.engine == "onnxruntime":
+                        onnx_fp32 = onnx_fp32 or _export(model_file, work)
+                        file = onnx_fp32
+                        if cand.calibration:
+                            batches = calibration_batches(cal_images, (640, 640), limit=32)
+                            file = quantize_int8(onnx_fp32, work / f"int8-{cand.calibration}.onnx", batches, cand.calibration)
+                    cand.result = _evaluate(Detector, accuracy_guard, cand, file, dev, val, probe, reference, max_drop)
+                    cand.result["model_file"] = str(file)
+                except CalibrationError as e:
+                    cand.result = {"status": "skipped", "reason": f"calibration: {e}"}
+                except torch.OutOfMemoryError as e:
+                    torch.cuda.empty_cache()
+                    cand.result = {"status": "failed", "reason": f"out of GPU memory: {str(e)[:200]}"}
+                except Exception as e:  # a candidate that cannot be built or run is reported, not fatal
+                    cand.result = {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}",
+                                   "traceback": traceback.format_exc()[-1500:]}
+                    if cand.reference:
+                        raise
+                cand.result["seconds"] = round(time.perf_counter() - started, 1)
+        except KeyboardInterrupt:
+            interrupted = True
+            report["notes"].append("interrupted (Ctrl-C): the best candidate measured so far was saved")
+        report["candidates"] = [c.to_dict() for c in candidates]
+        valid = [c for c in candidates if c.result.get("status") == "passed"]
+        if not valid:
+            report["notes"].append("no candidate passed the accuracy guard; nothing saved")
+            report["chosen"] = None
+            _write_report(out, report)
+            return report
+        key = (lambda c: -c.result["latency_ms_b1"]) if objective == "latency" else (lambda c: c.result["images_per_s"])
+        best = max(valid, key=key)
+        say(f"batch sizes for {best.name}")
+        batch, sweep = _choose_batch(Detector, best, dev, objective, latency_ms, target_fps, memory_mib, max_batch,
+                                     budget_s - (time.perf_counter() - t0) if not interrupted else 0)
+        options = {**best.options, "batch": batch}
+        report["chosen"] = {"name": best.name, "options": options, **best.result}
+        report["batch_sweep"] = sweep
+        report["summary"] = _summary(report, reference, best, batch, sweep)
+        report["levers"] = _levers(candidates, sweep, probe)
+        report["search_s"] = round(time.perf_counter() - t0, 1)
+        write_artifact(out, best.result["model_file"], options,
+                       {"tuned_on": report["device"], "objective": objective, "report": "report.json"})
+        say("reloading the artifact")
+        report["reload_s"] = _reload_seconds(Detector, out, dev)
+        _write_report(out, report)
+        return report
+
+
+def _export(model_file: Path, work: Path) -> Path:
+    from yolotune.models import load_model
+    from yolotune.models.export import export_onnx
+
+    if model_file.suffix == ".onnx":
+        return model_file
+    return export_onnx(load_model(str(model_file)), work / "model-fp32.onnx", imgsz=(640, 640), dynamic_batch=True)
+
+
+def _evaluate(Detector, accuracy_guard, cand: Candidate, file: Path, dev, val: Path, probe: int, reference: Candidate,
+              max_drop: float) -> dict:
+    """Speed (probe batch and batch 1), memory, and accuracy against labels or the reference."""
+    opts = dict(cand.options)
+    with Detector(str(file), device=str(dev), batch=probe, conf=0.001, **opts) as det:
+        h, w = det.imgsz
+        speed = _measure(det, det.engine.fixed_batch or probe, h, w, repeats=3, min_seconds=0.2)
+        latency = _measure(det, 1, h, w, repeats=3, min_seconds=0.2) if probe != 1 else speed
+        ref_det = None
+        if not cand.reference:
+            ref_det = reference.result.get("_detector_factory", lambda: None)()
+        try:  # the reference is guarded against itself: labelled mAP, or 1.0 on its own pseudo-labels
+            guard = accuracy_guard(det, val, reference=ref_det or det, max_drop_points=max_drop)
+        finally:
+            if ref_det is not None:
+                ref_det.close()
+    result = {"status": "passed" if guard.passed else "rejected", "images_per_s": speed.images_per_s,
+              "probe_batch": speed.batch, "latency_ms_b1": latency.latency_ms, "memory_mib": speed.memory_mib,
+              "map50_95": guard.candidate.map50_95, "reference_map50_95": guard.reference_map50_95,
+              "drop_points": guard.drop_points, "against": guard.against}
+    if cand.reference:  # later candidates are guarded against this one
+        result["_detector_factory"] = lambda: Detector(str(file), device=str(dev), batch=probe, conf=0.001, **opts)
+    if not guard.passed:
+        result["reason"] = f"mAP50-95 drop {guard.drop_points:.2f} points > {max_drop}"
+    return result
+
+
+def _choose_batch(Detector, best: Candidate, dev, objective, latency_ms, target_fps, memory_mib, max_batch, left_s):
+    """Batch sizes for the winner; the pick honours the latency budget, FPS target and memory cap."""
+    if objective == "latency":
+        return 1, []
+    cap = max_batch or (256 if dev.type == "cuda" else 8)
+    rows = []
+    with Detector(best.result["model_file"], device=str(dev), batch=cap, **best.options) as det:
+        h, w = det.imgsz
+        start = time.perf_counter()
+        for b in batch_sizes(cap):
+            if det.engine.fixed_batch not in (None, b):
+                continue
+            if rows and time.perf_counter() - start > max(10.0, left_s):
+                break
+            try:
+                p = _measure(det, b, h, w, repeats=3, min_seconds=0.15)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                break
+            rows.append(p.to_dict())
+    ok = [r for r in rows if (latency_ms is None or r["latency_ms"] <= latency_ms)
+          and (memory_mib is None or r["memory_mib"] is None or r["memory_mib"] <= memory_mib)]
+    if not ok:
+        return (rows[0]["batch"] if rows else 1), rows
+    if target_fps is not None:
+        meeting = [r for r in ok if r["images_per_s"] >= target_fps]
+        if meeting:  # the smallest batch that meets the target has the lowest latency
+            return min(meeting, key=lambda r: r["batch"])["batch"], rows
+    return max(ok, key=lambda r: r["images_per_s"])["batch"], rows
+
+
+def _summary(report: dict, reference: Candidate, best: Candidate, batch: int, sweep: list[dict]) -> str:
+    ref = reference.result
+    at_batch = next((r for r in sweep if r["batch"] == batch), None)
+    rate = at_batch["images_per_s"] if at_batch else best.result["images_per_s"]
+    changes = [f"{k}={v}" for k, v in {**best.options, "batch": batch}.items() if reference.options.get(k) != v]
+    if best.engine != reference.engine or best.calibration:
+        changes.insert(0, f"{best.name} instead of {reference.name}")
+    return (f"from {ref['images_per_s']:.0f} to {rate:.0f} images/s (model + NMS) on {report['device']} "
+            f"({rate / ref['images_per_s']:.1f}x), batch-1 latency {ref['latency_ms_b1']:.2f} -> "
+            f"{best.result['latency_ms_b1']:.2f} ms, mAP50-95 {ref['map50_95']:.4f} -> {best.result['map50_95']:.4f}, "
+            f"because: {', '.join(changes) or 'the reference configuration was best'}")
+
+
+def _levers(candidates: list[Candidate], sweep: list[dict], probe: int) -> list[dict]:
+    """Each lever's contribution, measured one at a time on this run (pairs of candidates that differ in one option)."""
+    by_name = {c.name: c.result for c in candidates if c.result.get("images_per_s")}
+    pairs = [("FP16 (eager)", "eager fp32", "eager fp16"), ("CUDA graph (FP16)", "eager fp16", "graph fp16"),
+             ("CUDA graph (FP32)", "eager fp32", "graph fp32"), ("compile (inductor, FP16 graph)", "graph fp16", "compiled+graph fp16"),
+             ("BF16 vs FP16 (graph)", "graph fp16", "graph bf16"), ("ONNX Runtime vs PyTorch (CPU)", "torch fp32", "onnxruntime fp32")]
+    pairs += [(f"INT8 {m} vs FP32 (ONNX Runtime)", "onnxruntime fp32", f"onnxruntime int8 ({m})") for m in ("minmax", "entropy", "percentile")]
+    out = []
+    for lever, a, b in pairs:
+        if a in by_name and b in by_name:
+            out.append({"lever": lever, "from": a, "to": b, "speedup": by_name[b]["images_per_s"] / by_name[a]["images_per_s"],
+                        "drop_points": by_name[b].get("drop_points"), "batch": by_name[a].get("probe_batch")})
+    if len(sweep) > 1:
+        first, best = sweep[0], max(sweep, key=lambda r: r["images_per_s"])
+        out.append({"lever": f"batching ({first['batch']} -> {best['batch']})", "from": first["batch"], "to": best["batch"],
+                    "speedup": best["images_per_s"] / first["images_per_s"], "drop_points": 0.0, "batch": best["batch"]})
+    return out
+
+
+def _reload_seconds(Detector, out: Path, dev) -> float:
+    """Seconds from Detector(artifact) to the first detections of a batch (graph capture / compile cache included)."""
+    import numpy as np
+
+    start = time.perf_counter()
+    with Detector(str(out), device=str(dev)) as det:
+        det.detect([np.zeros((720, 1280, 3), np.uint8)] * min(det.batch, 4))
+    return round(time.perf_counter() - start, 2)
+
+
+def _write_report(out: Path, report: dict) -> None:
+    import json
+
+    for c in report["candidates"]:
+        c.pop("_detector_factory", None)
+    if report.get("chosen"):
+        report["chosen"].pop("_detector_factory", None)
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "report.md").write_text(report_markdown(report))
+
+
+def report_markdown(r: dict) -> str:
+    lines = [f"# yolotune optimize: {r['model']} on {r['device']}", ""]
+    if r.get("summary"):
+        lines += [f"**{r['summary']}**", ""]
+    lines += [f"Objective: {r['objective']}; accuracy bound {r['max_drop_points']} mAP50-95 points; budget {r['budget_s']} s"
+              + (f"; search took {r['search_s']} s; reloading the artifact {r['reload_s']} s" if r.get("search_s") else ""), ""]
+    lines += ["| candidate | status | images/s (probe batch) | batch-1 latency ms | memory MiB | mAP50-95 | drop (points) | note |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in r["candidates"]:
+        f = lambda k, d=1: "" if c.get(k) is None else f"{c[k]:.{d}f}"  # noqa: E731
+        lines.append(f"| {c['name']} | {c.get('status', '')} | {f('images_per_s')} | {f('latency_ms_b1', 3)} | "
+                     f"{f('memory_mib', 0)} | {f('map50_95', 4)} | {f('drop_points', 2)} | {c.get('reason', '')} |")
+    if r.get("levers"):
+        lines += ["", "| lever | speedup | mAP drop (points) |", "|---|---|---|"]
+        lines += [f"| {lv['lever']} | {lv['speedup']:.2f}x | {lv['drop_points'] if lv['drop_points'] is None else round(lv['drop_points'], 2)} |"
+                  for lv in r["levers"]]
+    if r.get("batch_sweep"):
+        lines += ["", "| batch | images/s | ms per batch | memory MiB |", "|---|---|---|---|"]
+        lines += [f"| {s['batch']} | {s['images_per_s']:.0f} | {s['latency_ms']:.2f} | {s['memory_mib'] or ''} |" for s in r["batch_sweep"]]
+    lines += [""] + [f"- {n}" for n in r.get("notes", [])]
+    return "\n".join(lines) + "\n"

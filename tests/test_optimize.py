@@ -1,0 +1,116 @@
+"""yolotune optimize on the CPU: candidates guarded for accuracy, an artifact that reloads, bad input handled."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from yolotune import Detector
+from yolotune.cli import app
+from yolotune.data.synth import write_dataset
+from yolotune.tune import search
+from yolotune.tune.artifact import read_artifact
+from yolotune.tune.int8 import CalibrationError, calibration_batches
+
+
+@pytest.fixture(scope="module")
+def val(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("val"), 12, seed=77, workers=2)
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory, val):
+    out = tmp_path_factory.mktemp("artifact")
+    res = CliRunner().invoke(app, ["optimize", "default", "--device", "cpu", "--data", str(val), "--out", str(out),
+                                   "--budget", "600"])
+    assert res.exit_code == 0, res.output
+    return out, json.loads((out / "report.json").read_text()), res.output
+
+
+def test_every_candidate_is_measured_and_guarded(optimized):
+    out, report, output = optimized
+    names = [c["name"] for c in report["candidates"]]
+    assert names == ["torch fp32", "onnxruntime fp32", "onnxruntime int8 (minmax)", "onnxruntime int8 (entropy)",
+                     "onnxruntime int8 (percentile)"]
+    for c in report["candidates"]:
+        assert c["status"] in ("passed", "rejected"), c
+        assert c["images_per_s"] > 0 and c["latency_ms_b1"] > 0 and c["map50_95"] > 0.3
+        assert (c["status"] == "passed") == (c["drop_points"] <= 1.0)
+    assert report["candidates"][0]["drop_points"] == 0.0 and report["candidates"][0]["against"] == "labels"
+    chosen = report["chosen"]
+    passed = [c for c in report["candidates"] if c["status"] == "passed"]
+    assert chosen["name"] == max(passed, key=lambda c: c["images_per_s"])["name"]
+    assert report["summary"].startswith("from ") and "because" in report["summary"]
+    assert any(lv["lever"].startswith("INT8") for lv in report["levers"])
+    assert "| lever |" in (out / "report.md").read_text() and "artifact:" in output
+
+
+def test_artifact_reloads_with_its_options(optimized, val):
+    out, report, _ = optimized
+    art = read_artifact(out)
+    assert art.options["batch"] == report["chosen"]["options"]["batch"]
+    assert report["reload_s"] < 5.0
+    images = sorted(str(p) for p in (val / "images").iterdir())[:4]
+    with Detector(str(out), device="cpu") as det:
+        assert det.batch == art.options["batch"]
+        results = list(det.predict(images))
+    assert all(r.ok for r in results) and sum(len(r) for r in results) > 0
+    with Detector(str(out), device="cpu", batch=2) as det:  # explicit options win
+        assert det.batch == 2
+    res = CliRunner().invoke(app, ["predict", str(out), *images, "--device", "cpu", "--out", str(out / "pred"), "--json"])
+    assert res.exit_code == 0, res.output
+
+
+def test_unlabelled_data_uses_the_reference_as_labels(tmp_path, val):
+    images = tmp_path / "photos"
+    images.mkdir()
+    for p in sorted((val / "images").iterdir())[:6]:
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    report = search.optimize("default", images, device="cpu", out=tmp_path / "a", int8=False, budget_s=300)
+    ref, ort = report["candidates"][:2]
+    assert ref["against"] == "reference pseudo-labels" and ref["map50_95"] == pytest.approx(1.0, abs=0.02)
+    assert ort["status"] in ("passed", "rejected")
+
+
+def test_bad_calibration_and_small_budget_are_reported_not_fatal(tmp_path, val):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "junk.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(CalibrationError):
+        calibration_batches([str(empty / "junk.jpg")], (640, 640))
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "b", calibration=empty, budget_s=1,
+                             max_batch=1)
+    by_name = {c["name"]: c for c in report["candidates"]}
+    assert by_name["torch fp32"]["status"] == "passed"  # the reference always runs
+    assert all(by_name[n]["status"] == "skipped" and "budget" in by_name[n]["reason"] for n in by_name if n != "torch fp32")
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "c", calibration=empty, budget_s=600,
+                             max_batch=1)
+    int8 = [c for c in report["candidates"] if "int8" in c["name"]]
+    assert int8 and all(c["status"] == "skipped" and "calibration" in c["reason"] for c in int8)
+    assert report["chosen"] and (tmp_path / "c" / "yolotune.json").is_file()
+
+
+def test_interrupt_keeps_what_was_measured(tmp_path, val, monkeypatch):
+    real = search._evaluate
+    calls = []
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "_evaluate", evaluate)
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "d", int8=False, budget_s=600, max_batch=1)
+    assert any("interrupted" in n for n in report["notes"])
+    assert report["chosen"]["name"] == "torch fp32" and (tmp_path / "d" / "yolotune.json").is_file()
+
+
+def test_cli_errors(tmp_path):
+    res = CliRunner().invoke(app, ["optimize", "default", "--device", "cpu", "--objective", "fastest", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "objective must be one of" in res.output
+    res = CliRunner().invoke(app, ["optimize", "default", "--device", "cpu", "--data", str(tmp_path / "missing"),
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "annotations.json" in res.output
