@@ -31,7 +31,7 @@ def search_space(device_type: str, compile: bool = True, int8: bool = True) -> l
             Candidate("graph fp16", {"precision": "fp16", "cuda_graph": True}, est_cost_s=8),
         ]
         if compile:
-            out.append(Candidate("compiled+graph fp16", {"precision": "fp16", "cuda_graph": True, "compile": True},
+            out.append(Candidate("compiled+graph fp16", {"precision": "fp16", "cuda_graph": True, "compile": True, "rect": False},
                                  est_cost_s=60))
         return out
     out = [
