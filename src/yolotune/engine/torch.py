@@ -33,11 +33,11 @@ class TorchEngine(Engine):
         # BASELINE.md: yolov8n b64 6,100 -> 10,800 images/s, b1 1.2 -> 0.52 ms.
         self.compiled = None
         if compile:
-            import torch._dynamo
+            import torch._dynamo as dynamo  # "as": a plain import would make `torch` local to this function
 
             for limit in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, limit):
-                    setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
+                if hasattr(dynamo.config, limit):
+                    setattr(dynamo.config, limit, max(64, getattr(dynamo.config, limit)))
             self.compiled = torch.compile(module, mode="default")
         self.name = "torch-compiled" if compile else "torch"
         if device.type == "cuda":
