@@ -45,7 +45,7 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.compiled or self.module)(x)
+        return (self.compiled if self.compiled is not None else self.module)(x)  # no `or`: it calls len()
 
 
 @register_engine("ultralytics")
