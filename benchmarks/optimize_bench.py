@@ -64,7 +64,15 @@ def main() -> None:
         shutil.copy(art / "report.json", out / f"optimize_{name}.json")
         print((art / "report.md").read_text(), flush=True)
         model_file = str(resolve(model) or model)
+        import subprocess
+
+        code = ("import time,numpy as np;t=time.perf_counter();from yolotune import Detector;"
+                f"d=Detector({str(art)!r});d.detect([np.zeros((720,1280,3),np.uint8)]*min(d.batch,4));"
+                "print(time.perf_counter()-t)")
+        fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        report["reload_fresh_process_s"] = float(fresh.stdout.strip().splitlines()[-1]) if fresh.returncode == 0 else fresh.stderr[-500:]
         rows[name] = {"optimize_s": round(time.time() - t0, 1), "chosen": report["chosen"], "reload_s": report["reload_s"],
+                      "reload_fresh_process_s": report["reload_fresh_process_s"],
                       **side_by_side(art, model_file, photos)}
         print(json.dumps(rows[name], default=str), flush=True)
         (out / "optimize_bench.json").write_text(json.dumps(rows, indent=1, default=str))

@@ -209,21 +209,28 @@ def _choose_batch(Detector, best: Candidate, dev, objective, latency_ms, target_
     if objective == "latency":
         return 1, []
     cap = max_batch or (256 if dev.type == "cuda" else 8)
-    rows = []
+    probe = best.result["probe_batch"]
+    rows = [{"batch": probe, "latency_ms": probe / best.result["images_per_s"] * 1e3,
+             "images_per_s": best.result["images_per_s"], "memory_mib": best.result["memory_mib"]}] if probe <= cap else []
+    # Around the probe batch first (larger, then smaller): a new shape can cost a graph capture or a compile,
+    # so when time runs out the most promising sizes have been measured.
+    sizes = [b for b in batch_sizes(cap) if b != probe]
+    sizes.sort(key=lambda b: (b < probe, abs(b.bit_length() - probe.bit_length())))
     with Detector(best.result["model_file"], device=str(dev), batch=cap, **best.options) as det:
         h, w = det.imgsz
         start = time.perf_counter()
-        for b in batch_sizes(cap):
+        for b in sizes:
             if det.engine.fixed_batch not in (None, b):
                 continue
-            if rows and time.perf_counter() - start > max(10.0, left_s):
+            if rows and time.perf_counter() - start > max(15.0, left_s):
                 break
             try:
                 p = _measure(det, b, h, w, repeats=3, min_seconds=0.15)
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                break
+                continue
             rows.append(p.to_dict())
+    rows.sort(key=lambda r: r["batch"])
     ok = [r for r in rows if (latency_ms is None or r["latency_ms"] <= latency_ms)
           and (memory_mib is None or r["memory_mib"] is None or r["memory_mib"] <= memory_mib)]
     if not ok:
