@@ -73,6 +73,7 @@ def optimize(
     probe_batch: int | None = None,
     max_batch: int | None = None,
     val_images: int | None = None,
+    workdir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Search engines x precisions (then batch sizes) for ``objective`` within ``budget_s``; write an artifact.
@@ -92,7 +93,9 @@ def optimize(
     if compile and dev.type == "cuda":
         use_inductor_cache(out)  # compiled kernels land in the artifact, so reloading it reuses them
     tmp = contextlib.ExitStack()
-    work = Path(tmp.enter_context(tempfile.TemporaryDirectory(prefix="yolotune-optimize-")))
+    # candidates' files (ONNX exports, INT8 models, generated data) live here; kept only when ``workdir`` is given
+    work = Path(workdir) if workdir else Path(tmp.enter_context(tempfile.TemporaryDirectory(prefix="yolotune-optimize-")))
+    work.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": model, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
                     "objective": objective, "latency_ms": latency_ms, "target_fps": target_fps, "memory_mib": memory_mib,
                     "budget_s": budget_s, "max_drop_points": max_drop, "candidates": [], "notes": []}

@@ -1,0 +1,76 @@
+"""Issue 5's CPU evidence (2 cores): yolotune optimize on the default model with its held-out split (generator seed 1,
+the seed the training record validates on), then side by side in this process: ONNX Runtime FP32 (ours), the chosen
+INT8 model, and Ultralytics' own ONNX export run with ONNX Runtime, batch 1 at 640x640.
+Writes cpu_report.md / cpu_report.json / cpu_bench.json under $OUT (default benchmarks/results/optimize)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from yolotune.assets import resolve
+from yolotune.data.synth import write_dataset
+from yolotune.tune.search import optimize
+
+HERE = Path(__file__).resolve().parent
+
+
+def per_image_ms(path: str, threads: int, x: np.ndarray, seconds: float = 3.0) -> float:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    s.run(None, {name: x})
+    best = float("inf")
+    for _ in range(3):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            s.run(None, {name: x})
+            n += 1
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best * 1e3
+
+
+def main() -> None:
+    out = Path(os.environ.get("OUT") or HERE / "results" / "optimize")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="optimize-cpu-"))
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    val = write_dataset(work / "heldout", n, seed=1, workers=os.cpu_count())
+    t0 = time.time()
+    report = optimize("default", val, device="cpu", out=work / "artifact", budget_s=900, max_batch=8, workdir=work / "candidates",
+                      progress=lambda m: print(m, flush=True))
+    (out / "cpu_report.md").write_text((work / "artifact" / "report.md").read_text())
+    (out / "cpu_report.json").write_text((work / "artifact" / "report.json").read_text())
+    by = {c["name"]: c for c in report["candidates"]}
+    from ultralytics import YOLO
+
+    ul = YOLO(str(resolve("default"))).export(format="onnx", imgsz=640, dynamic=False, simplify=False, verbose=False)
+    x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
+    threads = os.cpu_count() or 2
+    ours = by["onnxruntime fp32"]["model_file"]
+    rows = {"cores": threads, "optimize_s": round(time.time() - t0, 1), "chosen": report["chosen"]["name"],
+            "ultralytics_onnx_ms": per_image_ms(ul, threads, x), "yolotune_onnx_fp32_ms": per_image_ms(ours, threads, x)}
+    for method in ("minmax", "entropy", "percentile"):
+        c = by.get(f"onnxruntime int8 ({method})", {})
+        if c.get("model_file"):
+            rows[f"int8_{method}_ms"] = per_image_ms(c["model_file"], threads, x)
+            rows[f"int8_{method}_drop_points"] = c["drop_points"]
+            rows[f"int8_{method}_status"] = c["status"]
+            rows[f"int8_{method}_vs_fp32"] = rows["yolotune_onnx_fp32_ms"] / rows[f"int8_{method}_ms"]
+            rows[f"int8_{method}_vs_ultralytics_onnx"] = rows["ultralytics_onnx_ms"] / rows[f"int8_{method}_ms"]
+    rows["fp32_map50_95"] = by["onnxruntime fp32"]["map50_95"]
+    rows["reference_torch_map50_95"] = by["torch fp32"]["map50_95"]
+    (out / "cpu_bench.json").write_text(json.dumps(rows, indent=1))
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
