@@ -27,9 +27,8 @@ class TorchEngine(Engine):
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module
-        # Inductor, mode "default": the first shape compiles static; when a second batch size or canvas comes,
-        # dynamo's automatic dynamic shapes compile one shape-generic version instead of one per shape (each
-        # compile costs ~30 s). The CUDA graph cache then replays the compiled kernels.
+        # Inductor, mode "default", batch dimension dynamic (see __call__): each compile costs ~30 s, so not one
+        # per batch bucket. The CUDA graph cache then replays the compiled kernels.
         # BASELINE.md: yolov8n b64 6,100 -> 10,800 images/s, b1 1.2 -> 0.52 ms.
         self.compiled = None
         if compile:
@@ -45,7 +44,12 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.compiled if self.compiled is not None else self.module)(x)  # no `or`: it calls len()
+        if self.compiled is None:
+            return self.module(x)
+        # Batch size as a dynamic dimension from the first call: one shape-generic compile serves every batch
+        # bucket (batch 1 still gets its own), and a reload in a new process hits the same cache entry.
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        return self.compiled(x)
 
 
 @register_engine("ultralytics")

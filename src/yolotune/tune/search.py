@@ -107,11 +107,11 @@ def optimize(
             load_dataset(val)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
-        cal_images = _images(Path(calibration)) if calibration else _images(_dataset(None, "cpu", work, 32, seed=102))
         probe = probe_batch or (1 if objective == "latency" or dev.type == "cpu" else 32)
         candidates = search_space(dev.type, compile=compile, int8=int8)
         reference = candidates[0]
         onnx_fp32: Path | None = None
+        cal_images: list[str] | None = None
         interrupted = False
         try:
             for cand in candidates:
@@ -127,6 +127,9 @@ def optimize(
                         onnx_fp32 = onnx_fp32 or _export(model_file, work)
                         file = onnx_fp32
                         if cand.calibration:
+                            if cal_images is None:  # generated only when an INT8 candidate needs it
+                                cal_images = _images(Path(calibration)) if calibration else \
+                                    _images(_dataset(None, "cpu", work, 32, seed=102))
                             batches = calibration_batches(cal_images, (640, 640), limit=32)
                             file = quantize_int8(onnx_fp32, work / f"int8-{cand.calibration}.onnx", batches, cand.calibration)
                     cand.result = _evaluate(Detector, accuracy_guard, cand, file, dev, val, probe, reference, max_drop)
