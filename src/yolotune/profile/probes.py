@@ -13,7 +13,8 @@ from yolotune.pipeline.buffers import Batch
 from yolotune.types import InputRef
 
 
-def _timed(fn, device: torch.device, reps: int = 5) -> float:
+def time_per_call(fn, device: torch.device, reps: int = 5) -> float:
+    """Seconds per call of ``fn`` on ``device`` after one warm-up call (synchronised on CUDA)."""
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -31,7 +32,7 @@ def batched_nms_ms(detector, raw: torch.Tensor, geometry: torch.Tensor) -> float
     from dataclasses import replace
 
     cfg = replace(detector.post, nms_backend="auto")
-    return _timed(lambda: postprocess(raw, geometry, cfg), raw.device) * 1e3 / raw.shape[0]
+    return time_per_call(lambda: postprocess(raw, geometry, cfg), raw.device) * 1e3 / raw.shape[0]
 
 
 @torch.inference_mode()
@@ -49,6 +50,6 @@ def gpu_decode_preprocess_ms(detector, paths: list[str], batch: int) -> float | 
             if images:
                 letterbox_batch([im.tensor for im in images], out[: len(images)])
 
-        return _timed(step, detector.device, reps=3) * 1e3 / max(1, len(loaded))
+        return time_per_call(step, detector.device, reps=3) * 1e3 / max(1, len(loaded))
     finally:
         decoder.close()

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from yolotune.profile.probes import time_per_call
+
 # Dense (no sparsity) tensor-core peaks and memory bandwidth from the vendors' data sheets, by device-name substring.
 # Most specific names first. Units: TFLOP/s and GB/s.
 KNOWN_DEVICES: list[tuple[str, dict[str, float]]] = [
@@ -71,24 +73,13 @@ def measure_peaks(device: torch.device, dtype: torch.dtype) -> tuple[float, floa
     src = torch.empty(256 * 2**20 if cuda else 64 * 2**20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
 
-    def timed(fn, reps: int) -> float:
-        fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) / reps
-
-    flops = 2 * n**3 / min(timed(lambda: a @ b, 10 if cuda else 2) for _ in range(2))
+    flops = 2 * n**3 / min(time_per_call(lambda: a @ b, device, 10 if cuda else 2) for _ in range(2))
     if not cuda:  # oneDNN convolutions can beat sgemm on CPUs: take the faster of the two as the roof
         x = torch.randn(1, 64, 160, 160)
         w = torch.randn(64, 64, 3, 3)
-        conv_s = min(timed(lambda: torch.nn.functional.conv2d(x, w, padding=1), 3) for _ in range(2))
+        conv_s = min(time_per_call(lambda: torch.nn.functional.conv2d(x, w, padding=1), device, 3) for _ in range(2))
         flops = max(flops, 2 * 64 * 64 * 9 * 160 * 160 / conv_s)
-    bandwidth = 2 * src.numel() / timed(lambda: dst.copy_(src), 20 if cuda else 5)
+    bandwidth = 2 * src.numel() / time_per_call(lambda: dst.copy_(src), device, 20 if cuda else 5)
     del a, b, src, dst
     return flops, bandwidth
 
