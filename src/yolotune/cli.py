@@ -110,6 +110,8 @@ def predict(
     rect: bool = typer.Option(True, "--rect/--no-rect", help="Minimal stride padding for same-size batches."),
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on)."),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA."),
+    compile: Optional[str] = typer.Option(None, help="Compile the model: aoti (AOTInductor, packaged and cached on "
+                                          "disk: compiled once, reloads in seconds), inductor (torch.compile), none."),
     preprocess: str = typer.Option("auto", help="Where to decode + letterbox: gpu (nvJPEG, batched on the device), cpu (threads; Ultralytics-identical pixels), auto."),
     workers: Optional[int] = typer.Option(None, help="CPU decode threads."),
     agnostic: bool = typer.Option(False, help="Class-agnostic NMS."),
@@ -128,7 +130,7 @@ def predict(
     try:
         # options left unset are not passed, so an artifact's tuned values (batch, precision, graph) apply
         unset = dict(half=half, batch=batch, imgsz=imgsz, cuda_graph=cuda_graph, workers=workers, class_bias=class_bias,
-                     end2end=end2end)
+                     end2end=end2end, compile=compile)
         detector = Detector(
             model, device=device, conf=conf, iou=iou, max_det=max_det, rect=rect, gpu_decode=gpu_decode,
             preprocess=preprocess, agnostic=agnostic, return_images="images" in formats, seed=seed,

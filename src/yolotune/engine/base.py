@@ -22,6 +22,7 @@ class Engine(ABC):
     fixed_batch: int | None = None  # the model only accepts this batch size
     fixed_hw: tuple[int, int] | None = None  # the model only accepts this input size
     graph_capturable: bool = False  # can run inside a CUDA graph
+    static_canvas: bool = False  # compiled for one input size: letterbox to the square canvas, not per-batch rect
 
     @abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
@@ -47,7 +48,7 @@ def register_engine(model_format: str) -> Callable[[EngineBuilder], EngineBuilde
     return wrap
 
 
-def build_engine(model: LoadedModel, device: torch.device, precision: str, compile: bool = False) -> Engine:
+def build_engine(model: LoadedModel, device: torch.device, precision: str, compile: bool | str = False) -> Engine:
     """The engine that runs ``model`` (by its format) on ``device`` at ``precision``."""
     from yolotune.engine import ort as _ort  # noqa: F401  (registers)
     from yolotune.engine import torch as _torch  # noqa: F401  (registers)

@@ -1,9 +1,11 @@
-"""PyTorch engine: Conv+BN fused, FP16/BF16 on CUDA (FP32 on CPU), channels_last."""
+"""PyTorch engine: Conv+BN fused, FP16/BF16 on CUDA (FP32 on CPU), channels_last; eager, torch.compile (JIT) or
+AOTInductor (ahead of time, packaged)."""
 
 from __future__ import annotations
 
 import torch
 
+from yolotune.engine.aoti import AotiRunner
 from yolotune.engine.base import PRECISIONS, Engine, register_engine
 from yolotune.models.spec import LoadedModel
 
@@ -13,7 +15,7 @@ class TorchEngine(Engine):
     graph_capturable = True
 
     def __init__(self, model: LoadedModel, device: torch.device, precision: str = "fp16", channels_last: bool = True,
-                 compile: bool = False):
+                 compile: bool | str = False):
         module = model.runnable
         inner = getattr(module, "model", module)
         if hasattr(inner, "fuse"):
@@ -27,23 +29,28 @@ class TorchEngine(Engine):
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module
+        self.compile_mode = compile_mode(compile)
+        self.aoti = AotiRunner(module) if self.compile_mode == "aoti" else None
         # Inductor, mode "default", batch dimension dynamic (see __call__): each compile costs ~30 s, so not one
         # per batch bucket. The CUDA graph cache then replays the compiled kernels.
         # BASELINE.md: yolov8n b64 6,100 -> 10,800 images/s, b1 1.2 -> 0.52 ms.
         self.compiled = None
-        if compile:
+        if self.compile_mode == "inductor":
             import torch._dynamo as dynamo  # "as": a plain import would make `torch` local to this function
 
             for limit in ("recompile_limit", "cache_size_limit"):
                 if hasattr(dynamo.config, limit):
                     setattr(dynamo.config, limit, max(64, getattr(dynamo.config, limit)))
             self.compiled = torch.compile(module, mode="default")
-        self.name = "torch-compiled" if compile else "torch"
+        self.name = {"inductor": "torch-compiled", "aoti": "torch-aoti"}.get(self.compile_mode, "torch")
+        self.static_canvas = self.compile_mode is not None  # each input size is one more compile
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes are fixed per batch bucket
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.aoti is not None:
+            return self.aoti(x)
         if self.compiled is None:
             return self.module(x)
         # Batch size as a dynamic dimension from the first call: one shape-generic compile serves every batch
@@ -52,8 +59,19 @@ class TorchEngine(Engine):
         return self.compiled(x)
 
 
+def compile_mode(compile: bool | str | None) -> str | None:
+    """Detector's ``compile`` option: False/None (eager), True or "inductor" (torch.compile), "aoti" (AOTInductor)."""
+    if compile in (False, None, "none", "off"):
+        return None
+    if compile in (True, "inductor", "jit"):
+        return "inductor"
+    if compile == "aoti":
+        return "aoti"
+    raise ValueError(f"compile must be False, True/'inductor' or 'aoti', not {compile!r}")
+
+
 @register_engine("ultralytics")
-def _build(model: LoadedModel, device: torch.device, precision: str, compile: bool = False) -> Engine:
+def _build(model: LoadedModel, device: torch.device, precision: str, compile: bool | str = False) -> Engine:
     if device.type == "cpu" and precision != "fp32":
         precision = "fp32"  # half-precision convolutions on CPU are slower and less accurate
     return TorchEngine(model, device, precision, compile=compile)

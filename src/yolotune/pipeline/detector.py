@@ -70,7 +70,7 @@ class Detector:
         nms: str = "auto",
         rect: bool = True,
         cuda_graph: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
         gpu_decode: bool = True,
         preprocess: str = "auto",
         workers: int | None = None,
@@ -89,7 +89,7 @@ class Detector:
         self.batch = max(1, int(batch))
         self.stride = spec.stride
         self.imgsz = self._check_imgsz(imgsz if imgsz is not None else spec.imgsz)
-        self.rect = rect and self.engine.fixed_hw is None
+        self.rect = rect and self.engine.fixed_hw is None and not self.engine.static_canvas
         self.post = PostprocessConfig(
             layout=spec.layout, conf=conf, iou=iou, max_det=max_det, topk=topk, agnostic=agnostic, nms_backend=nms
         )
@@ -143,7 +143,7 @@ class Detector:
             "classes": self.model.spec.num_classes,
             **self.engine.describe(),
             "cuda_graph": self.uses_cuda_graph,
-            "compile": getattr(self.engine, "compiled", None) is not None,
+            "compile": getattr(self.engine, "compile_mode", None) or False,
             "batch": self.batch,
             "imgsz": list(self.imgsz),
             "rect": self.rect,

@@ -2,7 +2,8 @@
 
 ``yolotune.json`` holds the Detector options (precision, batch, CUDA graph, compile, NMS, ...), so ``Detector(dir)``,
 ``yolotune predict dir`` and ``yolotune run dir`` rebuild the tuned pipeline without tuning again. A compiled engine
-keeps Inductor's cache in ``inductor-cache/``: reloading on the same software versions reuses the compiled kernels.
+keeps its AOTInductor package in ``engines/`` (loaded in about a second on the same torch and GPU; rebuilt from
+``model.pt`` otherwise) and torch.compile's cache in ``inductor-cache/``.
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ def read_artifact(path: str | Path) -> Artifact:
     return Artifact(root, model_path, dict(record.get("options", {})), record)
 
 
-def inductor_cache(root: str | Path) -> Path:
-    return Path(root) / "inductor-cache"
+def use_engine_cache(root: str | Path) -> None:
+    """Point the compiled-engine caches (AOTInductor packages, Inductor's JIT cache) into the artifact, before
+    anything compiles: kernels built while tuning are what the artifact reloads."""
+    from yolotune.engine.aoti import CACHE_ENV
 
-
-def use_inductor_cache(root: str | Path) -> None:
-    """Point Inductor's on-disk cache into the artifact (before anything compiles)."""
-    path = inductor_cache(root)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    for env, sub in ((CACHE_ENV, "engines"), ("TORCHINDUCTOR_CACHE_DIR", "inductor-cache")):
+        path = Path(root) / sub
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[env] = str(path.resolve())
 
 
 def write_artifact(out: str | Path, model_file: str | Path, options: dict, record: dict) -> Path:
@@ -83,7 +84,7 @@ def accepts_artifacts(init):
         explicit = {k: v for k, v in bound.arguments.items() if k not in ("self", "model")}
         explicit.update(explicit.pop("model_options", {}))
         if art.options.get("compile"):
-            use_inductor_cache(art.root)
+            use_engine_cache(art.root)
         return init(self, str(art.model_path), **{**art.options, **explicit})
 
     return wrapper

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from yolotune.profile.sweep import _measure, batch_sizes
-from yolotune.tune.artifact import use_inductor_cache, write_artifact
+from yolotune.tune.artifact import use_engine_cache, write_artifact
 from yolotune.tune.candidates import Candidate, search_space
 from yolotune.tune.int8 import CalibrationError, calibration_batches, quantize_int8
 
@@ -91,7 +91,7 @@ def optimize(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if compile and dev.type == "cuda":
-        use_inductor_cache(out)  # compiled kernels land in the artifact, so reloading it reuses them
+        use_engine_cache(out)  # compiled kernels land in the artifact, so reloading it reuses them
     tmp = contextlib.ExitStack()
     # candidates' files (ONNX exports, INT8 models, generated data) live here; kept only when ``workdir`` is given
     work = Path(workdir) if workdir else Path(tmp.enter_context(tempfile.TemporaryDirectory(prefix="yolotune-optimize-")))
@@ -269,7 +269,7 @@ def _levers(candidates: list[Candidate], sweep: list[dict], probe: int) -> list[
     """Each lever's contribution, measured one at a time on this run (pairs of candidates that differ in one option)."""
     by_name = {c.name: c.result for c in candidates if c.result.get("images_per_s")}
     pairs = [("FP16 (eager)", "eager fp32", "eager fp16"), ("CUDA graph (FP16)", "eager fp16", "graph fp16"),
-             ("CUDA graph (FP32)", "eager fp32", "graph fp32"), ("compile (inductor, FP16 graph)", "graph fp16", "compiled+graph fp16"),
+             ("CUDA graph (FP32)", "eager fp32", "graph fp32"), ("compile (AOTInductor, FP16 graph)", "graph fp16", "compiled+graph fp16"),
              ("BF16 vs FP16 (graph)", "graph fp16", "graph bf16"), ("ONNX Runtime vs PyTorch (CPU)", "torch fp32", "onnxruntime fp32")]
     pairs += [(f"INT8 {m} vs FP32 (ONNX Runtime)", "onnxruntime fp32", f"onnxruntime int8 ({m})") for m in ("minmax", "entropy", "percentile")]
     out = []

@@ -1,0 +1,59 @@
+"""AOTInductor engine packages on the CPU: built once, cached by key, loaded again, any batch size."""
+
+import pytest
+import torch
+
+from yolotune.engine.aoti import AotiRunner, package_key
+from yolotune.engine.torch import compile_mode
+
+
+class Head(torch.nn.Module):
+    """Caches a shape-dependent tensor like Ultralytics' Detect (anchors) and guards on the shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.dynamic, self.shape, self.anchors = False, None, None
+
+    def forward(self, x):
+        if self.dynamic or self.shape != x.shape:
+            self.anchors = torch.arange(x.shape[-1], dtype=x.dtype)
+            self.shape = x.shape
+        return torch.nn.functional.silu(self.conv(x)) + self.anchors
+
+
+def test_package_is_built_once_cached_and_serves_every_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLOTUNE_ENGINE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = Head().eval()
+    first = AotiRunner(model)
+    x = torch.rand(3, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(first(x), model(x), rtol=1e-4, atol=1e-4)
+    assert first.last_build["built"] is True and model.dynamic is False  # export's override is undone
+    again = AotiRunner(model)
+    with torch.inference_mode():
+        for b in (1, 5):
+            x = torch.rand(b, 3, 16, 16)
+            torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-4)
+    assert again.last_build["built"] is False
+    assert [p.name for p in tmp_path.iterdir()] == [f"{package_key(model, x)}.pt2"]  # nothing half-written left
+
+
+def test_package_key_changes_with_weights_and_input():
+    model = Head().eval()
+    x = torch.rand(2, 3, 16, 16)
+    key = package_key(model, x)
+    assert key == package_key(model, torch.rand(7, 3, 16, 16))  # the batch size is dynamic in the package
+    assert key != package_key(model, torch.rand(2, 3, 32, 32))
+    assert key != package_key(model, x.half())
+    with torch.no_grad():
+        model.conv.bias += 1
+    assert key != package_key(model, x)
+
+
+def test_compile_option_values():
+    assert compile_mode(False) is None and compile_mode("none") is None
+    assert compile_mode(True) == "inductor" and compile_mode("aoti") == "aoti"
+    with pytest.raises(ValueError, match="compile must be"):
+        compile_mode("tensorrt")
