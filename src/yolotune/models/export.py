@@ -6,6 +6,8 @@ graph also holds box decoding and per-class NMS (ONNX NonMaxSuppression), so any
 
 from __future__ import annotations
 
+import contextlib
+import types
 import warnings
 from pathlib import Path
 
@@ -69,6 +71,29 @@ class EndToEnd(torch.nn.Module):
         return out.index_put((b, rank), rows)
 
 
+def _dfl_last_axis(self, x: torch.Tensor) -> torch.Tensor:
+    """DFL (expected box side over ``c1`` bins) with the softmax on the last axis and the expectation as a MatMul.
+
+    Same result as Ultralytics' softmax over axis 1 + 1x1 convolution; ONNX Runtime's CPU Softmax is ~8x slower
+    on a non-last axis (measured 3.0 vs 0.36 ms for yolov8n's [1, 64, 8400] on 2 cores, ~13% of the model).
+    """
+    b, _, a = x.shape
+    bins = self.conv.weight.reshape(self.c1, 1).to(x.dtype)
+    return (x.view(b, 4, self.c1, a).transpose(2, 3).softmax(-1) @ bins).view(b, 4, a)
+
+
+@contextlib.contextmanager
+def _export_friendly_dfl(net: torch.nn.Module):
+    dfls = [m for m in net.modules() if type(m).__name__ == "DFL" and hasattr(m, "c1") and hasattr(m, "conv")]
+    for m in dfls:
+        m.forward = types.MethodType(_dfl_last_axis, m)
+    try:
+        yield
+    finally:
+        for m in dfls:
+            del m.forward  # back to the class's own forward
+
+
 def export_onnx(model: LoadedModel, path: str | Path, imgsz: tuple[int, int] | None = None, dynamic_batch: bool = True,
                 opset: int = 17, end2end: bool = False, max_det: int = 300, iou: float = 0.7) -> Path:
     """Write ``model`` (a PyTorch model from the Ultralytics loader) as ONNX.
@@ -92,7 +117,7 @@ def export_onnx(model: LoadedModel, path: str | Path, imgsz: tuple[int, int] | N
     dummy = torch.zeros(1, 3, h, w)
     axes = {"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic_batch else None
     path = Path(path)
-    with torch.inference_mode(), warnings.catch_warnings():
+    with torch.inference_mode(), warnings.catch_warnings(), _export_friendly_dfl(net):
         warnings.simplefilter("ignore")  # TorchScript exporter (needs no onnxscript): deprecation and tracer notes
         torch.onnx.export(net, dummy, str(path), dynamo=False, opset_version=opset, input_names=["images"],
                           output_names=["output0"], dynamic_axes=axes)

@@ -13,6 +13,7 @@ class Candidate:
     calibration: str | None = None  # INT8 calibration method (ONNX Runtime static quantization)
     est_cost_s: float = 10.0  # rough time to build and measure, for the budget
     reference: bool = False  # the accuracy reference (FP32, plain)
+    fallback_for: str | None = None  # tried only when the candidate of this name failed to build or run
     result: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -28,9 +29,13 @@ def search_space(device_type: str, compile: bool = True, int8: bool = True) -> l
             Candidate("eager fp32", {"precision": "fp32", "cuda_graph": False}, reference=True, est_cost_s=8),
             Candidate("graph fp16", {"precision": "fp16", "cuda_graph": True}, est_cost_s=8),
         ]
-        if compile:  # AOTInductor: one compile for every batch size, and the package is what the artifact reloads
+        if compile:  # AOTInductor: one compile for every batch size, and the package is what the artifact reloads;
+            # torch.compile (JIT, measured ~130 s with graphs) when the model cannot be exported
             out.append(Candidate("compiled+graph fp16", {"precision": "fp16", "cuda_graph": True, "compile": "aoti",
                                                          "rect": False}, est_cost_s=60))
+            out.append(Candidate("jit-compiled+graph fp16", {"precision": "fp16", "cuda_graph": True,
+                                                             "compile": "inductor", "rect": False}, est_cost_s=90,
+                                 fallback_for="compiled+graph fp16"))
         out += [
             Candidate("eager fp16", {"precision": "fp16", "cuda_graph": False}, est_cost_s=8),
             Candidate("graph bf16", {"precision": "bf16", "cuda_graph": True}, est_cost_s=8),

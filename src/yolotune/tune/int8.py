@@ -1,8 +1,10 @@
 """INT8 ONNX Runtime models by static quantization (QDQ, per-channel weights), calibrated on real images.
 
-The head's decoding (DFL softmax, anchors, box arithmetic, sigmoid, concat) stays in float: box coordinates in
-pixels and class probabilities lose far more to 8-bit steps than convolution activations do. Its convolutions
-are quantized like the rest.
+The head's decoding (DFL softmax and its expectation convolution, anchors, box arithmetic, sigmoid, concat) stays
+in float: box coordinates in pixels and class probabilities lose far more to 8-bit steps than convolution
+activations do. Measured on the default model's held-out split (2-core CPU, percentile calibration on 64 images):
+quantizing the DFL convolution too cost 0.97 mAP50-95 points, keeping it in float 0.43. The head's feature
+convolutions are quantized like the rest.
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ def calibration_batches(images: Iterable[str], imgsz: tuple[int, int], limit: in
 
 
 def _head_nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
-    """Non-convolution nodes of the last (detection) module ``model.N``: its decoding stays in float."""
+    """The decoding nodes of the last (detection) module ``model.N``: all but its feature convolutions (the DFL
+    expectation is a convolution too, over softmax probabilities)."""
     indices = [int(m.group(1)) for n in model.graph.node for m in [re.search(r"/model\.(\d+)/", n.name)] if m]
     if not indices:
         return []
     head = f"/model.{max(indices)}/"
-    return [n.name for n in model.graph.node if head in n.name and n.op_type != "Conv"]
+    return [n.name for n in model.graph.node if head in n.name and (n.op_type != "Conv" or "/dfl/" in n.name)]
 
 
 def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.ndarray], method: str = "minmax",

@@ -114,7 +114,11 @@ def optimize(
         cal_images: list[str] | None = None
         interrupted = False
         try:
+            by_name = {c.name: c for c in candidates}
             for cand in candidates:
+                if cand.fallback_for and by_name[cand.fallback_for].result.get("status") != "failed":
+                    cand.result = {"status": "not needed", "reason": f"{cand.fallback_for} did not fail"}
+                    continue
                 left = budget_s - (time.perf_counter() - t0)
                 if not cand.reference and left < cand.est_cost_s:
                     cand.result = {"status": "skipped", "reason": f"budget: {left:.0f} s left, needs ~{cand.est_cost_s:.0f} s"}
@@ -270,6 +274,7 @@ def _levers(candidates: list[Candidate], sweep: list[dict], probe: int) -> list[
     by_name = {c.name: c.result for c in candidates if c.result.get("images_per_s")}
     pairs = [("FP16 (eager)", "eager fp32", "eager fp16"), ("CUDA graph (FP16)", "eager fp16", "graph fp16"),
              ("CUDA graph (FP32)", "eager fp32", "graph fp32"), ("compile (AOTInductor, FP16 graph)", "graph fp16", "compiled+graph fp16"),
+             ("compile (torch.compile, FP16 graph)", "graph fp16", "jit-compiled+graph fp16"),
              ("BF16 vs FP16 (graph)", "graph fp16", "graph bf16"), ("ONNX Runtime vs PyTorch (CPU)", "torch fp32", "onnxruntime fp32")]
     pairs += [(f"INT8 {m} vs FP32 (ONNX Runtime)", "onnxruntime fp32", f"onnxruntime int8 ({m})") for m in ("minmax", "entropy", "percentile")]
     out = []
