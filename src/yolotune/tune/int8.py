@@ -83,7 +83,7 @@ def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.n
         str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
         nodes_to_exclude=_head_nodes_to_exclude(model),
-        extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.99},
+        extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.999},
     )
     # keep Ultralytics-style metadata (names, stride, imgsz) so the loader describes the model as before
     q = onnx.load(str(out))

@@ -1,0 +1,101 @@
+"""The ``run`` (many streams) and ``plan`` (capacity) commands, registered on the main app."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+EXIT_OK, EXIT_USAGE, EXIT_STREAM_FAILURES = 0, 2, 3
+
+
+def run_command(
+    model: str = typer.Argument(..., help="Model: default, .pt / .yaml, .onnx, or an artifact from yolotune optimize."),
+    source: list[str] = typer.Option([], "--source", "-s", help="Video file, rtsp/rtmp/http URL, /dev/videoN or "
+                                                                "v4l2:N, or a folder watched for new images. Repeat."),
+    sources_file: Optional[Path] = typer.Option(None, help="A text file of sources, one per line."),
+    out: Path = typer.Option(Path("yolotune-run"), help="Output folder: <out>/<stream>/detections.jsonl, videos/."),
+    formats: list[str] = typer.Option(["jsonl"], "--format", "-f", help="jsonl, video (repeat for both)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    batch: int = typer.Option(16, min=1, help="Largest batch formed across streams."),
+    max_wait_ms: float = typer.Option(10.0, min=0.0, help="A batch leaves when its oldest frame has waited this long."),
+    queue_size: int = typer.Option(8, min=1, help="Frames buffered per stream (live sources drop the oldest beyond)."),
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    loop: bool = typer.Option(False, help="Play video files again from the start when they end."),
+    realtime: bool = typer.Option(False, help="Deliver video files at their frame rate, like cameras."),
+    metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on this port (/metrics)."),
+    dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard", help="Live table (default: on a terminal)."),
+    conf: float = typer.Option(0.25, min=0.0, max=1.0),
+    max_retries: Optional[int] = typer.Option(None, help="Reconnect attempts for live sources (default: no limit)."),
+    timeout: float = typer.Option(10.0, help="Seconds to wait for a network source to open or deliver."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run many streams through one model at once: batched across streams, per-stream outputs and metrics."""
+    from yolotune import Detector, ModelLoadError
+    from yolotune.serve.runtime import RunOptions, StreamRuntime
+    from yolotune.serve.sources import parse_source, read_source_list
+
+    texts = list(source)
+    if sources_file is not None:
+        try:
+            texts += read_source_list(sources_file)
+        except OSError as e:
+            _fail(f"cannot read --sources-file: {e}")
+    if not texts:
+        _fail("no sources: pass --source (repeatable) or --sources-file")
+    specs = [parse_source(t, loop=loop, realtime=realtime) for t in texts]
+    try:
+        detector = Detector(model, device=device, batch=batch, conf=conf)
+    except (ModelLoadError, ValueError) as e:
+        _fail(str(e))
+    opts = RunOptions(out=out, formats=tuple(formats), max_batch=batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                      duration_s=duration, metrics_port=metrics_port, open_timeout_s=timeout, read_timeout_s=timeout,
+                      max_retries=max_retries)
+    try:
+        runtime = StreamRuntime(detector, specs, opts)
+    except ValueError as e:
+        _fail(str(e))
+    show = err.is_terminal and not json_output if dashboard is None else dashboard
+    with detector:
+        if show:
+            from rich.live import Live
+
+            from yolotune.serve.dashboard import stream_table
+
+            with Live(stream_table(runtime), console=err, refresh_per_second=2) as live:
+                summary = runtime.run(on_tick=lambda rt: live.update(stream_table(rt)))
+        else:
+            summary = runtime.run()
+    if json_output:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+    else:
+        print_run_summary(summary, Console())
+    raise typer.Exit(EXIT_STREAM_FAILURES if summary["failed"] else EXIT_OK)
+
+
+def print_run_summary(s: dict, console: Console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{len(s['streams'])} streams, {s['frames']} frames in {s['seconds']} s ({s['fps']:.1f} frames/s, "
+                    f"mean batch {s['mean_batch']:.1f}) on {s['device']}")
+    for col in ("stream", "state", "processed", "dropped", "reconnects", "fps", "p50 ms", "p99 ms", "error"):
+        t.add_column(col)
+    f = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
+    for r in s["streams"]:
+        t.add_row(r["name"], r["state"], str(r["processed"]), str(r["dropped"]), str(r["reconnects"]), f(r["fps"]),
+                  f(r["latency_p50_ms"]), f(r["latency_p99_ms"]), (r["error"] or "")[:70])
+    console.print(t)
+    if s.get("stopped_by"):
+        console.print(f"stopped by {s['stopped_by']}; every output was flushed")
+    if s["outputs"]:
+        console.print(f"outputs: {Path(s['outputs'][0]).parent.parent}")
+
+
+def _fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(EXIT_USAGE)

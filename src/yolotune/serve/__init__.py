@@ -1,0 +1,1 @@
+"""Many streams at once: sources, queues, cross-stream batching, per-stream sinks and metrics."""

@@ -1,0 +1,246 @@
+"""``yolotune run``: many sources through one Detector, batched across streams, results routed back per stream.
+
+    sources (a thread each) -> bounded queues -> BatchScheduler -> Detector.detect -> sink thread -> per-stream sinks
+
+Frames of a stream leave its queue in order and batches are processed one after another, so each stream's
+results come out in frame order. Latency is measured from the end of a frame's decode to its result. A monitor
+thread refreshes rates, queue depths and GPU utilisation for Prometheus and the terminal dashboard.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from yolotune.serve.metrics import PrometheusMetrics, StreamStats
+from yolotune.serve.queues import FrameQueue
+from yolotune.serve.scheduler import BatchScheduler
+from yolotune.serve.sinks import StreamSinks
+from yolotune.serve.sources import Backoff, SourceSpec, SourceWorker
+
+
+@dataclass
+class RunOptions:
+    out: Path | None = Path("yolotune-run")  # None: no files (planning, tests)
+    formats: tuple[str, ...] = ("jsonl",)
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    queue_size: int = 8  # frames per stream
+    duration_s: float | None = None  # stop after this long (live sources never end by themselves)
+    metrics_port: int | None = None
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0
+    max_retries: int | None = None  # live sources: None retries for the whole run
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+
+
+class StreamRuntime:
+    def __init__(self, detector, specs: list[SourceSpec], options: RunOptions | None = None):
+        if not specs:
+            raise ValueError("no sources given")
+        self.detector = detector
+        self.specs = _unique_names(specs)
+        self.opt = options or RunOptions()
+        self.stop = threading.Event()
+        self.wake = threading.Condition()
+        self.queues = [FrameQueue(self.opt.queue_size, "drop_oldest" if s.live else "block", self.wake) for s in self.specs]
+        names = [s.name for s in self.specs]
+        self.stats = [StreamStats(n) for n in names]
+        self.metrics = PrometheusMetrics(names)
+        self.sinks = [StreamSinks(self.opt.out, s.name, self.opt.formats, fps=_source_fps(s)) if self.opt.out else None
+                      for s in self.specs]
+        self._events: queue.Queue = queue.Queue()
+        backoff = lambda: Backoff(self.opt.backoff_base_s, self.opt.backoff_cap_s)  # noqa: E731
+        self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
+                                     self.opt.max_retries, backoff(), on_event=self._on_event)
+                        for i, s in enumerate(self.specs)]
+        self.scheduler = BatchScheduler(self.queues, self.wake, self.opt.max_batch, self.opt.max_wait_ms / 1e3)
+        self.batches = 0
+        self.interrupted: str | None = None
+        self.started = 0.0
+
+    def _on_event(self, i: int, state: str, message: str) -> None:
+        self._events.put((i, state, message))
+
+    # ------------------------------------------------------------------------------------------------ run
+    def run(self, on_tick: Callable[["StreamRuntime"], None] | None = None) -> dict:
+        """Run until every source is done, ``duration_s`` passes, or SIGINT/SIGTERM; flush sinks; the summary."""
+        restore = self._install_signal_handlers()
+        if self.opt.metrics_port is not None:
+            self.metrics.serve(self.opt.metrics_port)
+        self.started = time.perf_counter()
+        results: queue.Queue = queue.Queue(maxsize=4)  # batches awaiting their sink writes: bounded memory
+        sink_thread = threading.Thread(target=self._sink_loop, args=(results,), name="yolotune-sinks", daemon=True)
+        monitor = threading.Thread(target=self._monitor_loop, args=(on_tick,), name="yolotune-monitor", daemon=True)
+        sink_thread.start()
+        monitor.start()
+        for w in self.workers:
+            w.start()
+        timer = threading.Timer(self.opt.duration_s, self._request_stop, args=("duration",)) if self.opt.duration_s else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            self._engine_loop(results)
+        finally:
+            self.stop.set()
+            if timer:
+                timer.cancel()
+            with self.wake:
+                self.wake.notify_all()
+            for w in self.workers:  # stopped first, so their last events reach the sinks before those close
+                w.join(timeout=max(self.opt.open_timeout_s, self.opt.read_timeout_s) + 2)
+            results.put(None)
+            sink_thread.join()
+            monitor.join(timeout=2)
+            restore()
+        return self.summary()
+
+    def _engine_loop(self, results: queue.Queue) -> None:
+        with _gpu_sampler(self.detector.device) as nvml:
+            self._nvml = nvml
+            while True:
+                batch = self.scheduler.next_batch(self.stop)
+                if batch is None:
+                    return
+                dets = self.detector.detect([f.image for f in batch])
+                now = time.perf_counter()
+                self.batches += 1
+                self.metrics.batch.observe(len(batch))
+                for f, d in zip(batch, dets):
+                    lat = now - f.decoded_at
+                    self.stats[f.stream].record(lat, len(d))
+                    self.metrics.observe(f.stream, lat)
+                results.put(list(zip(batch, dets, [now - f.decoded_at for f in batch])))
+
+    def _sink_loop(self, results: queue.Queue) -> None:
+        while True:
+            item = results.get()
+            if item is None:
+                break
+            self._drain_events()
+            for frame, det, lat in item:
+                sink = self.sinks[frame.stream]
+                if sink is not None:
+                    sink.write(frame, det, lat)
+        self._drain_events()
+        self.outputs = [p for s in self.sinks if s is not None for p in s.close()]
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                i, state, message = self._events.get_nowait()
+            except queue.Empty:
+                return
+            sink = self.sinks[i]
+            if sink is not None and sink.jsonl is not None and not sink.jsonl.closed:
+                sink.event(state, message)
+
+    def _monitor_loop(self, on_tick) -> None:
+        while not self.stop.wait(0.5):
+            self.refresh()
+            if on_tick is not None:
+                on_tick(self)
+        self.refresh()
+
+    def refresh(self) -> None:
+        now = time.perf_counter()
+        for i, (st, q, w) in enumerate(zip(self.stats, self.queues, self.workers)):
+            st.update_rate(now)
+            self.metrics.refresh(i, len(q), q.dropped, w.status.reconnects, st.fps, w.status.state == "running")
+        nvml = getattr(self, "_nvml", None)
+        if nvml is not None and nvml.series.gpu_util:
+            self.metrics.gpu_util.set(nvml.series.gpu_util[-1])
+
+    def _request_stop(self, why: str) -> None:
+        self.interrupted = self.interrupted or why
+        self.stop.set()
+        with self.wake:
+            self.wake.notify_all()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, lambda num, _frame: self._request_stop(signal.Signals(num).name))
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    # ------------------------------------------------------------------------------------------------ report
+    def summary(self) -> dict:
+        wall = max(time.perf_counter() - self.started, 1e-9)
+        streams = []
+        for spec, st, q, w in zip(self.specs, self.stats, self.queues, self.workers):
+            streams.append({
+                "name": spec.name, "source": spec.uri, "kind": spec.kind, "state": w.status.state,
+                "decoded": w.status.frames, "processed": st.frames, "dropped": q.dropped,
+                "unprocessed_at_stop": len(q), "reconnects": w.status.reconnects, "detections": st.detections,
+                "fps": st.frames / wall, "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
+                "max_queue_depth": q.max_depth, "lag_s": round(w.status.lag_s, 3), "error": w.status.last_error,
+            })
+        processed = sum(s["processed"] for s in streams)
+        all_lat = [x for st in self.stats for x in st.latencies_s]
+        import numpy as np
+
+        lat = np.asarray(all_lat) * 1e3 if all_lat else None
+        return {
+            "streams": streams, "seconds": round(wall, 2), "frames": processed, "batches": self.batches,
+            "fps": processed / wall, "mean_batch": processed / self.batches if self.batches else 0.0,
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
+            "latency_p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
+            "dropped": sum(s["dropped"] for s in streams), "failed": [s["name"] for s in streams if s["state"] == "failed"],
+            "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
+            "metrics_port": self.metrics.port,
+        }
+
+
+def _unique_names(specs: list[SourceSpec]) -> list[SourceSpec]:
+    seen: dict[str, int] = {}
+    for s in specs:
+        n = seen.get(s.name, 0)
+        seen[s.name] = n + 1
+        if n:
+            s.name = f"{s.name}-{n}"
+    return specs
+
+
+def _source_fps(spec: SourceSpec) -> float:
+    if spec.kind != "file":
+        return 25.0
+    try:
+        import av
+
+        with av.open(spec.uri) as c:
+            return float(c.streams.video[0].average_rate or 25)
+    except Exception:  # noqa: BLE001  (the source worker reports unreadable files)
+        return 25.0
+
+
+class _NoSampler:
+    series = None
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _gpu_sampler(device):
+    if getattr(device, "type", "cpu") != "cuda":
+        return _NoSampler()
+    from yolotune.profile.counters import NvmlSampler
+
+    return NvmlSampler(device, interval_s=0.5)

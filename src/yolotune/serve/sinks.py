@@ -1,0 +1,56 @@
+"""Per-stream outputs of ``yolotune run``: ``<out>/<stream>/detections.jsonl`` (one line per frame, and one per
+source event such as a reconnect or a failure) and, when asked, ``<out>/<stream>/videos/<stream>.mp4`` annotated."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from yolotune.io.sinks import AnnotatedVideoSink
+from yolotune.serve.queues import StreamFrame
+from yolotune.types import Detections, InputRef
+
+STREAM_FORMATS = ("jsonl", "video")
+
+
+class StreamSinks:
+    def __init__(self, out: Path, name: str, formats: tuple[str, ...], fps: float = 25.0):
+        bad = [f for f in formats if f not in STREAM_FORMATS]
+        if bad:
+            raise ValueError(f"unknown stream output {', '.join(bad)}; choose from {', '.join(STREAM_FORMATS)}")
+        self.name = name
+        self.dir = out / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(self.dir / "detections.jsonl", "w", encoding="utf-8") if "jsonl" in formats else None
+        self.video = AnnotatedVideoSink(self.dir, fps=max(1, round(fps))) if "video" in formats else None
+        self.wants_images = self.video is not None
+
+    def write(self, frame: StreamFrame, det: Detections, latency_s: float) -> None:
+        if self.jsonl is not None:
+            row = {"stream": self.name, "frame": frame.index, "pts": frame.pts, "latency_ms": round(latency_s * 1e3, 3),
+                   **det.to_dict()}
+            row.pop("path", None)
+            self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if self.video is not None:
+            det.source = InputRef(self.name, frame.index)
+            det.image = frame.image
+            self.video.write(det)
+            det.image = None
+
+    def event(self, state: str, message: str) -> None:
+        """A source event as a record in the stream's output: errors travel with the results."""
+        if self.jsonl is not None:
+            row = {"stream": self.name, "event": state, "ok": state not in ("failed", "reconnecting", "bad-input"),
+                   "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.jsonl.flush()
+
+    def close(self) -> list[str]:
+        paths = []
+        if self.jsonl is not None and not self.jsonl.closed:
+            self.jsonl.close()
+            paths.append(self.jsonl.name)
+        if self.video is not None:
+            paths += self.video.close()
+        return paths

@@ -1,0 +1,275 @@
+"""yolotune run on the CPU: ordering, backpressure, reconnects over a loopback stream server, timeouts, corrupt files,
+graceful shutdown, metrics, the scheduler's deadline and fairness."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from yolotune.data.synth import write_video
+from yolotune.serve.queues import FrameQueue, StreamFrame
+from yolotune.serve.runtime import RunOptions, StreamRuntime
+from yolotune.serve.scheduler import BatchScheduler
+from yolotune.serve.sources import Backoff, SourceSpec, parse_source, read_source_list
+from yolotune.types import Detections, InputRef
+
+
+class SlowDetector:
+    """A stand-in engine that takes ``delay`` seconds per batch and finds nothing: overload on demand."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, delay: float):
+        self.delay, self.batches = delay, []
+
+    def detect(self, frames):
+        self.batches.append(len(frames))
+        time.sleep(self.delay)
+        return [Detections(InputRef("frame"), f.shape[:2], np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                           np.zeros(0, np.int64)) for f in frames]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    return {
+        "a": write_video(d / "a.mp4", frames=24, size=(96, 160), seed=1),
+        "b": write_video(d / "b.mp4", frames=17, size=(96, 160), seed=2),
+        "ts": write_video(d / "live.ts", frames=40, size=(96, 160), seed=3),  # MPEG-TS: streamable over a socket
+    }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_parse_sources(tmp_path):
+    assert parse_source("rtsp://cam.local/stream1").kind == "url" and parse_source("rtsp://h/s").live
+    assert parse_source("/dev/video2").kind == "camera" and parse_source("v4l2:0").uri == "/dev/video0"
+    assert parse_source(str(tmp_path)).kind == "folder"
+    f = parse_source("clips/door cam.mp4", loop=True)
+    assert (f.kind, f.name, f.loop, f.live) == ("file", "door_cam", True, False)
+    (tmp_path / "list.txt").write_text("# cameras\nrtsp://a/1\n\n  /data/b.mp4  \n")
+    assert read_source_list(tmp_path / "list.txt") == ["rtsp://a/1", "/data/b.mp4"]
+    delays = [Backoff(0.5, 4.0).delay(n) for n in range(10) for _ in range(20)]
+    assert min(delays) >= 0 and max(delays) <= 4.0 and len(set(delays)) > 100  # jittered, capped
+
+
+def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path):
+    from yolotune import Detector
+
+    specs = [parse_source(str(clips["a"])), parse_source(str(clips["b"])), parse_source(str(clips["a"]), name="a")]
+    with Detector("default", device="cpu", batch=4) as det:
+        summary = StreamRuntime(det, specs, RunOptions(out=tmp_path, max_batch=4, queue_size=2)).run()
+    by = {s["name"]: s for s in summary["streams"]}
+    assert set(by) == {"a", "b", "a-1"} and summary["failed"] == [] and summary["dropped"] == 0
+    for name, n in (("a", 24), ("b", 17), ("a-1", 24)):
+        assert by[name]["state"] == "finished" and by[name]["processed"] == n and by[name]["max_queue_depth"] <= 2
+        rows = [r for r in read_jsonl(tmp_path / name / "detections.jsonl") if "frame" in r]
+        assert [r["frame"] for r in rows] == list(range(n))  # every frame, in order, none dropped
+        assert all(r["latency_ms"] >= 0 for r in rows)
+    assert sum(s["detections"] for s in summary["streams"]) > 20  # the trained model finds the moving objects
+    assert summary["mean_batch"] > 1.5  # frames of different streams shared batches
+
+
+def test_overload_drops_oldest_on_live_sources_and_memory_stays_bounded(clips, tmp_path):
+    slow = SlowDetector(0.05)
+    live = SourceSpec(str(clips["a"]), "url", "cam")  # a live source: replays on EOF, drops when behind
+    rt = StreamRuntime(slow, [live], RunOptions(out=tmp_path, max_batch=1, queue_size=3, duration_s=1.5,
+                                                backoff_base_s=0.01))
+    summary = rt.run()
+    s = summary["streams"][0]
+    assert s["dropped"] > 0 and s["max_queue_depth"] <= 3
+    assert s["decoded"] == s["processed"] + s["dropped"] + s["unprocessed_at_stop"]
+    frames = [r["frame"] for r in read_jsonl(tmp_path / "cam" / "detections.jsonl") if "frame" in r]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)  # in order, with gaps where frames dropped
+    assert "yolotune_frames_dropped_total{stream=\"cam\"}" in rt.metrics.text()
+
+
+class FlakyStreamServer:
+    """Serves an MPEG-TS file over TCP on loopback; the first connection is cut half-way (a camera going away)."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            data = self.payload[: len(self.payload) // 2] if self.connections == 1 else self.payload
+            try:
+                for k in range(0, len(data), 4096):
+                    conn.sendall(data[k : k + 4096])
+                    time.sleep(0.002)
+            except OSError:
+                pass
+            conn.close()  # abrupt end of the stream
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def test_reconnects_after_the_server_drops_and_other_streams_carry_on(clips, tmp_path):
+    server = FlakyStreamServer(clips["ts"].read_bytes())
+    try:
+        specs = [SourceSpec(f"tcp://127.0.0.1:{server.port}", "url", "tcpcam"), parse_source(str(clips["b"]))]
+        rt = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path, max_batch=4, duration_s=3.0,
+                                                               open_timeout_s=2, read_timeout_s=2, backoff_base_s=0.05))
+        summary = rt.run()
+    finally:
+        server.close()
+    cam, other = summary["streams"]
+    assert server.connections >= 2 and cam["reconnects"] >= 1 and cam["processed"] > 20
+    events = [r["event"] for r in read_jsonl(tmp_path / "tcpcam" / "detections.jsonl") if "event" in r]
+    assert "reconnecting" in events and events.count("running") >= 2
+    assert other["state"] == "finished" and other["processed"] == 17
+    assert summary["stopped_by"] == "duration"
+
+
+def test_a_url_that_never_answers_times_out_with_a_clear_error(clips, tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # connections queue in the backlog; nothing is ever sent
+    try:
+        specs = [SourceSpec(f"tcp://127.0.0.1:{silent.getsockname()[1]}", "url", "dead"), parse_source(str(clips["b"]))]
+        t0 = time.perf_counter()
+        summary = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path, open_timeout_s=0.5, read_timeout_s=0.5,
+                                                                     max_retries=1, backoff_base_s=0.05)).run()
+        elapsed = time.perf_counter() - t0
+    finally:
+        silent.close()
+    dead, other = summary["streams"]
+    assert dead["state"] == "failed" and "gave up after 1 retries" in dead["error"] and dead["reconnects"] == 1
+    assert summary["failed"] == ["dead"] and other["state"] == "finished" and other["processed"] == 17
+    assert elapsed < 30  # the run ended: a dead source does not hang it
+
+
+def test_corrupt_and_truncated_videos_fail_alone(clips, tmp_path):
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(clips["a"].read_bytes()[: 3000])
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00not a video" * 500)
+    specs = [parse_source(str(truncated)), parse_source(str(garbage)), parse_source(str(clips["b"]))]
+    summary = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path / "out")).run()
+    by = {s["name"]: s for s in summary["streams"]}
+    assert by["truncated"]["state"] == "failed" and by["garbage"]["state"] == "failed"
+    assert by["garbage"]["error"] and by["b"]["processed"] == 17
+    failed = read_jsonl(tmp_path / "out" / "garbage" / "detections.jsonl")
+    assert failed[-1]["event"] == "failed" and failed[-1]["ok"] is False and failed[-1]["message"]
+
+
+def test_scheduler_deadline_and_round_robin():
+    wake = threading.Condition()
+    queues = [FrameQueue(10, "block", wake) for _ in range(3)]
+    sched = BatchScheduler(queues, wake, max_batch=4, max_wait_s=3.0)
+    img = np.zeros((4, 4, 3), np.uint8)
+    now = time.perf_counter()
+    for i in range(6):
+        queues[0].put(StreamFrame(0, i, img, now))
+    queues[1].put(StreamFrame(1, 0, img, now))
+    queues[2].put(StreamFrame(2, 0, img, now))
+    stop = threading.Event()
+    first = sched.next_batch(stop)  # 8 waiting: a full batch at once, every stream served
+    assert [(f.stream, f.index) for f in first] == [(0, 0), (1, 0), (2, 0), (0, 1)]
+    t0 = time.perf_counter()
+    second = sched.next_batch(stop)  # 4 left in stream 0 -> full batch, in order
+    assert [f.index for f in second] == [2, 3, 4, 5] and time.perf_counter() - t0 < 1.5  # not held to the deadline
+    sched.max_wait_s = 0.05
+    queues[1].put(StreamFrame(1, 1, img, time.perf_counter()))
+    t0 = time.perf_counter()
+    lone = sched.next_batch(stop)  # one frame: leaves at its deadline, not when a batch fills
+    assert [(f.stream, f.index) for f in lone] == [(1, 1)] and time.perf_counter() - t0 >= 0.04
+    for q in queues:
+        q.close()
+    assert sched.next_batch(stop) is None
+
+
+def test_queue_policies():
+    wake = threading.Condition()
+    live = FrameQueue(2, "drop_oldest", wake)
+    img = np.zeros((2, 2, 3), np.uint8)
+    for i in range(5):
+        assert live.put(StreamFrame(0, i, img, 0.0))
+    assert live.dropped == 3 and [live.pop().index for _ in range(2)] == [3, 4]
+    files = FrameQueue(1, "block", wake)
+    files.put(StreamFrame(0, 0, img, 0.0))
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    assert files.put(StreamFrame(0, 1, img, 0.0), stop) is False and files.dropped == 0  # waited, never dropped
+    with pytest.raises(ValueError, match="queue policy"):
+        FrameQueue(1, "newest", wake)
+
+
+def test_metrics_endpoint_serves_per_stream_metrics(clips, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rt = StreamRuntime(SlowDetector(0.0), [parse_source(str(clips["b"]))], RunOptions(out=None, metrics_port=port))
+    summary = rt.run()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'yolotune_frames_total{stream="b"} 17.0' in body
+    assert 'yolotune_frame_latency_seconds_count{stream="b"} 17.0' in body and "yolotune_queue_depth" in body
+    assert summary["metrics_port"] == port
+
+
+def test_watched_folder_picks_up_new_images(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(folder / "0001.jpg")
+
+    def add_later():
+        time.sleep(0.6)
+        Image.new("RGB", (64, 48), (200, 20, 30)).save(folder / "0002.png")
+        (folder / "0003.jpg").write_bytes(b"broken")
+
+    threading.Thread(target=add_later, daemon=True).start()
+    summary = StreamRuntime(SlowDetector(0.0), [parse_source(str(folder))], RunOptions(out=tmp_path / "o", duration_s=1.5)).run()
+    assert summary["streams"][0]["processed"] == 2
+    rows = read_jsonl(tmp_path / "o" / "drop" / "detections.jsonl")
+    assert [r["frame"] for r in rows if "frame" in r] == [0, 1]
+    assert any(r.get("event") == "bad-input" and "0003.jpg" in r["message"] for r in rows)
+
+
+def test_sigint_flushes_every_output_and_exits_zero(clips, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "yolotune.cli", "run", "default", "--source", str(clips["a"]), "--loop", "--out", str(out),
+           "-f", "jsonl", "-f", "video", "--device", "cpu", "--batch", "2", "--no-dashboard", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jsonl = out / "a" / "detections.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and not (jsonl.exists() and jsonl.stat().st_size > 2000):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout)
+    assert summary["stopped_by"] == "SIGINT"
+    processed = summary["streams"][0]["processed"]
+    rows = [r for r in read_jsonl(jsonl) if "frame" in r]  # every line complete JSON
+    assert len(rows) == processed > 0
+    import av
+
+    with av.open(str(out / "a" / "videos" / "a.mp4")) as c:  # the annotated video was finalised
+        assert sum(1 for _ in c.decode(video=0)) == processed
