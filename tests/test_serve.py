@@ -273,3 +273,34 @@ def test_sigint_flushes_every_output_and_exits_zero(clips, tmp_path):
 
     with av.open(str(out / "a" / "videos" / "a.mp4")) as c:  # the annotated video was finalised
         assert sum(1 for _ in c.decode(video=0)) == processed
+
+
+def test_plan_predicts_from_measurements_and_verifies_by_running(tmp_path):
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--fps", "2", "--resolution", "320x192",
+                                   "--batch", "2", "--seconds", "3", "--max-streams", "3", "--out", str(tmp_path / "plan.json")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "plan.json").read_text())
+    assert set(r["limits"]) == {"compute", "decode", "host_memory"}  # no device memory on the CPU
+    assert r["binding"] == min(r["limits"], key=r["limits"].get)
+    assert r["limits"]["compute"] == pytest.approx(r["frames_per_s"] / 2, rel=0.01)
+    assert [p["batch"] for p in r["sweep"]] == [1, 2] and r["predicted_streams"] == min(3, int(r["limits"][r["binding"]]))
+    v = r["verification"][0]
+    assert v["streams"] == r["predicted_streams"] and v["frames"] > 0 and v["dropped"] == 0
+    assert v["holds"] == (v["max_lag_s"] < 1.0) and "verified" in res.output
+
+
+def test_run_cli_usage_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    res = CliRunner().invoke(app, ["run", "default", "--device", "cpu"])
+    assert res.exit_code == 2 and "no sources" in res.output
+    res = CliRunner().invoke(app, ["run", "default", "--device", "cpu", "-s", "x.mp4", "-f", "gif"])
+    assert res.exit_code == 2 and "unknown stream output gif" in res.output
+    res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--resolution", "big"])
+    assert res.exit_code == 2 and "--resolution" in res.output

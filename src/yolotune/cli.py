@@ -260,9 +260,10 @@ from yolotune.cli_optimize import optimize_command  # noqa: E402
 
 app.command("optimize")(optimize_command)
 
-from yolotune.cli_serve import run_command  # noqa: E402
+from yolotune.cli_serve import plan_command, run_command  # noqa: E402
 
 app.command("run")(run_command)
+app.command("plan")(plan_command)
 
 
 def main() -> None:

@@ -99,3 +99,70 @@ def print_run_summary(s: dict, console: Console) -> None:
 def _fail(message: str) -> None:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(EXIT_USAGE)
+
+
+def plan_command(
+    model: str = typer.Argument(..., help="Model or artifact directory."),
+    fps: float = typer.Option(30.0, min=0.1, help="Frame rate of each stream."),
+    resolution: str = typer.Option("1280x720", help="Stream resolution WIDTHxHEIGHT."),
+    gpus: int = typer.Option(1, min=1, help="Plan for this many GPUs like this one."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    batch: Optional[int] = typer.Option(None, min=1, help="Largest batch (default: the artifact's, else 64 GPU / 8 CPU)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the predicted number of streams to check."),
+    seconds: float = typer.Option(20.0, min=1.0, help="Length of each verification run."),
+    latency_ms: Optional[float] = typer.Option(None, help="p99 latency budget a verified run must also meet (ms)."),
+    max_streams: Optional[int] = typer.Option(None, help="Verify at most this many streams."),
+    out: Optional[Path] = typer.Option(None, help="Write the plan as JSON here."),
+    json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""
+    from yolotune import Detector, ModelLoadError
+    from yolotune.serve.plan import plan
+
+    try:
+        w, h = (int(v) for v in resolution.lower().split("x"))
+    except ValueError:
+        _fail(f"--resolution must look like 1280x720, not {resolution!r}")
+    try:
+        opts = {"batch": batch} if batch else {}
+        detector = Detector(model, device=device, **opts)
+        if not batch and not Path(model, "yolotune.json").is_file():
+            detector.close()
+            detector = Detector(model, device=device, batch=64 if detector.device.type == "cuda" else 8)
+    except (ModelLoadError, ValueError) as e:
+        _fail(str(e))
+    with detector, err.status("planning") as status:
+        report = plan(detector, fps, (w, h), gpus=gpus, verify=verify, verify_seconds=seconds, latency_budget_ms=latency_ms,
+                      max_streams=max_streams, progress=lambda m: status.update(m))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1, default=str))
+    if json_output:
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+        return
+    print_plan(report, Console())
+
+
+def print_plan(r: dict, console: Console) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{r['resolution'][0]}x{r['resolution'][1]} at {r['fps']:g} FPS on {r['gpus']} x {r['device']}: "
+                  f"{r['predicted_streams']} streams predicted[/bold] (bound by {r['binding'].replace('_', ' ')})")
+    t = Table(title="limits (streams)")
+    t.add_column("resource")
+    t.add_column("streams", justify="right")
+    t.add_column("from")
+    mib = lambda b: f"{b / 2**20:.1f} MiB" if b else "n/a"  # noqa: E731
+    why = {"compute": f"{r['frames_per_s']:.0f} frames/s at batch {r['best_batch']}",
+           "decode": f"{r['decode_fps_per_core']:.0f} frames/s per core x {r['cpu_cores']} cores",
+           "host_memory": f"{mib(r['host_bytes_per_stream'])} per stream, 80% of {mib(r['total_host_bytes'])}",
+           "device_memory": f"{mib(r['device_bytes_per_stream'])} per stream, 80% of {mib(r['total_device_bytes'])}"}
+    for k, v in r["limits"].items():
+        t.add_row(k.replace("_", " "), f"{v:.1f}", why[k])
+    console.print(t)
+    for v in r.get("verification", []):
+        console.print(f"verified {v['streams']} streams: {'[green]holds' if v['holds'] else '[red]does not hold'}[/] - "
+                      f"slowest stream {v['min_stream_fps']:.1f} FPS, lag {v['max_lag_s']:.2f} s, {v['dropped']} dropped, "
+                      f"p50 {v['latency_p50_ms'] or 0:.1f} ms, p99 {v['latency_p99_ms'] or 0:.1f} ms, "
+                      f"mean batch {v['mean_batch']:.1f}, host memory after warm-up {v['host_rss_growth_mib'] or 0:+.0f} MiB")
+    if "verified_streams" in r:
+        console.print(f"[bold]verified: {r['verified_streams']} streams[/bold]")

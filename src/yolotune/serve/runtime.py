@@ -62,6 +62,7 @@ class StreamRuntime:
                         for i, s in enumerate(self.specs)]
         self.scheduler = BatchScheduler(self.queues, self.wake, self.opt.max_batch, self.opt.max_wait_ms / 1e3)
         self.batches = 0
+        self.rss: list[tuple[float, int]] = []  # (time, host resident bytes), sampled by the monitor
         self.interrupted: str | None = None
         self.started = 0.0
 
@@ -151,6 +152,7 @@ class StreamRuntime:
 
     def refresh(self) -> None:
         now = time.perf_counter()
+        self.rss.append((now, _rss_bytes()))
         for i, (st, q, w) in enumerate(zip(self.stats, self.queues, self.workers)):
             st.update_rate(now)
             self.metrics.refresh(i, len(q), q.dropped, w.status.reconnects, st.fps, w.status.state == "running")
@@ -188,7 +190,8 @@ class StreamRuntime:
                 "decoded": w.status.frames, "processed": st.frames, "dropped": q.dropped,
                 "unprocessed_at_stop": len(q), "reconnects": w.status.reconnects, "detections": st.detections,
                 "fps": st.frames / wall, "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
-                "max_queue_depth": q.max_depth, "lag_s": round(w.status.lag_s, 3), "error": w.status.last_error,
+                "max_queue_depth": q.max_depth, "lag_s": round(w.status.lag_s, 3),
+                "max_lag_s": round(w.status.max_lag_s, 3), "error": w.status.last_error,
             })
         processed = sum(s["processed"] for s in streams)
         all_lat = [x for st in self.stats for x in st.latencies_s]
@@ -202,8 +205,24 @@ class StreamRuntime:
             "latency_p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
             "dropped": sum(s["dropped"] for s in streams), "failed": [s["name"] for s in streams if s["state"] == "failed"],
             "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
-            "metrics_port": self.metrics.port,
+            "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(),
         }
+
+    def _rss_summary(self) -> dict | None:
+        """Host memory over the run: after the first quarter (warm-up done) vs the end, to see growth."""
+        if len(self.rss) < 2:
+            return None
+        t0, t1 = self.rss[0][0], self.rss[-1][0]
+        warm = next(r for t, r in self.rss if t >= t0 + (t1 - t0) / 4)
+        mib = lambda b: round(b / 2**20, 1)  # noqa: E731
+        return {"start": mib(self.rss[0][1]), "after_warmup": mib(warm), "end": mib(self.rss[-1][1]),
+                "max": mib(max(r for _, r in self.rss)), "growth_after_warmup": mib(self.rss[-1][1] - warm)}
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def _unique_names(specs: list[SourceSpec]) -> list[SourceSpec]:

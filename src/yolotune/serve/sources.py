@@ -89,7 +89,8 @@ class SourceStatus:
     frames: int = 0
     reconnects: int = 0
     last_error: str | None = None
-    lag_s: float = 0.0  # realtime files: how far delivery is behind the file's clock
+    lag_s: float = 0.0  # realtime files: how far delivery is behind the file's clock now
+    max_lag_s: float = 0.0  # and at worst
 
 
 class SourceWorker(threading.Thread):
@@ -187,6 +188,7 @@ class SourceWorker(threading.Thread):
                     if wait > 0:
                         self.stop_event.wait(wait)
                     self.status.lag_s = max(0.0, -wait)
+                    self.status.max_lag_s = max(self.status.max_lag_s, self.status.lag_s)
                 yield frame.to_ndarray(format="rgb24"), frame.time
         finally:
             container.close()

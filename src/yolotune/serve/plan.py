@@ -1,0 +1,194 @@
+"""``yolotune plan``: how many streams of a given resolution and frame rate fit, and a run that checks it.
+
+Three resources can bind, each measured here rather than assumed:
+- device compute: frames/s of the whole detect step (upload, letterbox, model, NMS, copy back) at the best batch;
+- memory: per-stream bytes against 80% of the device's memory (the usual rule of thumb: 20% reserve) and of the
+  host's (a stream's queue of decoded frames and its decoder live on the host);
+- decode: frames/s one CPU core decodes at this resolution (PyAV), times the cores.
+The prediction is the smallest of the three; ``verify`` then runs that many looped, real-time file streams through
+``StreamRuntime`` and reports what held: per-stream FPS, drops, lag behind real time, p50/p99 latency, memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from yolotune.serve.runtime import RunOptions, StreamRuntime
+from yolotune.serve.sources import SourceSpec
+
+RESERVE = 0.2
+
+
+def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verify: bool = True,
+         verify_seconds: float = 20.0, queue_size: int = 4, max_wait_ms: float | None = None,
+         latency_budget_ms: float | None = None, max_streams: int | None = None, progress=None) -> dict:
+    """``resolution`` is (width, height). Returns the plan: measurements, per-resource limits, prediction, and
+    (with ``verify``) the verified stream count with its measurements."""
+    say = progress or (lambda _m: None)
+    width, height = resolution
+    dev = detector.device
+    say("measuring the detect step at each batch size")
+    sweep = _detect_sweep(detector, height, width)
+    best = max(sweep, key=lambda r: r["frames_per_s"])
+    knee = next(r for r in sweep if r["frames_per_s"] >= 0.9 * best["frames_per_s"])
+    say("measuring decode speed and per-stream memory")
+    work = Path(tempfile.mkdtemp(prefix="yolotune-plan-"))
+    clip = _clip(work, width, height, fps)
+    decode_fps = _decode_fps_one_core(clip)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    frame_bytes = width * height * 3
+    host_per_stream = queue_size * frame_bytes + _decoder_host_bytes(clip)
+    device_per_frame = knee["memory_bytes_per_frame"]
+    # a stream holds at most ~2 frames on the device: one in the batch being computed, one being uploaded
+    device_per_stream = 2 * device_per_frame if device_per_frame else None
+    total_device, total_host = _device_memory(dev), _host_memory()
+    limits = {
+        "compute": gpus * best["frames_per_s"] / fps,
+        "decode": cores * decode_fps / fps,
+        "host_memory": (1 - RESERVE) * total_host / host_per_stream,
+    }
+    if device_per_stream and total_device:
+        limits["device_memory"] = gpus * (1 - RESERVE) * total_device / device_per_stream
+    binding = min(limits, key=limits.get)
+    predicted = max(0, int(limits[binding]))
+    if max_streams is not None:
+        predicted = min(predicted, max_streams)
+    report = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
+        "gpus": gpus, "fps": fps, "resolution": [width, height], "reserve": RESERVE, "cpu_cores": cores,
+        "sweep": sweep, "best_batch": best["batch"], "knee_batch": knee["batch"],
+        "frames_per_s": best["frames_per_s"], "decode_fps_per_core": decode_fps,
+        "host_bytes_per_stream": host_per_stream, "device_bytes_per_stream": device_per_stream,
+        "total_host_bytes": total_host, "total_device_bytes": total_device,
+        "limits": {k: round(v, 1) for k, v in limits.items()}, "binding": binding, "predicted_streams": predicted,
+        "latency_budget_ms": latency_budget_ms, "verification": [],
+    }
+    if verify and predicted > 0:
+        if gpus > 1:
+            report["notes"] = [f"verified on this machine's one device with {predicted // gpus} streams (the per-GPU share)"]
+        per_device = max(1, predicted // gpus)
+        n = per_device
+        for _ in range(4):  # step down 15% at a time until a run holds
+            say(f"verifying {n} streams for {verify_seconds:.0f} s")
+            row = _verify(detector, clip, n, fps, verify_seconds, queue_size, max_wait_ms, best["batch"], latency_budget_ms)
+            report["verification"].append(row)
+            if row["holds"]:
+                break
+            n = max(1, int(n * 0.85))
+            if n == report["verification"][-1]["streams"]:
+                break
+        held = [r["streams"] for r in report["verification"] if r["holds"]]
+        report["verified_streams"] = (max(held) * gpus) if held else 0
+    return report
+
+
+def _detect_sweep(detector, height: int, width: int) -> list[dict]:
+    """Frames/s of ``detector.detect`` on same-size frames at batch 1, 2, 4, ... up to its batch size."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    rows = []
+    b = 1
+    cuda = detector.device.type == "cuda"
+    while b <= detector.batch:
+        frames = [frame] * b
+        if cuda:
+            torch.cuda.synchronize(detector.device)
+            torch.cuda.reset_peak_memory_stats(detector.device)
+            base = torch.cuda.memory_allocated(detector.device)
+        detector.detect(frames)  # warm-up (graph capture for this bucket)
+        n, t0 = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - t0 < (0.3 if cuda else 1.0):
+            detector.detect(frames)
+            n += 1
+        dt = (time.perf_counter() - t0) / n
+        peak = (torch.cuda.max_memory_allocated(detector.device) - base) if cuda else None
+        rows.append({"batch": b, "ms_per_batch": dt * 1e3, "frames_per_s": b / dt,
+                     "memory_bytes_per_frame": (peak / b) if peak else None})
+        b *= 2
+    return rows
+
+
+def _clip(work: Path, width: int, height: int, fps: float) -> Path:
+    from yolotune.data.synth import write_video
+
+    return write_video(work / f"plan_{width}x{height}.mp4", frames=max(30, int(fps * 4)), size=(height, width),
+                       fps=max(1, round(fps)), seed=11)
+
+
+def _decode_fps_one_core(clip: Path) -> float:
+    import av
+
+    with av.open(str(clip)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "NONE"  # one core: the per-stream cost
+        t0, n = time.perf_counter(), 0
+        for f in c.decode(s):
+            f.to_ndarray(format="rgb24")
+            n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def _decoder_host_bytes(clip: Path) -> int:
+    """Resident memory one open decoder adds (PyAV/FFmpeg buffers), measured with psutil."""
+    import av
+    import psutil
+
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    containers = []
+    for _ in range(4):
+        c = av.open(str(clip))
+        next(c.decode(video=0)).to_ndarray(format="rgb24")
+        containers.append(c)
+    after = proc.memory_info().rss
+    for c in containers:
+        c.close()
+    return max(0, (after - before) // 4)
+
+
+def _device_memory(dev: torch.device) -> int | None:
+    if dev.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(dev)
+    return total
+
+
+def _host_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size: int, max_wait_ms: float | None,
+            batch: int, latency_budget_ms: float | None) -> dict:
+    """Run ``n`` looped real-time streams; holds when no stream falls behind its clock (lag under a second: a
+    reader blocks when its queue is full, so a pipeline that cannot keep up shows as lag), nothing is dropped, and
+    the p99 latency is within the budget if one is given."""
+    specs = [SourceSpec(str(clip), "file", f"s{i:03d}", loop=True, realtime=True) for i in range(n)]
+    # wait at most a quarter of the latency budget (or one frame interval) to fill a batch
+    wait = max_wait_ms if max_wait_ms is not None else min((latency_budget_ms or 1e9) / 4, 1e3 / fps)
+    opts = RunOptions(out=None, max_batch=batch, max_wait_ms=wait, queue_size=queue_size, duration_s=seconds)
+    if detector.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(detector.device)
+    rt = StreamRuntime(detector, specs, opts)
+    s = rt.run()
+    warm = s["seconds"]
+    rates = [st["processed"] / warm for st in s["streams"]]
+    lags = [st["max_lag_s"] for st in s["streams"]]
+    row = {
+        "streams": n, "seconds": warm, "frames": s["frames"], "total_fps": s["fps"],
+        "min_stream_fps": min(rates), "mean_stream_fps": float(np.mean(rates)), "max_lag_s": max(lags),
+        "dropped": s["dropped"], "latency_p50_ms": s["latency_p50_ms"], "latency_p99_ms": s["latency_p99_ms"],
+        "mean_batch": s["mean_batch"],
+        "host_rss_growth_mib": (s["host_rss_mib"] or {}).get("growth_after_warmup"),
+        "device_peak_mib": (torch.cuda.max_memory_allocated(detector.device) / 2**20) if detector.device.type == "cuda" else None,
+    }
+    row["holds"] = bool(row["max_lag_s"] < 1.0 and row["dropped"] == 0
+                        and (latency_budget_ms is None or (row["latency_p99_ms"] or 0) <= latency_budget_ms))
+    return row
