@@ -83,14 +83,22 @@ def _dfl_last_axis(self, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _export_friendly_dfl(net: torch.nn.Module):
-    dfls = [m for m in net.modules() if type(m).__name__ == "DFL" and hasattr(m, "c1") and hasattr(m, "conv")]
-    for m in dfls:
-        m.forward = types.MethodType(_dfl_last_axis, m)
+def _export_friendly(net: torch.nn.Module):
+    """Temporarily swap forwards for ones that export to simpler graphs with the same result: DFL as above, and C2f's
+    ``chunk`` as a constant ``split`` (as Ultralytics' exporter does), which removes a Shape/Slice chain per block
+    that would otherwise stay in float between quantized convolutions."""
+    patched = []
+    for m in net.modules():
+        if type(m).__name__ == "DFL" and hasattr(m, "c1") and hasattr(m, "conv"):
+            m.forward = types.MethodType(_dfl_last_axis, m)
+            patched.append(m)
+        elif hasattr(type(m), "forward_split"):
+            m.forward = m.forward_split
+            patched.append(m)
     try:
         yield
     finally:
-        for m in dfls:
+        for m in patched:
             del m.forward  # back to the class's own forward
 
 
@@ -117,7 +125,7 @@ def export_onnx(model: LoadedModel, path: str | Path, imgsz: tuple[int, int] | N
     dummy = torch.zeros(1, 3, h, w)
     axes = {"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic_batch else None
     path = Path(path)
-    with torch.inference_mode(), warnings.catch_warnings(), _export_friendly_dfl(net):
+    with torch.inference_mode(), warnings.catch_warnings(), _export_friendly(net):
         warnings.simplefilter("ignore")  # TorchScript exporter (needs no onnxscript): deprecation and tracer notes
         torch.onnx.export(net, dummy, str(path), dynamo=False, opset_version=opset, input_names=["images"],
                           output_names=["output0"], dynamic_axes=axes)
