@@ -44,6 +44,8 @@ def test_every_candidate_is_measured_and_guarded(optimized):
     assert report["summary"].startswith("from ") and "because" in report["summary"]
     assert any(lv["lever"].startswith("INT8") for lv in report["levers"])
     assert "| lever |" in (out / "report.md").read_text() and "artifact:" in output
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") >= 2 and all(c["name"] in page for c in report["candidates"])
 
 
 def test_artifact_reloads_with_its_options(optimized, val):

@@ -144,3 +144,41 @@ def counters(p: dict) -> str:
               ncol=3, frameon=False)
     fig.tight_layout()
     return svg(fig)
+
+
+def candidates_scatter(r: dict) -> str:
+    """Optimize: each measured candidate's speed against its accuracy drop, with the bound; the chosen one ringed."""
+    cands = [c for c in r.get("candidates", []) if c.get("images_per_s") and c.get("drop_points") is not None]
+    if not cands:
+        return ""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    colors = {"passed": "#2ca02c", "rejected": "#d62728"}
+    chosen = (r.get("chosen") or {}).get("name")
+    for c in cands:
+        ax.scatter(c["drop_points"], c["images_per_s"], color=colors.get(c["status"], "#7f7f7f"), s=40, zorder=3)
+        ax.annotate(c["name"], (c["drop_points"], c["images_per_s"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if c["name"] == chosen:
+            ax.scatter(c["drop_points"], c["images_per_s"], s=180, facecolors="none", edgecolors="#000", zorder=4)
+    ax.axvline(r.get("max_drop_points", 1.0), color="#999", ls="--", lw=1)
+    ax.text(r.get("max_drop_points", 1.0), ax.get_ylim()[1], " accuracy bound", fontsize=8, va="top")
+    ax.set_xlabel("mAP50-95 drop (points) vs the FP32 reference")
+    ax.set_ylabel("images/s at the probe batch")
+    fig.tight_layout()
+    return svg(fig)
+
+
+def lever_bars(r: dict) -> str:
+    """Optimize: each lever's speed-up measured one at a time."""
+    levers = r.get("levers") or []
+    if not levers:
+        return ""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(levers) + 0.8))
+    names = [lv["lever"] for lv in levers][::-1]
+    vals = [lv["speedup"] for lv in levers][::-1]
+    ax.barh(names, vals, color=["#2ca02c" if v >= 1 else "#d62728" for v in vals])
+    ax.axvline(1.0, color="#333", lw=1)
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v:.2f}x", va="center", fontsize=8)
+    ax.set_xlabel("speed-up")
+    fig.tight_layout()
+    return svg(fig)

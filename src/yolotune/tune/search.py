@@ -308,6 +308,9 @@ def _write_report(out: Path, report: dict) -> None:
         report["chosen"].pop("_detector_factory", None)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "report.md").write_text(report_markdown(report))
+    from yolotune.report.optimize_html import write_optimize_report
+
+    write_optimize_report(report, out / "report.html")
 
 
 def report_markdown(r: dict) -> str:
