@@ -48,7 +48,8 @@ def register_engine(model_format: str) -> Callable[[EngineBuilder], EngineBuilde
     return wrap
 
 
-def build_engine(model: LoadedModel, device: torch.device, precision: str, compile: bool | str = False) -> Engine:
+def build_engine(model: LoadedModel, device: torch.device, precision: str, compile: bool | str = False,
+                 fuse: bool = True) -> Engine:
     """The engine that runs ``model`` (by its format) on ``device`` at ``precision``."""
     from yolotune.engine import ort as _ort  # noqa: F401  (registers)
     from yolotune.engine import torch as _torch  # noqa: F401  (registers)
@@ -56,4 +57,4 @@ def build_engine(model: LoadedModel, device: torch.device, precision: str, compi
     builder = _BUILDERS.get(model.spec.format)
     if builder is None:
         raise ValueError(f"no engine for model format {model.spec.format!r}")
-    return builder(model, device=device, precision=precision, compile=compile)
+    return builder(model, device=device, precision=precision, compile=compile, fuse=fuse)

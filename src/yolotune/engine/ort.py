@@ -34,5 +34,5 @@ class OrtEngine(Engine):
 
 
 @register_engine("onnx")
-def _build(model: LoadedModel, device: torch.device, precision: str, compile: bool = False) -> Engine:
+def _build(model: LoadedModel, device: torch.device, precision: str, compile: bool = False, fuse: bool = True) -> Engine:
     return OrtEngine(model)

@@ -15,10 +15,10 @@ class TorchEngine(Engine):
     graph_capturable = True
 
     def __init__(self, model: LoadedModel, device: torch.device, precision: str = "fp16", channels_last: bool = True,
-                 compile: bool | str = False):
+                 compile: bool | str = False, fuse: bool = True):
         module = model.runnable
         inner = getattr(module, "model", module)
-        if hasattr(inner, "fuse"):
+        if fuse and hasattr(inner, "fuse"):
             inner.fuse(verbose=False)  # Conv+BN -> one conv: fewer kernels, same math
         self.device = device
         self.input_dtype = PRECISIONS[precision]
@@ -71,7 +71,8 @@ def compile_mode(compile: bool | str | None) -> str | None:
 
 
 @register_engine("ultralytics")
-def _build(model: LoadedModel, device: torch.device, precision: str, compile: bool | str = False) -> Engine:
+def _build(model: LoadedModel, device: torch.device, precision: str, compile: bool | str = False,
+           fuse: bool = True) -> Engine:
     if device.type == "cpu" and precision != "fp32":
         precision = "fp32"  # half-precision convolutions on CPU are slower and less accurate
-    return TorchEngine(model, device, precision, compile=compile)
+    return TorchEngine(model, device, precision, compile=compile, fuse=fuse)

@@ -71,6 +71,7 @@ class Detector:
         rect: bool = True,
         cuda_graph: bool = True,
         compile: bool | str = False,
+        fuse: bool = True,
         gpu_decode: bool = True,
         preprocess: str = "auto",
         workers: int | None = None,
@@ -84,7 +85,7 @@ class Detector:
             precision = "fp32" if (half is False or self.device.type == "cpu") else "fp16"
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
-        self.engine = build_engine(self.model, self.device, precision, compile=compile)
+        self.engine = build_engine(self.model, self.device, precision, compile=compile, fuse=fuse)
         self.device = self.engine.device  # an ONNX Runtime CPU engine keeps preprocessing on the CPU too
         self.batch = max(1, int(batch))
         self.stride = spec.stride

@@ -1,0 +1,123 @@
+"""Issue 6's evidence: many streams through `StreamRuntime`, side by side with one Ultralytics predict(stream=True)
+loop per source in threads, in one process on one device.
+
+For each model and stream count: real-time looped file streams (a camera's pacing) for SECONDS; a count holds when
+no stream lags its clock by a second, nothing drops, and p99 latency (decode end -> result) <= LATENCY_MS. Then the
+same streams as fast as they go (throughput), ours vs Ultralytics' per-source loops. Finally `plan` predicts and
+verifies. Environment: STREAMS (e.g. 50,100,150), RES (1280x720), FPS (30), SECONDS (20), LATENCY_MS (50),
+MODELS (yolov8n,yolov8m), BATCH (64), COMPILE (aoti on CUDA), PEER (1 runs Ultralytics). Writes serve_bench.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment  # noqa: E402
+
+import torch  # noqa: E402
+
+from yolotune import Detector, load_model  # noqa: E402
+from yolotune.serve.plan import _clip, _verify, plan  # noqa: E402
+from yolotune.serve.runtime import RunOptions, StreamRuntime  # noqa: E402
+from yolotune.serve.sources import SourceSpec  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+W, H = (int(v) for v in os.environ.get("RES", "1280x720" if CUDA else "640x360").split("x"))
+FPS = float(os.environ.get("FPS", "30" if CUDA else "10"))
+SECONDS = float(os.environ.get("SECONDS", "20" if CUDA else "30"))
+LATENCY_MS = float(os.environ.get("LATENCY_MS", "50" if CUDA else "1000"))
+STREAMS = [int(n) for n in os.environ.get("STREAMS", "50,100,150" if CUDA else "4").split(",")]
+BATCH = int(os.environ.get("BATCH", "64" if CUDA else "4"))
+
+
+def throughput(det, clip: Path, n: int, seconds: float) -> dict:
+    """n looped streams read as fast as they decode: frames/s in total and for the slowest stream."""
+    specs = [SourceSpec(str(clip), "file", f"t{i:03d}", loop=True) for i in range(n)]
+    s = StreamRuntime(det, specs, RunOptions(out=None, max_batch=BATCH, max_wait_ms=5, queue_size=4, duration_s=seconds)).run()
+    rates = [st["processed"] / s["seconds"] for st in s["streams"]]
+    return {"streams": n, "total_fps": s["fps"], "min_stream_fps": min(rates), "mean_batch": s["mean_batch"]}
+
+
+def ultralytics_loops(model_file: str, clip: Path, n: int, seconds: float) -> dict:
+    """One YOLO model and one predict(stream=True) loop per source, each in a thread (what users write)."""
+    from ultralytics import YOLO
+
+    models = [YOLO(model_file) for _ in range(n)]
+    counts = [0] * n
+    start = threading.Barrier(n + 1)
+    stop_at = [0.0]
+
+    def loop(i: int) -> None:
+        start.wait()
+        while time.perf_counter() < stop_at[0]:
+            for _ in models[i].predict(source=str(clip), stream=True, half=CUDA, device=0 if CUDA else "cpu", verbose=False):
+                counts[i] += 1
+                if time.perf_counter() >= stop_at[0]:
+                    return
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + seconds
+    start.wait()
+    for t in threads:
+        t.join()
+    return {"streams": n, "total_fps": sum(counts) / seconds, "min_stream_fps": min(counts) / seconds}
+
+
+def main() -> None:
+    out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    clip = _clip(work, W, H, FPS)
+    rows: dict = {"env": environment(), "resolution": [W, H], "fps": FPS, "seconds": SECONDS, "latency_ms": LATENCY_MS,
+                  "batch": BATCH, "models": {}}
+    m_pt = work / "yolov8m.pt"
+    files = {"yolov8n": "default"}
+    if "yolov8m" in os.environ.get("MODELS", "yolov8n,yolov8m" if CUDA else "yolov8n"):
+        from yolotune.models.ultralytics import save_ultralytics_checkpoint
+
+        save_ultralytics_checkpoint(load_model("yolov8m.yaml", seed=0, class_bias=-2.0), m_pt)
+        files["yolov8m"] = str(m_pt)
+    for name, model in files.items():
+        opts = {"compile": os.environ.get("COMPILE", "aoti")} if CUDA and os.environ.get("COMPILE", "aoti") != "none" else {}
+        r: dict = {"realtime": [], "throughput": [], "peer": []}
+        with Detector(model, device="cuda" if CUDA else "cpu", batch=BATCH, **opts) as det:
+            for n in STREAMS:
+                v = _verify(det, clip, n, FPS, SECONDS, 4, None, BATCH, LATENCY_MS)
+                r["realtime"].append(v)
+                print(name, json.dumps(v), flush=True)
+            held = [v["streams"] for v in r["realtime"] if v["holds"]]
+            r["largest_holding"] = max(held) if held else 0
+            for n in STREAMS:
+                r["throughput"].append(throughput(det, clip, n, min(SECONDS, 15)))
+                print(name, "throughput", json.dumps(r["throughput"][-1]), flush=True)
+            r["plan"] = plan(det, FPS, (W, H), verify=True, verify_seconds=min(SECONDS, 15), latency_budget_ms=LATENCY_MS)
+            r["plan"].pop("sweep", None)
+            print(name, "plan", json.dumps({k: r["plan"][k] for k in ("limits", "binding", "predicted_streams", "verified_streams")}), flush=True)
+        if os.environ.get("PEER", "1") == "1":
+            from yolotune.assets import resolve
+
+            for n in STREAMS:
+                try:
+                    p = ultralytics_loops(str(resolve(model) or model), clip, n, min(SECONDS, 15))
+                except Exception as e:  # noqa: BLE001  (the peer may run out of memory with many model copies)
+                    p = {"streams": n, "error": f"{type(e).__name__}: {e}"}
+                r["peer"].append(p)
+                print(name, "ultralytics", json.dumps(p), flush=True)
+            for ours, peer in zip(r["throughput"], r["peer"]):
+                if "total_fps" in peer:
+                    ours["vs_ultralytics"] = ours["total_fps"] / peer["total_fps"]
+        rows["models"][name] = r
+        (out / "serve_bench.json").write_text(json.dumps(rows, indent=1, default=str))
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("largest_holding",)} for k, v in rows["models"].items()}))
+
+
+if __name__ == "__main__":
+    main()
