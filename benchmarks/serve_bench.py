@@ -74,6 +74,7 @@ def ultralytics_loops(model_file: str, clip: Path, n: int, seconds: float) -> di
 
 def main() -> None:
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     clip = _clip(work, W, H, FPS)
     rows: dict = {"env": environment(), "resolution": [W, H], "fps": FPS, "seconds": SECONDS, "latency_ms": LATENCY_MS,

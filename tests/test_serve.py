@@ -52,6 +52,31 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+class FlakyEngine(SlowDetector):
+    """Fails the batches whose numbers are listed (from 1)."""
+
+    def __init__(self, fail: set[int]):
+        super().__init__(0.0)
+        self.fail = fail
+
+    def detect(self, frames):
+        if len(self.batches) + 1 in self.fail:
+            self.batches.append(len(frames))
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().detect(frames)
+
+
+def test_engine_failures_are_reported_per_stream_and_three_in_a_row_stop_the_run(clips, tmp_path):
+    summary = StreamRuntime(FlakyEngine({2}), [parse_source(str(clips["b"]))], RunOptions(out=tmp_path / "one", max_batch=4)).run()
+    s = summary["streams"][0]
+    assert summary["engine_errors"] == 4 and s["processed"] == 13 and s["state"] == "finished"
+    rows = read_jsonl(tmp_path / "one" / "b" / "detections.jsonl")
+    err = [r for r in rows if r.get("event") == "engine-error"]
+    assert len(err) == 1 and "illegal memory access" in err[0]["message"] and err[0]["ok"] is False
+    summary = StreamRuntime(FlakyEngine({1, 2, 3}), [parse_source(str(clips["a"]))], RunOptions(out=None, max_batch=4)).run()
+    assert summary["stopped_by"].startswith("engine failed 3 batches in a row") and summary["frames"] == 0
+
+
 def test_parse_sources(tmp_path):
     assert parse_source("rtsp://cam.local/stream1").kind == "url" and parse_source("rtsp://h/s").live
     assert parse_source("/dev/video2").kind == "camera" and parse_source("v4l2:0").uri == "/dev/video0"

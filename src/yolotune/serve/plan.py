@@ -186,7 +186,7 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
         "min_stream_fps": min(rates), "mean_stream_fps": float(np.mean(rates)), "max_lag_s": max(lags),
         "dropped": s["dropped"], "latency_p50_ms": s["latency_p50_ms"], "latency_p99_ms": s["latency_p99_ms"],
         "mean_batch": s["mean_batch"],
-        "host_rss_growth_mib": (s["host_rss_mib"] or {}).get("growth_after_warmup"),
+        "host_rss_growth_mib": (s["host_rss_mib"] or {}).get("growth_after_warmup"), "host_rss_mib": s["host_rss_mib"],
         "device_peak_mib": (torch.cuda.max_memory_allocated(detector.device) / 2**20) if detector.device.type == "cuda" else None,
     }
     row["holds"] = bool(row["max_lag_s"] < 1.0 and row["dropped"] == 0

@@ -62,6 +62,8 @@ class StreamRuntime:
                         for i, s in enumerate(self.specs)]
         self.scheduler = BatchScheduler(self.queues, self.wake, self.opt.max_batch, self.opt.max_wait_ms / 1e3)
         self.batches = 0
+        self.engine_errors = 0  # frames lost to engine failures
+        self.engine_failures_in_a_row = 0
         self.rss: list[tuple[float, int]] = []  # (time, host resident bytes), sampled by the monitor
         self.interrupted: str | None = None
         self.started = 0.0
@@ -110,7 +112,12 @@ class StreamRuntime:
                 batch = self.scheduler.next_batch(self.stop)
                 if batch is None:
                     return
-                dets = self.detector.detect([f.image for f in batch])
+                try:
+                    dets = self.detector.detect([f.image for f in batch])
+                except Exception as e:  # noqa: BLE001  (reported per stream; the run goes on unless it keeps failing)
+                    self._engine_failed(batch, e)
+                    continue
+                self.engine_failures_in_a_row = 0
                 now = time.perf_counter()
                 self.batches += 1
                 self.metrics.batch.observe(len(batch))
@@ -119,6 +126,20 @@ class StreamRuntime:
                     self.stats[f.stream].record(lat, len(d))
                     self.metrics.observe(f.stream, lat)
                 results.put(list(zip(batch, dets, [now - f.decoded_at for f in batch])))
+
+    def _engine_failed(self, batch, error: Exception) -> None:
+        """A batch the engine could not run: an error event for each stream in it; three in a row stop the run."""
+        import torch
+
+        if isinstance(error, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        self.engine_errors += len(batch)
+        self.engine_failures_in_a_row += 1
+        message = f"engine: {type(error).__name__}: {str(error)[:300]} ({len(batch)} frames lost)"
+        for stream in sorted({f.stream for f in batch}):
+            self._on_event(stream, "engine-error", message)
+        if self.engine_failures_in_a_row >= 3:
+            self._request_stop(f"engine failed 3 batches in a row: {type(error).__name__}")
 
     def _sink_loop(self, results: queue.Queue) -> None:
         while True:
@@ -203,7 +224,8 @@ class StreamRuntime:
             "fps": processed / wall, "mean_batch": processed / self.batches if self.batches else 0.0,
             "latency_p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
             "latency_p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
-            "dropped": sum(s["dropped"] for s in streams), "failed": [s["name"] for s in streams if s["state"] == "failed"],
+            "dropped": sum(s["dropped"] for s in streams), "engine_errors": self.engine_errors,
+            "failed": [s["name"] for s in streams if s["state"] == "failed"],
             "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
             "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(),
         }

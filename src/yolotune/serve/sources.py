@@ -127,6 +127,8 @@ class SourceWorker(threading.Thread):
                         attempt = 0  # a source that delivers again starts its backoff afresh
                         if not self._deliver(image, pts):
                             return  # stopped
+                    if self.stop_event.is_set():
+                        return
                     if self.spec.live or (self.spec.loop and delivered):
                         raise EOFError("stream ended")
                     if not delivered and self.spec.kind == "file":
@@ -136,6 +138,8 @@ class SourceWorker(threading.Thread):
                         self._set("finished")
                         return
                 except Exception as e:  # noqa: BLE001  (any failure of one source is that source's state)
+                    if self.stop_event.is_set():
+                        return  # an error while shutting down is not the source's fault
                     message = f"{type(e).__name__}: {e}"
                     if self.spec.kind == "file" and not (self.spec.loop and isinstance(e, EOFError)):
                         # a file that cannot be opened or breaks mid-way is not going to heal: report it once
