@@ -27,6 +27,7 @@ def optimize_command(
     max_drop: float = typer.Option(1.0, help="Accuracy bound: max mAP50-95 drop in points."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="Try torch.compile (GPU)."),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="Try INT8 ONNX Runtime (CPU)."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Then try the winner at smaller input sizes and top-k."),
     calibration: Optional[Path] = typer.Option(None, help="Folder of images for INT8 calibration (default: generated)."),
     val_images: Optional[int] = typer.Option(None, help="Generated validation images (default 200 GPU, 48 CPU)."),
 ) -> None:
@@ -37,7 +38,7 @@ def optimize_command(
     try:
         with err.status("optimizing") as status:
             report = optimize(model, data, device=device, objective=objective, latency_ms=latency_ms, target_fps=target_fps,
-                              memory_mib=memory_mib, budget_s=budget, max_drop=max_drop, out=out, compile=compile,
+                              memory_mib=memory_mib, budget_s=budget, max_drop=max_drop, out=out, compile=compile, refine=refine,
                               int8=int8, calibration=calibration, val_images=val_images,
                               progress=lambda m: status.update(f"optimizing: {m}"))
     except (ModelLoadError, ValueError) as e:

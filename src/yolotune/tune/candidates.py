@@ -14,6 +14,7 @@ class Candidate:
     est_cost_s: float = 10.0  # rough time to build and measure, for the budget
     reference: bool = False  # the accuracy reference (FP32, plain)
     fallback_for: str | None = None  # tried only when the candidate of this name failed to build or run
+    refines: str | None = None  # a variant of this (winning) candidate, one option changed
     result: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -49,4 +50,21 @@ def search_space(device_type: str, compile: bool = True, int8: bool = True) -> l
     if int8:
         out += [Candidate(f"onnxruntime int8 ({m})", {}, engine="onnxruntime", calibration=m, est_cost_s=45)
                 for m in ("minmax", "entropy", "percentile")]
+    return out
+
+
+def refinements(best: Candidate, imgsz: tuple[int, int], stride: int, topk: int = 2048) -> list[Candidate]:
+    """Variants of the winning engine, each one option away from it: smaller inputs (about 0.8x and 0.65x per
+    side, multiples of the stride: fewer pixels, maybe fewer small objects found) and a smaller top-k cap (fewer
+    candidates into NMS). The accuracy guard decides whether any may win."""
+    out = []
+    h, w = imgsz
+    for f in (0.8, 0.65):
+        size = max(stride, round(h * f / stride) * stride), max(stride, round(w * f / stride) * stride)
+        if size != (h, w):
+            out.append(Candidate(f"{best.name} @ {size[0]}x{size[1]}", {**best.options, "imgsz": list(size)},
+                                 engine=best.engine, calibration=best.calibration,
+                                 est_cost_s=best.result.get("seconds", best.est_cost_s), refines=best.name))
+    out.append(Candidate(f"{best.name}, top-k {topk // 4}", {**best.options, "topk": topk // 4}, engine=best.engine,
+                         calibration=best.calibration, est_cost_s=10.0, refines=best.name))
     return out

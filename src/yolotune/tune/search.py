@@ -19,8 +19,9 @@ import torch
 
 from yolotune.profile.sweep import _measure, batch_sizes
 from yolotune.tune.artifact import use_engine_cache, write_artifact
-from yolotune.tune.candidates import Candidate, search_space
-from yolotune.tune.int8 import CalibrationError, calibration_batches, quantize_int8
+from yolotune.tune.candidates import Candidate, refinements, search_space
+from yolotune.tune.files import CandidateFiles
+from yolotune.tune.int8 import CalibrationError
 
 OBJECTIVES = ("throughput", "latency")
 
@@ -69,6 +70,7 @@ def optimize(
     out: str | Path = "yolotune-artifact",
     compile: bool = True,
     int8: bool = True,
+    refine: bool = True,
     calibration: str | Path | None = None,
     probe_batch: int | None = None,
     max_batch: int | None = None,
@@ -110,45 +112,50 @@ def optimize(
         probe = probe_batch or (1 if objective == "latency" or dev.type == "cpu" else 32)
         candidates = search_space(dev.type, compile=compile, int8=int8)
         reference = candidates[0]
-        onnx_fp32: Path | None = None
-        cal_images: list[str] | None = None
+        files = CandidateFiles(model_file, work, lambda: _images(Path(calibration)) if calibration else
+                               _images(_dataset(None, "cpu", work, 32, seed=102)))
+        key = (lambda c: -c.result["latency_ms_b1"]) if objective == "latency" else (lambda c: c.result["images_per_s"])
         interrupted = False
+
+        def run(cand: Candidate) -> None:
+            left = budget_s - (time.perf_counter() - t0)
+            if not cand.reference and left < cand.est_cost_s:
+                cand.result = {"status": "skipped", "reason": f"budget: {left:.0f} s left, needs ~{cand.est_cost_s:.0f} s"}
+                return
+            say(f"candidate {cand.name}")
+            started = time.perf_counter()
+            try:
+                file = files.for_candidate(cand)
+                cand.result = _evaluate(Detector, accuracy_guard, cand, file, dev, val, probe, reference, max_drop)
+                cand.result["model_file"] = str(file)
+            except CalibrationError as e:
+                cand.result = {"status": "skipped", "reason": f"calibration: {e}"}
+            except torch.OutOfMemoryError as e:
+                torch.cuda.empty_cache()
+                cand.result = {"status": "failed", "reason": f"out of GPU memory: {str(e)[:200]}"}
+            except Exception as e:  # a candidate that cannot be built or run is reported, not fatal
+                cand.result = {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}",
+                               "traceback": traceback.format_exc()[-1500:]}
+                if cand.reference:
+                    raise
+            cand.result["seconds"] = round(time.perf_counter() - started, 1)
+
         try:
             by_name = {c.name: c for c in candidates}
             for cand in candidates:
                 if cand.fallback_for and by_name[cand.fallback_for].result.get("status") != "failed":
                     cand.result = {"status": "not needed", "reason": f"{cand.fallback_for} did not fail"}
                     continue
-                left = budget_s - (time.perf_counter() - t0)
-                if not cand.reference and left < cand.est_cost_s:
-                    cand.result = {"status": "skipped", "reason": f"budget: {left:.0f} s left, needs ~{cand.est_cost_s:.0f} s"}
-                    continue
-                say(f"candidate {cand.name}")
-                started = time.perf_counter()
-                try:
-                    file = model_file
-                    if cand.engine == "onnxruntime":
-                        onnx_fp32 = onnx_fp32 or _export(model_file, work)
-                        file = onnx_fp32
-                        if cand.calibration:
-                            if cal_images is None:  # generated only when an INT8 candidate needs it
-                                cal_images = _images(Path(calibration)) if calibration else \
-                                    _images(_dataset(None, "cpu", work, 32, seed=102))
-                            batches = calibration_batches(cal_images, (640, 640), limit=32)
-                            file = quantize_int8(onnx_fp32, work / f"int8-{cand.calibration}.onnx", batches, cand.calibration)
-                    cand.result = _evaluate(Detector, accuracy_guard, cand, file, dev, val, probe, reference, max_drop)
-                    cand.result["model_file"] = str(file)
-                except CalibrationError as e:
-                    cand.result = {"status": "skipped", "reason": f"calibration: {e}"}
-                except torch.OutOfMemoryError as e:
-                    torch.cuda.empty_cache()
-                    cand.result = {"status": "failed", "reason": f"out of GPU memory: {str(e)[:200]}"}
-                except Exception as e:  # a candidate that cannot be built or run is reported, not fatal
-                    cand.result = {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:300]}",
-                                   "traceback": traceback.format_exc()[-1500:]}
-                    if cand.reference:
-                        raise
-                cand.result["seconds"] = round(time.perf_counter() - started, 1)
+                run(cand)
+            # then the winner's own options: input size and top-k cap, each guarded like any candidate
+            valid = [c for c in candidates if c.result.get("status") == "passed"]
+            if refine and valid:
+                winner = max(valid, key=key)
+                with Detector(str(winner.result["model_file"]), device=str(dev), batch=1, **winner.options) as det:
+                    hw, stride = det.imgsz, det.stride
+                for cand in refinements(winner, hw, stride):
+                    candidates.append(cand)
+                    run(cand)
         except KeyboardInterrupt:
             interrupted = True
             report["notes"].append("interrupted (Ctrl-C): the best candidate measured so far was saved")
@@ -159,7 +166,6 @@ def optimize(
             report["chosen"] = None
             _write_report(out, report)
             return report
-        key = (lambda c: -c.result["latency_ms_b1"]) if objective == "latency" else (lambda c: c.result["images_per_s"])
         best = max(valid, key=key)
         say(f"batch sizes for {best.name}")
         batch, sweep = _choose_batch(Detector, best, dev, objective, latency_ms, target_fps, memory_mib, max_batch,
@@ -176,15 +182,6 @@ def optimize(
         report["reload_s"] = _reload_seconds(Detector, out, dev)
         _write_report(out, report)
         return report
-
-
-def _export(model_file: Path, work: Path) -> Path:
-    from yolotune.models import load_model
-    from yolotune.models.export import export_onnx
-
-    if model_file.suffix == ".onnx":
-        return model_file
-    return export_onnx(load_model(str(model_file)), work / "model-fp32.onnx", imgsz=(640, 640), dynamic_batch=True)
 
 
 def _evaluate(Detector, accuracy_guard, cand: Candidate, file: Path, dev, val: Path, probe: int, reference: Candidate,
@@ -277,6 +274,8 @@ def _levers(candidates: list[Candidate], sweep: list[dict], probe: int) -> list[
              ("compile (torch.compile, FP16 graph)", "graph fp16", "jit-compiled+graph fp16"),
              ("BF16 vs FP16 (graph)", "graph fp16", "graph bf16"), ("ONNX Runtime vs PyTorch (CPU)", "torch fp32", "onnxruntime fp32")]
     pairs += [(f"INT8 {m} vs FP32 (ONNX Runtime)", "onnxruntime fp32", f"onnxruntime int8 ({m})") for m in ("minmax", "entropy", "percentile")]
+    pairs += [("input " + c.name[len(c.refines):].strip(" ,@") if "@" in c.name else c.name[len(c.refines):].strip(" ,"),
+               c.refines, c.name) for c in candidates if c.refines]
     out = []
     for lever, a, b in pairs:
         if a in by_name and b in by_name:
