@@ -35,14 +35,17 @@ SECONDS = float(os.environ.get("SECONDS", "20" if CUDA else "30"))
 LATENCY_MS = float(os.environ.get("LATENCY_MS", "50" if CUDA else "1000"))
 STREAMS = [int(n) for n in os.environ.get("STREAMS", "50,100,150" if CUDA else "4").split(",")]
 BATCH = int(os.environ.get("BATCH", "64" if CUDA else "4"))
+PIXEL_FORMATS = os.environ.get("PIXEL_FORMATS", "auto").split(",")  # e.g. yuv420p,rgb24 to compare both
 
 
-def throughput(det, clip: Path, n: int, seconds: float) -> dict:
+def throughput(det, clip: Path, n: int, seconds: float, pixel_format: str = "auto") -> dict:
     """n looped streams read as fast as they decode: frames/s in total and for the slowest stream."""
     specs = [SourceSpec(str(clip), "file", f"t{i:03d}", loop=True) for i in range(n)]
-    s = StreamRuntime(det, specs, RunOptions(out=None, max_batch=BATCH, max_wait_ms=5, queue_size=4, duration_s=seconds)).run()
+    s = StreamRuntime(det, specs, RunOptions(out=None, max_batch=BATCH, max_wait_ms=5, queue_size=4, duration_s=seconds,
+                                             pixel_format=pixel_format)).run()
     rates = [st["processed"] / s["seconds"] for st in s["streams"]]
-    return {"streams": n, "total_fps": s["fps"], "min_stream_fps": min(rates), "mean_batch": s["mean_batch"]}
+    return {"streams": n, "total_fps": s["fps"], "min_stream_fps": min(rates), "mean_batch": s["mean_batch"],
+            "pixel_format": s["pixel_format"]}
 
 
 def ultralytics_loops(model_file: str, clip: Path, n: int, seconds: float) -> dict:
@@ -90,15 +93,17 @@ def main() -> None:
         opts = {"compile": os.environ.get("COMPILE", "aoti")} if CUDA and os.environ.get("COMPILE", "aoti") != "none" else {}
         r: dict = {"realtime": [], "throughput": [], "peer": []}
         with Detector(model, device="cuda" if CUDA else "cpu", batch=BATCH, **opts) as det:
-            for n in STREAMS:
-                v = _verify(det, clip, n, FPS, SECONDS, 4, None, BATCH, LATENCY_MS)
-                r["realtime"].append(v)
-                print(name, json.dumps(v), flush=True)
+            for pf in PIXEL_FORMATS:
+                for n in STREAMS:
+                    v = _verify(det, clip, n, FPS, SECONDS, 4, None, BATCH, LATENCY_MS, pixel_format=pf)
+                    r["realtime"].append(v)
+                    print(name, json.dumps(v), flush=True)
             held = [v["streams"] for v in r["realtime"] if v["holds"]]
             r["largest_holding"] = max(held) if held else 0
-            for n in STREAMS:
-                r["throughput"].append(throughput(det, clip, n, min(SECONDS, 15)))
-                print(name, "throughput", json.dumps(r["throughput"][-1]), flush=True)
+            for pf in PIXEL_FORMATS:
+                for n in STREAMS:
+                    r["throughput"].append(throughput(det, clip, n, min(SECONDS, 15), pf))
+                    print(name, "throughput", json.dumps(r["throughput"][-1]), flush=True)
             r["plan"] = plan(det, FPS, (W, H), verify=True, verify_seconds=min(SECONDS, 15), latency_budget_ms=LATENCY_MS)
             r["plan"].pop("sweep", None)
             print(name, "plan", json.dumps({k: r["plan"][k] for k in ("limits", "binding", "predicted_streams", "verified_streams")}), flush=True)
@@ -112,8 +117,9 @@ def main() -> None:
                     p = {"streams": n, "error": f"{type(e).__name__}: {e}"}
                 r["peer"].append(p)
                 print(name, "ultralytics", json.dumps(p), flush=True)
-            for ours, peer in zip(r["throughput"], r["peer"]):
-                if "total_fps" in peer:
+            for ours in r["throughput"]:
+                peer = next((p for p in r["peer"] if p["streams"] == ours["streams"] and "total_fps" in p), None)
+                if peer:
                     ours["vs_ultralytics"] = ours["total_fps"] / peer["total_fps"]
         rows["models"][name] = r
         (out / "serve_bench.json").write_text(json.dumps(rows, indent=1, default=str))

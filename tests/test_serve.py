@@ -329,3 +329,35 @@ def test_run_cli_usage_errors(tmp_path):
     assert res.exit_code == 2 and "unknown stream output gif" in res.output
     res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--resolution", "big"])
     assert res.exit_code == 2 and "--resolution" in res.output
+
+
+def test_dashboard_shows_every_stream_state(clips, tmp_path):
+    from rich.console import Console
+
+    from yolotune.serve.dashboard import stream_table
+
+    specs = [parse_source(str(clips["b"])), parse_source(str(tmp_path / "nope.mp4"))]
+    ticks = []
+    rt = StreamRuntime(SlowDetector(0.01), specs, RunOptions(out=None, max_batch=2))
+    rt.run(on_tick=lambda r: ticks.append(1))
+    console = Console(record=True, width=160)
+    console.print(stream_table(rt))
+    text = console.export_text()
+    assert "2 streams" in text and "finished" in text and "failed" in text and "FileNotFoundError" in text
+
+
+def test_i420_frames_through_the_runtime_match_rgb(clips, tmp_path):
+    from yolotune import Detector
+
+    counts = {}
+    with Detector("default", device="cpu", batch=4) as det:
+        for fmt in ("rgb24", "yuv420p"):
+            s = StreamRuntime(det, [parse_source(str(clips["a"]))], RunOptions(out=tmp_path / fmt, formats=("jsonl", "video"),
+                                                                               pixel_format=fmt)).run()
+            assert s["pixel_format"] == fmt and s["streams"][0]["processed"] == 24
+            rows = [r for r in read_jsonl(tmp_path / fmt / "a" / "detections.jsonl") if "frame" in r]
+            counts[fmt] = sum(len(r["detections"]) for r in rows)
+            assert (tmp_path / fmt / "a" / "videos" / "a.mp4").stat().st_size > 1000
+    assert counts["rgb24"] > 20 and abs(counts["yuv420p"] - counts["rgb24"]) <= 0.05 * counts["rgb24"]
+    with pytest.raises(ValueError, match="pixel format"):
+        StreamRuntime(SlowDetector(0), [parse_source(str(clips["a"]))], RunOptions(out=None, pixel_format="nv12"))

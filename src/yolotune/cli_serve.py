@@ -33,6 +33,8 @@ def run_command(
     conf: float = typer.Option(0.25, min=0.0, max=1.0),
     max_retries: Optional[int] = typer.Option(None, help="Reconnect attempts for live sources (default: no limit)."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for a network source to open or deliver."),
+    pixel_format: str = typer.Option("auto", help="How decoded frames travel: yuv420p (converted on the GPU, half the "
+                                                  "bytes), rgb24 (converted by FFmpeg on the CPU), auto (yuv420p on a GPU)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run many streams through one model at once: batched across streams, per-stream outputs and metrics."""
@@ -55,7 +57,7 @@ def run_command(
         _fail(str(e))
     opts = RunOptions(out=out, formats=tuple(formats), max_batch=batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                       duration_s=duration, metrics_port=metrics_port, open_timeout_s=timeout, read_timeout_s=timeout,
-                      max_retries=max_retries)
+                      max_retries=max_retries, pixel_format=pixel_format)
     try:
         runtime = StreamRuntime(detector, specs, opts)
     except ValueError as e:

@@ -23,8 +23,8 @@ def test_streams_on_the_gpu_match_direct_detection(tmp_path):
     specs = [parse_source(str(clip), name=f"cam{i}") for i in range(6)]
     with Detector("default", device="cuda", batch=8) as det:
         summary = StreamRuntime(det, specs, RunOptions(out=tmp_path / "out", max_batch=8, queue_size=4)).run()
-        with av.open(str(clip)) as c:
-            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        with av.open(str(clip)) as c:  # the same pixels the runtime moved (I420 by default on a GPU)
+            frames = [f.to_ndarray(format=summary["pixel_format"]) for f in c.decode(video=0)]
         direct = det.detect(frames)
     assert summary["failed"] == [] and summary["frames"] == 180 and summary["mean_batch"] > 2
     sys.path.insert(0, str(Path(__file__).parents[1]))

@@ -23,6 +23,7 @@ from yolotune.io.decode import DecodedImage, ImageDecoder
 from yolotune.io.sources import SourceList, expand_sources
 from yolotune.io.video import video_frame_count
 from yolotune.models import LoadedModel, load_model
+from yolotune.ops.color import i420_to_rgb, is_i420
 from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch
 from yolotune.ops.nms import NMS_BACKENDS, triton_available
 from yolotune.ops.postprocess import PostprocessConfig, postprocess
@@ -305,11 +306,14 @@ class Detector:
     def detect(self, frames: Sequence[np.ndarray | torch.Tensor]) -> list[Detections]:
         """Synchronous detection on in-memory frames ([h, w, 3] uint8 RGB arrays or [3, h, w] uint8 tensors).
 
-        The low-latency path: no threads, one stream; host frame in, host boxes out.
+        The low-latency path: no threads, one stream; host frame in, host boxes out. Frames may also be I420 planes
+        ([h * 3 / 2, w] uint8, as PyAV decodes them): converted to RGB on the device, half the bytes to upload.
         """
         out: list[Detections] = []
         stream_ctx = torch.cuda.stream(self.compute_stream) if self.compute_stream is not None else contextlib.nullcontext()
         with stream_ctx:
+            if any(is_i420(f) for f in frames):
+                frames = self._rgb_from_i420(frames)  # on the compute stream, ahead of the batches that read them
             for start in range(0, len(frames), self.batch):
                 chunk = frames[start : start + self.batch]
                 if self._frame_step is not None and self.preprocess == "gpu" and same_shape_rgb_arrays(chunk):
@@ -366,6 +370,22 @@ class Detector:
         else:
             for i, f in enumerate(frames):
                 fb.frames[i].copy_(host_tensor(f))
+
+    def _rgb_from_i420(self, frames: Sequence) -> list:
+        """I420 frames -> [3, h, w] RGB tensors where preprocessing runs (one upload and conversion per frame size)."""
+        out = list(frames)
+        target = self.device if self.preprocess == "gpu" else torch.device("cpu")
+        groups: dict[tuple, list[int]] = {}
+        for i, f in enumerate(frames):
+            if is_i420(f):
+                groups.setdefault(tuple(f.shape), []).append(i)
+        for idx in groups.values():
+            planes = torch.stack([host_tensor(frames[i]) if isinstance(frames[i], np.ndarray) else frames[i] for i in idx])
+            if planes.device != target:
+                planes = planes.pin_memory().to(target, non_blocking=True) if target.type == "cuda" else planes.to(target)
+            for i, rgb in zip(idx, i420_to_rgb(planes)):
+                out[i] = rgb
+        return out
 
     def _to_device(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = host_tensor(np.ascontiguousarray(frame)).permute(2, 0, 1) if isinstance(frame, np.ndarray) else frame

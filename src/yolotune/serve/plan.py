@@ -166,14 +166,15 @@ def _host_memory() -> int:
 
 
 def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size: int, max_wait_ms: float | None,
-            batch: int, latency_budget_ms: float | None) -> dict:
+            batch: int, latency_budget_ms: float | None, pixel_format: str = "auto") -> dict:
     """Run ``n`` looped real-time streams; holds when no stream falls behind its clock (lag under a second: a
     reader blocks when its queue is full, so a pipeline that cannot keep up shows as lag), nothing is dropped, and
     the p99 latency is within the budget if one is given."""
     specs = [SourceSpec(str(clip), "file", f"s{i:03d}", loop=True, realtime=True) for i in range(n)]
     # wait at most a quarter of the latency budget (or one frame interval) to fill a batch
     wait = max_wait_ms if max_wait_ms is not None else min((latency_budget_ms or 1e9) / 4, 1e3 / fps)
-    opts = RunOptions(out=None, max_batch=batch, max_wait_ms=wait, queue_size=queue_size, duration_s=seconds)
+    opts = RunOptions(out=None, max_batch=batch, max_wait_ms=wait, queue_size=queue_size, duration_s=seconds,
+                      pixel_format=pixel_format)
     if detector.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(detector.device)
     rt = StreamRuntime(detector, specs, opts)
@@ -185,7 +186,7 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
         "streams": n, "seconds": warm, "frames": s["frames"], "total_fps": s["fps"],
         "min_stream_fps": min(rates), "mean_stream_fps": float(np.mean(rates)), "max_lag_s": max(lags),
         "dropped": s["dropped"], "latency_p50_ms": s["latency_p50_ms"], "latency_p99_ms": s["latency_p99_ms"],
-        "mean_batch": s["mean_batch"],
+        "mean_batch": s["mean_batch"], "pixel_format": s["pixel_format"],
         "host_rss_growth_mib": (s["host_rss_mib"] or {}).get("growth_after_warmup"), "host_rss_mib": s["host_rss_mib"],
         "device_peak_mib": (torch.cuda.max_memory_allocated(detector.device) / 2**20) if detector.device.type == "cuda" else None,
     }

@@ -19,7 +19,7 @@ POLICIES = ("drop_oldest", "block")
 class StreamFrame:
     stream: int
     index: int  # frame number within its stream, from 0
-    image: np.ndarray  # [h, w, 3] uint8 RGB
+    image: np.ndarray  # [h, w, 3] uint8 RGB, or [h * 3 / 2, w] uint8 I420 planes
     decoded_at: float  # perf_counter when decoding finished: latency is measured from here
     pts: float | None = None  # presentation time in the source, seconds
 

@@ -38,6 +38,7 @@ class RunOptions:
     max_retries: int | None = None  # live sources: None retries for the whole run
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
+    pixel_format: str = "auto"  # rgb24, yuv420p (converted on the device), auto: yuv420p on a GPU
 
 
 class StreamRuntime:
@@ -47,6 +48,7 @@ class StreamRuntime:
         self.detector = detector
         self.specs = _unique_names(specs)
         self.opt = options or RunOptions()
+        self.pixel_format = _pixel_format(self.opt.pixel_format, detector)
         self.stop = threading.Event()
         self.wake = threading.Condition()
         self.queues = [FrameQueue(self.opt.queue_size, "drop_oldest" if s.live else "block", self.wake) for s in self.specs]
@@ -58,7 +60,7 @@ class StreamRuntime:
         self._events: queue.Queue = queue.Queue()
         backoff = lambda: Backoff(self.opt.backoff_base_s, self.opt.backoff_cap_s)  # noqa: E731
         self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
-                                     self.opt.max_retries, backoff(), on_event=self._on_event)
+                                     self.opt.max_retries, backoff(), on_event=self._on_event, pixel_format=self.pixel_format)
                         for i, s in enumerate(self.specs)]
         self.scheduler = BatchScheduler(self.queues, self.wake, self.opt.max_batch, self.opt.max_wait_ms / 1e3)
         self.batches = 0
@@ -227,7 +229,7 @@ class StreamRuntime:
             "dropped": sum(s["dropped"] for s in streams), "engine_errors": self.engine_errors,
             "failed": [s["name"] for s in streams if s["state"] == "failed"],
             "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
-            "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(),
+            "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(), "pixel_format": self.pixel_format,
         }
 
     def _rss_summary(self) -> dict | None:
@@ -239,6 +241,15 @@ class StreamRuntime:
         mib = lambda b: round(b / 2**20, 1)  # noqa: E731
         return {"start": mib(self.rss[0][1]), "after_warmup": mib(warm), "end": mib(self.rss[-1][1]),
                 "max": mib(max(r for _, r in self.rss)), "growth_after_warmup": mib(self.rss[-1][1] - warm)}
+
+
+def _pixel_format(choice: str, detector) -> str:
+    if choice not in ("auto", "rgb24", "yuv420p"):
+        raise ValueError(f"pixel format must be auto, rgb24 or yuv420p, not {choice!r}")
+    if choice != "auto":
+        return choice
+    gpu_preprocess = getattr(detector, "preprocess", "cpu") == "gpu" and detector.device.type == "cuda"
+    return "yuv420p" if gpu_preprocess else "rgb24"  # on a CPU, FFmpeg's own conversion is the faster one
 
 
 def _rss_bytes() -> int:

@@ -34,7 +34,7 @@ class StreamSinks:
             self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
         if self.video is not None:
             det.source = InputRef(self.name, frame.index)
-            det.image = frame.image
+            det.image = _rgb(frame.image)
             self.video.write(det)
             det.image = None
 
@@ -54,3 +54,14 @@ class StreamSinks:
         if self.video is not None:
             paths += self.video.close()
         return paths
+
+
+def _rgb(image):
+    """RGB pixels for drawing (frames may travel as I420 planes)."""
+    from yolotune.ops.color import i420_to_rgb, is_i420
+
+    if not is_i420(image):
+        return image
+    import torch
+
+    return i420_to_rgb(torch.from_numpy(image)[None])[0].permute(1, 2, 0).numpy()

@@ -98,7 +98,8 @@ class SourceWorker(threading.Thread):
 
     def __init__(self, index: int, spec: SourceSpec, queue: FrameQueue, stop: threading.Event,
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0, max_retries: int | None = None,
-                 backoff: Backoff | None = None, on_event: Callable[[int, str, str], None] | None = None):
+                 backoff: Backoff | None = None, on_event: Callable[[int, str, str], None] | None = None,
+                 pixel_format: str = "rgb24"):
         super().__init__(name=f"source-{index}-{spec.name}", daemon=True)
         self.index, self.spec, self.queue, self.stop_event = index, spec, queue, stop
         self.timeouts = (open_timeout_s, read_timeout_s)
@@ -107,6 +108,8 @@ class SourceWorker(threading.Thread):
         self.status = SourceStatus()
         self.on_event = on_event or (lambda _i, _state, _msg: None)
         self._next_frame = 0
+        # "yuv420p": the decoder's own planes, converted on the GPU (half the bytes, no CPU colour conversion)
+        self.pixel_format = pixel_format
 
     def _set(self, state: str, message: str = "") -> None:
         self.status.state = state
@@ -193,7 +196,8 @@ class SourceWorker(threading.Thread):
                         self.stop_event.wait(wait)
                     self.status.lag_s = max(0.0, -wait)
                     self.status.max_lag_s = max(self.status.max_lag_s, self.status.lag_s)
-                yield frame.to_ndarray(format="rgb24"), frame.time
+                even = frame.width % 2 == 0 and frame.height % 2 == 0  # I420 needs even sizes
+                yield frame.to_ndarray(format=self.pixel_format if even else "rgb24"), frame.time
         finally:
             container.close()
 
