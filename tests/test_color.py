@@ -46,3 +46,18 @@ def test_detect_on_i420_frames_finds_what_rgb_finds(frames):
     frac, total = matched_fraction([(d.boxes, d.scores, d.class_ids) for d in want],
                                    [(d.boxes, d.scores, d.class_ids) for d in got], iou=0.8, score_tol=0.05)
     assert total > 20 and frac >= 0.95
+
+
+def test_submit_frames_keeps_two_batches_in_flight_with_detect_results(frames):
+    from yolotune import Detector
+
+    rgb = [r for _, r in frames]
+    with Detector("default", device="cpu", batch=4) as det:
+        want = det.detect(rgb[:8])
+        a = det.submit_frames(rgb[:4], 0)
+        b = det.submit_frames([p for p, _ in frames[4:8]], 1)  # I420 in the other slot
+        got = det.collect(a) + det.collect(b)
+        with pytest.raises(ValueError, match="batch is 4"):
+            det.submit_frames(rgb[:5], 0)
+    assert [len(d) for d in got[:4]] == [len(d) for d in want[:4]]
+    assert sum(len(d) for d in got[4:]) == pytest.approx(sum(len(d) for d in want[4:]), abs=2)

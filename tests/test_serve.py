@@ -224,6 +224,9 @@ def test_scheduler_deadline_and_round_robin():
     t0 = time.perf_counter()
     lone = sched.next_batch(stop)  # one frame: leaves at its deadline, not when a batch fills
     assert [(f.stream, f.index) for f in lone] == [(1, 1)] and time.perf_counter() - t0 >= 0.04
+    assert sched.next_batch(stop, block=False) == []  # nothing due: the caller may collect meanwhile
+    queues[2].put(StreamFrame(2, 1, img, time.perf_counter() - 1.0))
+    assert [(f.stream, f.index) for f in sched.next_batch(stop, block=False)] == [(2, 1)]  # past its deadline
     for q in queues:
         q.close()
     assert sched.next_batch(stop) is None

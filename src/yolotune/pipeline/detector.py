@@ -332,6 +332,30 @@ class Detector:
                 out.extend(self.collect(batch))  # type: ignore[arg-type]
         return out
 
+    def submit_frames(self, frames: Sequence[np.ndarray | torch.Tensor], slot: int) -> Batch:
+        """Start detection of up to ``batch`` in-memory frames in slot 0 or 1 and return without waiting.
+
+        Upload, colour conversion and letterbox run on the decode stream, model + NMS on the compute stream, so one
+        slot's batch can be prepared while the other's computes. ``collect(batch)`` waits for the results; a slot
+        must be collected before it is submitted again. Not for use while ``predict()`` runs (it owns the slots).
+        """
+        if len(frames) > self.batch:
+            raise ValueError(f"{len(frames)} frames submitted; this Detector's batch is {self.batch}")
+        if self._busy.locked():
+            raise RuntimeError("predict() is running on this Detector; submit_frames() needs its slots")
+        target = self._slots[slot]
+        stream_ctx = torch.cuda.stream(self.decode_stream) if self.decode_stream is not None else contextlib.nullcontext()
+        with stream_ctx:
+            if any(is_i420(f) for f in frames):
+                frames = self._rgb_from_i420(frames)
+            images = [DecodedImage(InputRef(f"<frame {i}>"), self._to_device(f)) for i, f in enumerate(frames)]
+            batch = Batch(list(range(len(images))), images, target, self.bucket(len(images)))
+            self.letterbox_into(target, images, batch.bucket)
+            if target.ready is not None:
+                target.ready.record(self.decode_stream)
+        self.launch(batch)
+        return batch
+
     def _detect_frames_in_one_graph(self, frames: Sequence[np.ndarray], start: int) -> list[Detections]:
         hw = frames[0].shape[:2]
         bucket = self.bucket(len(frames))

@@ -1,6 +1,7 @@
 """``yolotune run``: many sources through one Detector, batched across streams, results routed back per stream.
 
-    sources (a thread each) -> bounded queues -> BatchScheduler -> Detector.detect -> sink thread -> per-stream sinks
+    sources (a thread each) -> bounded queues -> BatchScheduler -> Detector.submit_frames / collect -> sink thread
+    -> per-stream sinks
 
 Frames of a stream leave its queue in order and batches are processed one after another, so each stream's
 results come out in frame order. Latency is measured from the end of a frame's decode to its result. A monitor
@@ -62,7 +63,8 @@ class StreamRuntime:
         self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
                                      self.opt.max_retries, backoff(), on_event=self._on_event, pixel_format=self.pixel_format)
                         for i, s in enumerate(self.specs)]
-        self.scheduler = BatchScheduler(self.queues, self.wake, self.opt.max_batch, self.opt.max_wait_ms / 1e3)
+        max_batch = min(self.opt.max_batch, getattr(detector, "batch", self.opt.max_batch))
+        self.scheduler = BatchScheduler(self.queues, self.wake, max_batch, self.opt.max_wait_ms / 1e3)
         self.batches = 0
         self.engine_errors = 0  # frames lost to engine failures
         self.engine_failures_in_a_row = 0
@@ -108,26 +110,57 @@ class StreamRuntime:
         return self.summary()
 
     def _engine_loop(self, results: queue.Queue) -> None:
+        """Two batches in flight: batch i+1 is gathered, uploaded and letterboxed while batch i computes; then i's
+        results are collected. Engines without ``submit_frames`` (stand-ins in tests) run one batch at a time."""
+        overlap = hasattr(self.detector, "submit_frames")
+        pending = None
+        k = 0
         with _gpu_sampler(self.detector.device) as nvml:
             self._nvml = nvml
             while True:
-                batch = self.scheduler.next_batch(self.stop)
-                if batch is None:
-                    return
-                try:
-                    dets = self.detector.detect([f.image for f in batch])
-                except Exception as e:  # noqa: BLE001  (reported per stream; the run goes on unless it keeps failing)
-                    self._engine_failed(batch, e)
+                # with a batch in flight, do not sit waiting for frames: collect it first if no batch is due
+                frames = self.scheduler.next_batch(self.stop, block=pending is None)
+                if frames is None:
+                    break
+                if not frames:
+                    self._finish(pending, results)
+                    pending = None
                     continue
-                self.engine_failures_in_a_row = 0
-                now = time.perf_counter()
-                self.batches += 1
-                self.metrics.batch.observe(len(batch))
-                for f, d in zip(batch, dets):
-                    lat = now - f.decoded_at
-                    self.stats[f.stream].record(lat, len(d))
-                    self.metrics.observe(f.stream, lat)
-                results.put(list(zip(batch, dets, [now - f.decoded_at for f in batch])))
+                try:
+                    if overlap:
+                        submitted = (frames, self.detector.submit_frames([f.image for f in frames], k % 2))
+                        k += 1
+                    else:
+                        self._deliver(frames, self.detector.detect([f.image for f in frames]), results)
+                        continue
+                except Exception as e:  # noqa: BLE001  (reported per stream; the run goes on unless it keeps failing)
+                    self._engine_failed(frames, e)
+                    continue
+                if pending is not None:
+                    self._finish(pending, results)
+                pending = submitted
+            if pending is not None:
+                self._finish(pending, results)
+
+    def _finish(self, pending, results: queue.Queue) -> None:
+        frames, batch = pending
+        try:
+            dets = self.detector.collect(batch)
+        except Exception as e:  # noqa: BLE001
+            self._engine_failed(frames, e)
+            return
+        self._deliver(frames, dets, results)
+
+    def _deliver(self, frames, dets, results: queue.Queue) -> None:
+        self.engine_failures_in_a_row = 0
+        now = time.perf_counter()
+        self.batches += 1
+        self.metrics.batch.observe(len(frames))
+        for f, d in zip(frames, dets):
+            lat = now - f.decoded_at
+            self.stats[f.stream].record(lat, len(d))
+            self.metrics.observe(f.stream, lat)
+        results.put(list(zip(frames, dets, [now - f.decoded_at for f in frames])))
 
     def _engine_failed(self, batch, error: Exception) -> None:
         """A batch the engine could not run: an error event for each stream in it; three in a row stop the run."""

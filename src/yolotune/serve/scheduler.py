@@ -20,8 +20,9 @@ class BatchScheduler:
         self.max_wait_s = max(0.0, float(max_wait_s))
         self._turn = 0  # the stream served first next time
 
-    def next_batch(self, stop: threading.Event) -> list[StreamFrame] | None:
-        """The next batch; None when every source is done and drained, or ``stop`` is set."""
+    def next_batch(self, stop: threading.Event, block: bool = True) -> list[StreamFrame] | None:
+        """The next batch; None when every source is done and drained, or ``stop`` is set. With ``block=False``, an
+        empty list when no batch is due yet (the caller has other work: collecting the batch in flight)."""
         with self.wake:
             while True:
                 if stop.is_set():
@@ -35,10 +36,14 @@ class BatchScheduler:
                     # nothing more can come: do not wait for a batch that cannot fill
                     if left <= 0 or all(q.closed for q in self.queues):
                         return self._take()
+                    if not block:
+                        return []
                     self.wake.wait(left)
                     continue
                 if all(q.done for q in self.queues):
                     return None
+                if not block:
+                    return []
                 self.wake.wait(0.1)
 
     def _take(self) -> list[StreamFrame]:
