@@ -111,8 +111,9 @@ class StreamRuntime:
 
     def _engine_loop(self, results: queue.Queue) -> None:
         """Two batches in flight: batch i+1 is gathered, uploaded and letterboxed while batch i computes; then i's
-        results are collected. Engines without ``submit_frames`` (stand-ins in tests) run one batch at a time."""
-        overlap = hasattr(self.detector, "submit_frames")
+        results are collected. On a CPU (where submitting computes the batch at once, so overlap would only delay
+        results) and for engines without ``submit_frames``, one batch at a time."""
+        overlap = hasattr(self.detector, "submit_frames") and self.detector.device.type == "cuda"
         pending = None
         k = 0
         with _gpu_sampler(self.detector.device) as nvml:
