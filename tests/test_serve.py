@@ -364,3 +364,23 @@ def test_i420_frames_through_the_runtime_match_rgb(clips, tmp_path):
     assert counts["rgb24"] > 20 and abs(counts["yuv420p"] - counts["rgb24"]) <= 0.05 * counts["rgb24"]
     with pytest.raises(ValueError, match="pixel format"):
         StreamRuntime(SlowDetector(0), [parse_source(str(clips["a"]))], RunOptions(out=None, pixel_format="nv12"))
+
+
+def test_http_stream_source(clips, tmp_path):
+    """An MPEG-TS stream over HTTP (loopback server): a live source, replayed when the response ends."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clips["ts"].parent))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{clips['ts'].name}"
+        spec = parse_source(url)
+        assert spec.kind == "url" and spec.name == "live"
+        summary = StreamRuntime(SlowDetector(0.0), [spec], RunOptions(out=None, duration_s=2.0, backoff_base_s=0.05)).run()
+    finally:
+        server.shutdown()
+    s = summary["streams"][0]
+    assert s["processed"] >= 40 and s["reconnects"] >= 1  # the 40-frame clip played, ended, and was reopened
