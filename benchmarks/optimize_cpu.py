@@ -77,6 +77,15 @@ def main() -> None:
             rows[f"int8_{method}_status"] = c["status"]
             rows[f"int8_{method}_vs_fp32"] = rows["yolotune_onnx_fp32_ms"] / ms
             rows[f"int8_{method}_vs_ultralytics_onnx"] = rows["ultralytics_onnx_ms"] / ms
+    b = int(report["chosen"]["options"].get("batch", 1))
+    if b > 1:  # also at the chosen batch (Ultralytics' export has a fixed batch of 1, so ours only)
+        xb = np.random.default_rng(0).random((b, 3, 640, 640), dtype=np.float32)
+        tb = interleaved_ms({k: v for k, v in paths.items() if k != "ultralytics_onnx"}, threads, xb)
+        rows["chosen_batch"] = b
+        rows["timing_chosen_batch_per_image"] = {k: {kk: vv / b for kk, vv in v.items()} for k, v in tb.items()}
+        for method in ("minmax", "entropy", "percentile"):
+            if f"int8_{method}" in tb:
+                rows[f"int8_{method}_vs_fp32_at_batch{b}"] = tb["yolotune_onnx_fp32"]["min_ms"] / tb[f"int8_{method}"]["min_ms"]
     rows["fp32_map50_95"] = by["onnxruntime fp32"]["map50_95"]
     rows["reference_torch_map50_95"] = by["torch fp32"]["map50_95"]
     (out / "cpu_bench.json").write_text(json.dumps(rows, indent=1))

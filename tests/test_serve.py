@@ -384,3 +384,21 @@ def test_http_stream_source(clips, tmp_path):
         server.shutdown()
     s = summary["streams"][0]
     assert s["processed"] >= 40 and s["reconnects"] >= 1  # the 40-frame clip played, ended, and was reopened
+
+
+def test_a_failing_sink_is_reported_and_does_not_stop_the_run(clips, tmp_path, monkeypatch):
+    from yolotune.serve.sinks import StreamSinks
+
+    real = StreamSinks.write
+
+    def flaky(self, frame, det, lat):
+        if frame.index % 5 == 0:
+            raise OSError(28, "No space left on device")
+        real(self, frame, det, lat)
+
+    monkeypatch.setattr(StreamSinks, "write", flaky)
+    summary = StreamRuntime(SlowDetector(0.0), [parse_source(str(clips["b"]))], RunOptions(out=tmp_path)).run()
+    assert summary["streams"][0]["processed"] == 17 and summary["sink_errors"] == 4  # frames 0, 5, 10, 15
+    rows = read_jsonl(tmp_path / "b" / "detections.jsonl")
+    assert len([r for r in rows if "frame" in r]) == 13
+    assert any(r.get("event") == "sink-error" and "No space left" in r["message"] for r in rows)

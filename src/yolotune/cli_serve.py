@@ -77,7 +77,8 @@ def run_command(
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
     else:
         print_run_summary(summary, Console())
-    raise typer.Exit(EXIT_STREAM_FAILURES if summary["failed"] or summary["engine_errors"] else EXIT_OK)
+    failed = summary["failed"] or summary["engine_errors"] or summary["sink_errors"]
+    raise typer.Exit(EXIT_STREAM_FAILURES if failed else EXIT_OK)
 
 
 def print_run_summary(s: dict, console: Console) -> None:

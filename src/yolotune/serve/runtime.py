@@ -68,6 +68,7 @@ class StreamRuntime:
         self.batches = 0
         self.engine_errors = 0  # frames lost to engine failures
         self.engine_failures_in_a_row = 0
+        self.sink_errors = 0  # results that could not be written
         self.rss: list[tuple[float, int]] = []  # (time, host resident bytes), sampled by the monitor
         self.interrupted: str | None = None
         self.started = 0.0
@@ -185,8 +186,14 @@ class StreamRuntime:
             self._drain_events()
             for frame, det, lat in item:
                 sink = self.sinks[frame.stream]
-                if sink is not None:
+                if sink is None:
+                    continue
+                try:
                     sink.write(frame, det, lat)
+                except Exception as e:  # noqa: BLE001  (a full disk or a broken encoder must not stop the run)
+                    self.sink_errors += 1
+                    if self.sink_errors <= 10:
+                        self._on_event(frame.stream, "sink-error", f"{type(e).__name__}: {e}")
         self._drain_events()
         self.outputs = [p for s in self.sinks if s is not None for p in s.close()]
 
@@ -260,7 +267,7 @@ class StreamRuntime:
             "fps": processed / wall, "mean_batch": processed / self.batches if self.batches else 0.0,
             "latency_p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
             "latency_p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
-            "dropped": sum(s["dropped"] for s in streams), "engine_errors": self.engine_errors,
+            "dropped": sum(s["dropped"] for s in streams), "engine_errors": self.engine_errors, "sink_errors": self.sink_errors,
             "failed": [s["name"] for s in streams if s["state"] == "failed"],
             "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
             "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(), "pixel_format": self.pixel_format,

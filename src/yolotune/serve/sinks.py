@@ -41,7 +41,7 @@ class StreamSinks:
     def event(self, state: str, message: str) -> None:
         """A source event as a record in the stream's output: errors travel with the results."""
         if self.jsonl is not None:
-            row = {"stream": self.name, "event": state, "ok": state not in ("failed", "reconnecting", "bad-input", "engine-error"),
+            row = {"stream": self.name, "event": state, "ok": state not in ("failed", "reconnecting", "bad-input", "engine-error", "sink-error"),
                    "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
             self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
             self.jsonl.flush()
