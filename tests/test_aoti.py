@@ -50,6 +50,9 @@ def test_package_key_changes_with_weights_and_input():
     with torch.no_grad():
         model.conv.bias += 1
     assert key != package_key(model, x)
+    before = package_key(model, x)
+    model.register_buffer("count", torch.tensor(3))  # 0-dim tensors hash too (BatchNorm's counters)
+    assert package_key(model, x) != before
 
 
 def test_compile_option_values():

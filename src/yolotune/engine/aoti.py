@@ -34,7 +34,7 @@ def package_key(module: torch.nn.Module, example: torch.Tensor) -> str:
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(repr(module).encode())
     dev = example.device
     arch = torch.cuda.get_device_name(dev) + str(torch.cuda.get_device_capability(dev)) if dev.type == "cuda" else "cpu"
