@@ -121,3 +121,20 @@ def test_cli_errors(tmp_path):
     res = CliRunner().invoke(app, ["optimize", "default", "--device", "cpu", "--data", str(tmp_path / "missing"),
                                    "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "annotations.json" in res.output
+
+
+def test_a_failing_candidate_is_reported_and_its_fallback_runs(tmp_path, val, monkeypatch):
+    from yolotune.tune.candidates import Candidate
+
+    def space(device_type, compile=True, int8=True):
+        return [Candidate("torch fp32", {"precision": "fp32"}, reference=True),
+                Candidate("unexportable", {"precision": "fp32", "compile": "tensorrt"}),  # cannot be built
+                Candidate("fallback", {"precision": "fp32", "rect": False}, fallback_for="unexportable"),
+                Candidate("spare", {"precision": "fp32"}, fallback_for="torch fp32")]
+
+    monkeypatch.setattr(search, "search_space", space)
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "f", budget_s=600, max_batch=1, refine=False)
+    by = {c["name"]: c for c in report["candidates"]}
+    assert by["unexportable"]["status"] == "failed" and "compile must be" in by["unexportable"]["reason"]
+    assert by["fallback"]["status"] == "passed" and by["spare"]["status"] == "not needed"
+    assert report["chosen"]["name"] in ("torch fp32", "fallback")
