@@ -45,7 +45,13 @@ def test_every_candidate_is_measured_and_guarded(optimized):
     chosen = report["chosen"]
     passed = [c for c in report["candidates"] if c["status"] == "passed"]
     assert any(lv["lever"] == "input 512x512" for lv in report["levers"])
-    assert chosen["name"] == max(passed, key=lambda c: c["images_per_s"])["name"]
+    fastest = max(passed, key=lambda c: c["images_per_s"])
+    if fastest["name"].startswith(winner["name"] + " ") or fastest["name"].startswith(winner["name"] + ","):
+        # a refinement wins only by a clear margin (5%) over the engine it refines
+        margin = fastest["images_per_s"] / winner["images_per_s"]
+        assert chosen["name"] == (fastest["name"] if margin >= 1.05 else winner["name"])
+    else:
+        assert chosen["name"] == fastest["name"]
     assert report["summary"].startswith("from ") and "because" in report["summary"]
     assert any(lv["lever"].startswith("INT8") for lv in report["levers"])
     assert "| lever |" in (out / "report.md").read_text() and "artifact:" in output

@@ -24,6 +24,7 @@ from yolotune.tune.files import CandidateFiles
 from yolotune.tune.int8 import CalibrationError
 
 OBJECTIVES = ("throughput", "latency")
+REFINE_MARGIN = 1.05  # a refinement replaces the engine it refines only when at least 5% better
 
 
 def _model_file(model: str, work: Path) -> Path:
@@ -167,6 +168,12 @@ def optimize(
             _write_report(out, report)
             return report
         best = max(valid, key=key)
+        by_name = {c.name: c for c in candidates}
+        parent = by_name.get(best.refines) if best.refines else None
+        if parent is not None and parent in valid and not _clearly_better(best, parent, objective):
+            # a variant (smaller input, fewer NMS candidates) must win clearly, not by run-to-run noise
+            report["notes"].append(f"{best.name} measured within {REFINE_MARGIN - 1:.0%} of {parent.name}: kept {parent.name}")
+            best = parent
         say(f"batch sizes for {best.name}")
         batch, sweep = _choose_batch(Detector, best, dev, objective, latency_ms, target_fps, memory_mib, max_batch,
                                      budget_s - (time.perf_counter() - t0) if not interrupted else 0)
@@ -182,6 +189,12 @@ def optimize(
         report["reload_s"] = _reload_seconds(Detector, out, dev)
         _write_report(out, report)
         return report
+
+
+def _clearly_better(a: Candidate, b: Candidate, objective: str) -> bool:
+    if objective == "latency":
+        return a.result["latency_ms_b1"] * REFINE_MARGIN <= b.result["latency_ms_b1"]
+    return a.result["images_per_s"] >= REFINE_MARGIN * b.result["images_per_s"]
 
 
 def _evaluate(Detector, accuracy_guard, cand: Candidate, file: Path, dev, val: Path, probe: int, reference: Candidate,
