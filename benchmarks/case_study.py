@@ -48,6 +48,7 @@ def model_rate(opts: dict, batch: int) -> dict:
 
 def main() -> None:
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("YOLOTUNE_ENGINE_CACHE", tempfile.mkdtemp(prefix="case-engines-"))
     rows: dict = {"env": environment(), "batch": BATCH, "ladder": [], "leave_one_out": [], "e2e": []}
     opts = dict(START)

@@ -67,6 +67,7 @@ def fresh_load(cache: str) -> dict:
 
 def main() -> None:
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    out.mkdir(parents=True, exist_ok=True)
     rows = {"env": environment(), "batches": BATCHES, "variants": []}
     plan = [
         ("eager fp16", None, dict(cuda_graph=False, rect=False)),
