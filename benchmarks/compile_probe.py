@@ -38,7 +38,7 @@ def variant(name: str, inductor: dict | None = None, **opts) -> dict:
             h, w = det.imgsz
             for b in BATCHES:
                 p = _measure(det, b, h, w, repeats=5, min_seconds=0.3)
-                row[f"b{b}"] = {"images_per_s": p.images_per_s, "ms": p.latency_ms, "spread_ms": p.spread_ms}
+                row[f"b{b}"] = {"images_per_s": p.images_per_s, "ms": p.latency_ms, "spread_ms": p.latency_spread_ms}
                 if "first_s" not in row:
                     row["first_s"] = round(time.perf_counter() - t0, 1)
             aoti = getattr(det.engine, "aoti", None)
