@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from yolotune.data.synth import write_video
-from yolotune.serve.queues import FrameQueue, StreamFrame
+from yolotune.serve.queues import Backlog, FrameQueue, StreamFrame
 from yolotune.serve.runtime import RunOptions, StreamRuntime
 from yolotune.serve.scheduler import BatchScheduler
 from yolotune.serve.sources import Backoff, SourceSpec, parse_source, read_source_list
@@ -204,9 +204,9 @@ def test_corrupt_and_truncated_videos_fail_alone(clips, tmp_path):
 
 
 def test_scheduler_deadline_and_round_robin():
-    wake = threading.Condition()
-    queues = [FrameQueue(10, "block", wake) for _ in range(3)]
-    sched = BatchScheduler(queues, wake, max_batch=4, max_wait_s=3.0)
+    backlog = Backlog()
+    queues = [FrameQueue(10, "block", backlog) for _ in range(3)]
+    sched = BatchScheduler(queues, backlog, max_batch=4, max_wait_s=3.0)
     img = np.zeros((4, 4, 3), np.uint8)
     now = time.perf_counter()
     for i in range(6):
@@ -233,12 +233,12 @@ def test_scheduler_deadline_and_round_robin():
 
 
 def test_queue_policies():
-    wake = threading.Condition()
+    wake = Backlog()
     live = FrameQueue(2, "drop_oldest", wake)
     img = np.zeros((2, 2, 3), np.uint8)
     for i in range(5):
         assert live.put(StreamFrame(0, i, img, 0.0))
-    assert live.dropped == 3 and [live.pop().index for _ in range(2)] == [3, 4]
+    assert live.dropped == 3 and wake.total == 2 and [live.pop().index for _ in range(2)] == [3, 4] and wake.total == 0
     files = FrameQueue(1, "block", wake)
     files.put(StreamFrame(0, 0, img, 0.0))
     stop = threading.Event()

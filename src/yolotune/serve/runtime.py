@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from yolotune.serve.metrics import PrometheusMetrics, StreamStats
-from yolotune.serve.queues import FrameQueue
+from yolotune.serve.queues import Backlog, FrameQueue
 from yolotune.serve.scheduler import BatchScheduler
 from yolotune.serve.sinks import StreamSinks
 from yolotune.serve.sources import Backoff, SourceSpec, SourceWorker
@@ -51,8 +51,9 @@ class StreamRuntime:
         self.opt = options or RunOptions()
         self.pixel_format = _pixel_format(self.opt.pixel_format, detector)
         self.stop = threading.Event()
-        self.wake = threading.Condition()
-        self.queues = [FrameQueue(self.opt.queue_size, "drop_oldest" if s.live else "block", self.wake) for s in self.specs]
+        self.backlog = Backlog()
+        self.wake = self.backlog.wake
+        self.queues = [FrameQueue(self.opt.queue_size, "drop_oldest" if s.live else "block", self.backlog) for s in self.specs]
         names = [s.name for s in self.specs]
         self.stats = [StreamStats(n) for n in names]
         self.metrics = PrometheusMetrics(names)
@@ -64,7 +65,7 @@ class StreamRuntime:
                                      self.opt.max_retries, backoff(), on_event=self._on_event, pixel_format=self.pixel_format)
                         for i, s in enumerate(self.specs)]
         max_batch = min(self.opt.max_batch, getattr(detector, "batch", self.opt.max_batch))
-        self.scheduler = BatchScheduler(self.queues, self.wake, max_batch, self.opt.max_wait_ms / 1e3)
+        self.scheduler = BatchScheduler(self.queues, self.backlog, max_batch, self.opt.max_wait_ms / 1e3)
         self.batches = 0
         self.engine_errors = 0  # frames lost to engine failures
         self.engine_failures_in_a_row = 0

@@ -10,13 +10,14 @@ from __future__ import annotations
 import threading
 import time
 
-from yolotune.serve.queues import FrameQueue, StreamFrame
+from yolotune.serve.queues import Backlog, FrameQueue, StreamFrame
 
 
 class BatchScheduler:
-    def __init__(self, queues: list[FrameQueue], wake: threading.Condition, max_batch: int, max_wait_s: float):
-        self.queues, self.wake = queues, wake
+    def __init__(self, queues: list[FrameQueue], backlog: Backlog, max_batch: int, max_wait_s: float):
+        self.queues, self.backlog, self.wake = queues, backlog, backlog.wake
         self.max_batch = max(1, int(max_batch))
+        backlog.batch = self.max_batch
         self.max_wait_s = max(0.0, float(max_wait_s))
         self._turn = 0  # the stream served first next time
 
@@ -27,7 +28,7 @@ class BatchScheduler:
             while True:
                 if stop.is_set():
                     return None
-                waiting = sum(len(q) for q in self.queues)
+                waiting = self.backlog.total
                 if waiting >= self.max_batch:
                     return self._take()
                 if waiting:
