@@ -155,7 +155,7 @@ def _decoder_host_bytes(clip: Path) -> int:
 def _device_memory(dev: torch.device) -> int | None:
     if dev.type != "cuda":
         return None
-    free, total = torch.cuda.mem_get_info(dev)
+    _, total = torch.cuda.mem_get_info(dev)
     return total
 
 
