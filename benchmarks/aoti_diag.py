@@ -71,6 +71,40 @@ with Detector("default", device="cuda", batch=8, compile="aoti") as d:
 """,
 }
 
+TORCH_ONLY = r"""
+import sys, time, torch
+def say(*a): print(*a, flush=True)
+pkg = sys.argv[1]
+from torch._inductor import aoti_compile_and_package, aoti_load_package
+"""
+
+TORCH_ONLY_CASES = {
+    "torch_only_load_yolo_package": """
+x = torch.zeros(4, 3, 640, 640, device="cuda", dtype=torch.half).contiguous(memory_format=torch.channels_last)
+fn = aoti_load_package(pkg); say("loaded"); y = fn(x); torch.cuda.synchronize(); say("ran", tuple(y.shape))
+""",
+    "torch_only_load_single_threaded": """
+x = torch.zeros(4, 3, 640, 640, device="cuda", dtype=torch.half).contiguous(memory_format=torch.channels_last)
+fn = aoti_load_package(pkg, run_single_threaded=True); say("loaded"); y = fn(x); torch.cuda.synchronize(); say("ran")
+""",
+    "tiny_conv_build_and_load": """
+m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU()).cuda().half().eval()
+x = torch.zeros(2, 3, 64, 64, device="cuda", dtype=torch.half)
+p = pkg + ".tiny.pt2"
+with torch.no_grad():
+    prog = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("b", min=1, max=64)},))
+    aoti_compile_and_package(prog, package_path=p); say("built")
+    fn = aoti_load_package(p); say("loaded"); y = fn(x); torch.cuda.synchronize(); say("ran", tuple(y.shape))
+""",
+    "tiny_conv_legacy_so": """
+m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU()).cuda().half().eval()
+x = torch.zeros(2, 3, 64, 64, device="cuda", dtype=torch.half)
+with torch.no_grad():
+    so = torch._inductor.aot_compile(m, (x,)); say("built", so)
+    fn = torch._export.aot_load(so, "cuda"); say("loaded"); y = fn(x); torch.cuda.synchronize(); say("ran", tuple(y.shape))
+""",
+}
+
 
 def main() -> None:
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
@@ -78,10 +112,11 @@ def main() -> None:
     pkg = str(Path(tempfile.mkdtemp(prefix="aoti-diag-")) / "m.pt2")
     rows = {}
     only = os.environ.get("DIAG_ONLY")
-    for name, body in CASES.items():
+    cases = {k: PRELUDE + v for k, v in CASES.items()} | {k: TORCH_ONLY + v for k, v in TORCH_ONLY_CASES.items()}
+    for name, body in cases.items():
         if only and name not in only.split(","):
             continue
-        r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", PRELUDE + body, pkg], capture_output=True,
+        r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", body, pkg], capture_output=True,
                            text=True, timeout=400)
         rows[name] = {"rc": r.returncode, "stdout": r.stdout[-1500:], "stderr": r.stderr[-2500:]}
         print(name, r.returncode, r.stdout.strip()[-400:], flush=True)

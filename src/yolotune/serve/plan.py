@@ -190,6 +190,12 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
         "host_rss_growth_mib": (s["host_rss_mib"] or {}).get("growth_after_warmup"), "host_rss_mib": s["host_rss_mib"],
         "device_peak_mib": (torch.cuda.max_memory_allocated(detector.device) / 2**20) if detector.device.type == "cuda" else None,
     }
-    row["holds"] = bool(row["max_lag_s"] < 1.0 and row["dropped"] == 0
+    row["engine_errors"], row["stopped_by"] = s["engine_errors"], s["stopped_by"]
+    if s.get("last_engine_error"):
+        row["last_engine_error"] = s["last_engine_error"]
+    # It must also have run its time and kept every stream near its rate: a run that stopped early or processed
+    # nothing shows no lag and no drops.
+    row["holds"] = bool(row["max_lag_s"] < 1.0 and row["dropped"] == 0 and s["engine_errors"] == 0
+                        and s["stopped_by"] in (None, "duration") and warm >= 0.9 * seconds and row["min_stream_fps"] >= 0.8 * fps
                         and (latency_budget_ms is None or (row["latency_p99_ms"] or 0) <= latency_budget_ms))
     return row

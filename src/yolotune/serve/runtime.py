@@ -68,6 +68,7 @@ class StreamRuntime:
         self.scheduler = BatchScheduler(self.queues, self.backlog, max_batch, self.opt.max_wait_ms / 1e3)
         self.batches = 0
         self.engine_errors = 0  # frames lost to engine failures
+        self.last_engine_error: str | None = None
         self.engine_failures_in_a_row = 0
         self.sink_errors = 0  # results that could not be written
         self.rss: list[tuple[float, int]] = []  # (time, host resident bytes), sampled by the monitor
@@ -174,6 +175,7 @@ class StreamRuntime:
         self.engine_errors += len(batch)
         self.engine_failures_in_a_row += 1
         message = f"engine: {type(error).__name__}: {str(error)[:300]} ({len(batch)} frames lost)"
+        self.last_engine_error = message
         for stream in sorted({f.stream for f in batch}):
             self._on_event(stream, "engine-error", message)
         if self.engine_failures_in_a_row >= 3:
@@ -268,7 +270,8 @@ class StreamRuntime:
             "fps": processed / wall, "mean_batch": processed / self.batches if self.batches else 0.0,
             "latency_p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
             "latency_p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
-            "dropped": sum(s["dropped"] for s in streams), "engine_errors": self.engine_errors, "sink_errors": self.sink_errors,
+            "dropped": sum(s["dropped"] for s in streams), "engine_errors": self.engine_errors,
+            "last_engine_error": self.last_engine_error, "sink_errors": self.sink_errors,
             "failed": [s["name"] for s in streams if s["state"] == "failed"],
             "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
             "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(), "pixel_format": self.pixel_format,
