@@ -2,7 +2,7 @@
 
 Model + NMS throughput (random input, identity geometry), one lever added at a time from an Ultralytics-like
 start (eager FP32, no Conv+BN fusion, per-image NMS loop, batch 1): fusion, FP16, GPU batched NMS, CUDA graph,
-compile (AOTInductor), batching. Then leave-one-out from the full configuration (each lever removed alone).
+compile (torch.compile), batching. Then leave-one-out from the full configuration (each lever removed alone).
 End to end (512 real-photo 720p JPEGs -> detections): decode placement (nvJPEG vs CPU threads), top-k cap, input
 size; and the in-memory frame path with pinned vs pageable uploads. Writes case_study.json / .md under $OUT.
 """
@@ -35,7 +35,7 @@ LADDER = [  # (lever, options added)
     ("+ FP16", dict(precision="fp16")),
     ("+ GPU batched NMS (Triton)", dict(nms="auto")),
     ("+ CUDA graph (model + NMS)", dict(cuda_graph=True)),
-    ("+ compile (AOTInductor)", dict(compile="aoti")),
+    ("+ compile (torch.compile)", dict(compile="inductor")),
 ]
 
 
@@ -78,7 +78,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="case-"))
     photos = make_photo_jpegs(work / "photos", 512)
-    base = dict(precision="fp16", batch=BATCH, compile="aoti")
+    base = dict(precision="fp16", batch=BATCH, compile="inductor")
     for name, o in (("chosen pipeline (nvJPEG decode on the GPU)", {}), ("decode + letterbox in CPU threads", dict(preprocess="cpu")),
                     ("top-k 512 candidates into NMS", dict(topk=512)), ("input 512x512", dict(imgsz=512))):
         with Detector("default", device="cuda", **{**base, **o}) as det:

@@ -37,7 +37,8 @@ def test_package_is_built_once_cached_and_serves_every_batch(tmp_path, monkeypat
             x = torch.rand(b, 3, 16, 16)
             torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-4)
     assert again.last_build["built"] is False
-    assert [p.name for p in tmp_path.iterdir()] == [f"{package_key(model, x)}.pt2"]  # nothing half-written left
+    key = package_key(model, x)  # nothing half-written left; beside the package, the marker of its load check
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}.loads", f"{key}.pt2"]
 
 
 def test_package_key_changes_with_weights_and_input():
@@ -60,3 +61,15 @@ def test_compile_option_values():
     assert compile_mode(True) == "inductor" and compile_mode("aoti") == "aoti"
     with pytest.raises(ValueError, match="compile must be"):
         compile_mode("tensorrt")
+
+
+def test_a_package_that_does_not_load_is_refused_without_touching_this_process(tmp_path):
+    """The load is tried in a child first (on the H100 a CUDA package segfaulted its loader): a broken package
+    is an exception here, and no marker says it loads."""
+    from yolotune.engine.aoti import check_loads
+
+    bad = tmp_path / "broken.pt2"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(RuntimeError, match="does not load.*inductor"):
+        check_loads(bad)
+    assert not bad.with_suffix(".loads").exists()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -73,9 +75,29 @@ class AotiRunner:
                 part = Path(tmp) / path.name
                 aoti_compile_and_package(program, package_path=str(part))
                 os.replace(part, path)
+        check_loads(path)
         fn = aoti_load_package(str(path))
         self.last_build = {"built": built, "seconds": time.perf_counter() - t0, "path": str(path)}
         return fn
+
+
+def check_loads(path: Path) -> None:
+    """Load the package once in a child process before this one does, and remember that it worked.
+
+    Loading a package can crash the process outright: on the lent H100 (torch 2.11.0+cu130) every CUDA package of
+    the default model segfaulted inside ``aoti_load_package``, in a fresh process that imported nothing but torch.
+    A segfault cannot be caught, so the child takes it and this process gets an exception the optimizer reports
+    (and then tries torch.compile)."""
+    ok = path.with_suffix(".loads")
+    if ok.is_file():
+        return
+    code = "import sys, torch; from torch._inductor import aoti_load_package; aoti_load_package(sys.argv[1])"
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    if r.returncode:
+        why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}: {(r.stderr.strip().splitlines() or [''])[-1][-300:]}"
+        raise RuntimeError(f"the AOTInductor package {path.name} does not load on torch {torch.__version__} "
+                           f"(checked in a child process: {why}); use compile='inductor'")
+    ok.write_text(torch.__version__)
 
 
 def export_program(module: torch.nn.Module, x: torch.Tensor):

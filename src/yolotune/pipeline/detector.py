@@ -37,12 +37,13 @@ _MAX_CANVASES = 8  # distinct rect canvases before new shapes fall back to the s
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' (CUDA if visible, else CPU), 'cpu', 'cuda', 'cuda:N' or a bare GPU index 'N'."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = str(device)
+    text = "cuda" if (device is None or str(device) == "auto") and torch.cuda.is_available() else str(device or "cpu")
+    text = "cpu" if text == "auto" else text
     d = torch.device(f"cuda:{text}" if text.isdigit() else text)
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {text!r} asked for, but no CUDA GPU is visible; use --device cpu")
+    if d.type == "cuda" and d.index is None:  # "cuda" != "cuda:0" for torch.device: tensors always carry the index
+        d = torch.device("cuda", torch.cuda.current_device())
     return d
 
 
@@ -405,8 +406,9 @@ class Detector:
                 groups.setdefault(tuple(f.shape), []).append(i)
         for idx in groups.values():
             planes = torch.stack([host_tensor(frames[i]) if isinstance(frames[i], np.ndarray) else frames[i] for i in idx])
-            if planes.device != target:
-                planes = planes.pin_memory().to(target, non_blocking=True) if target.type == "cuda" else planes.to(target)
+            if planes.device.type == "cpu" and target.type == "cuda":
+                planes = planes.pin_memory().to(target, non_blocking=True)
+            planes = planes.to(target)
             for i, rgb in zip(idx, i420_to_rgb(planes)):
                 out[i] = rgb
         return out
@@ -415,9 +417,9 @@ class Detector:
         t = host_tensor(np.ascontiguousarray(frame)).permute(2, 0, 1) if isinstance(frame, np.ndarray) else frame
         if self.preprocess == "cpu":
             return t.cpu()
-        if t.device != self.device:
-            t = t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t.to(self.device)
-        return t
+        if t.device.type == "cpu" and self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def close(self) -> None:
         self.decoder.close()

@@ -283,8 +283,7 @@ def _levers(candidates: list[Candidate], sweep: list[dict], probe: int) -> list[
     """Each lever's contribution, measured one at a time on this run (pairs of candidates that differ in one option)."""
     by_name = {c.name: c.result for c in candidates if c.result.get("images_per_s")}
     pairs = [("FP16 (eager)", "eager fp32", "eager fp16"), ("CUDA graph (FP16)", "eager fp16", "graph fp16"),
-             ("CUDA graph (FP32)", "eager fp32", "graph fp32"), ("compile (AOTInductor, FP16 graph)", "graph fp16", "compiled+graph fp16"),
-             ("compile (torch.compile, FP16 graph)", "graph fp16", "jit-compiled+graph fp16"),
+             ("CUDA graph (FP32)", "eager fp32", "graph fp32"), ("compile (torch.compile, FP16 graph)", "graph fp16", "compiled+graph fp16"),
              ("BF16 vs FP16 (graph)", "graph fp16", "graph bf16"), ("ONNX Runtime vs PyTorch (CPU)", "torch fp32", "onnxruntime fp32")]
     pairs += [(f"INT8 {m} vs FP32 (ONNX Runtime)", "onnxruntime fp32", f"onnxruntime int8 ({m})") for m in ("minmax", "entropy", "percentile")]
     pairs += [("input " + c.name[len(c.refines):].strip(" ,@") if "@" in c.name else c.name[len(c.refines):].strip(" ,"),
