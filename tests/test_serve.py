@@ -89,16 +89,22 @@ def test_parse_sources(tmp_path):
     assert min(delays) >= 0 and max(delays) <= 4.0 and len(set(delays)) > 100  # jittered, capped
 
 
-def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path):
+DECODERS = pytest.mark.parametrize("decoders", ["threads", "processes"])
+
+
+@DECODERS
+def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path, decoders):
     from yolotune import Detector
 
     specs = [parse_source(str(clips["a"])), parse_source(str(clips["b"])), parse_source(str(clips["a"]), name="a")]
     with Detector("default", device="cpu", batch=4) as det:
-        summary = StreamRuntime(det, specs, RunOptions(out=tmp_path, max_batch=4, queue_size=2)).run()
+        summary = StreamRuntime(det, specs, RunOptions(out=tmp_path, max_batch=4, queue_size=2, decoders=decoders)).run()
+    assert summary["decoders"] == decoders
     by = {s["name"]: s for s in summary["streams"]}
     assert set(by) == {"a", "b", "a-1"} and summary["failed"] == [] and summary["dropped"] == 0
+    depth = 2 if decoders == "threads" else 4  # in processes, the frames in a stream's ring slots (2 x queue)
     for name, n in (("a", 24), ("b", 17), ("a-1", 24)):
-        assert by[name]["state"] == "finished" and by[name]["processed"] == n and by[name]["max_queue_depth"] <= 2
+        assert by[name]["state"] == "finished" and by[name]["processed"] == n and by[name]["max_queue_depth"] <= depth
         rows = [r for r in read_jsonl(tmp_path / name / "detections.jsonl") if "frame" in r]
         assert [r["frame"] for r in rows] == list(range(n))  # every frame, in order, none dropped
         assert all(r["latency_ms"] >= 0 for r in rows)
@@ -106,11 +112,12 @@ def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path):
     assert summary["mean_batch"] > 1.5  # frames of different streams shared batches
 
 
-def test_overload_drops_oldest_on_live_sources_and_memory_stays_bounded(clips, tmp_path):
+@DECODERS
+def test_overload_drops_oldest_on_live_sources_and_memory_stays_bounded(clips, tmp_path, decoders):
     slow = SlowDetector(0.05)
     live = SourceSpec(str(clips["a"]), "url", "cam")  # a live source: replays on EOF, drops when behind
-    rt = StreamRuntime(slow, [live], RunOptions(out=tmp_path, max_batch=1, queue_size=3, duration_s=1.5,
-                                                backoff_base_s=0.01))
+    rt = StreamRuntime(slow, [live], RunOptions(out=tmp_path, max_batch=1, queue_size=3, duration_s=2.0,
+                                                backoff_base_s=0.01, decoders=decoders))
     summary = rt.run()
     s = summary["streams"][0]
     assert s["dropped"] > 0 and s["max_queue_depth"] <= 3
@@ -154,12 +161,14 @@ class FlakyStreamServer:
         self.sock.close()
 
 
-def test_reconnects_after_the_server_drops_and_other_streams_carry_on(clips, tmp_path):
+@DECODERS
+def test_reconnects_after_the_server_drops_and_other_streams_carry_on(clips, tmp_path, decoders):
     server = FlakyStreamServer(clips["ts"].read_bytes())
     try:
         specs = [SourceSpec(f"tcp://127.0.0.1:{server.port}", "url", "tcpcam"), parse_source(str(clips["b"]))]
-        rt = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path, max_batch=4, duration_s=3.0,
-                                                               open_timeout_s=2, read_timeout_s=2, backoff_base_s=0.05))
+        rt = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path, max_batch=4, duration_s=3.5,
+                                                               open_timeout_s=2, read_timeout_s=2, backoff_base_s=0.05,
+                                                               decoders=decoders))
         summary = rt.run()
     finally:
         server.close()
@@ -189,13 +198,14 @@ def test_a_url_that_never_answers_times_out_with_a_clear_error(clips, tmp_path):
     assert elapsed < 30  # the run ended: a dead source does not hang it
 
 
-def test_corrupt_and_truncated_videos_fail_alone(clips, tmp_path):
+@DECODERS
+def test_corrupt_and_truncated_videos_fail_alone(clips, tmp_path, decoders):
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(clips["a"].read_bytes()[: 3000])
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00not a video" * 500)
     specs = [parse_source(str(truncated)), parse_source(str(garbage)), parse_source(str(clips["b"]))]
-    summary = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path / "out")).run()
+    summary = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path / "out", decoders=decoders)).run()
     by = {s["name"]: s for s in summary["streams"]}
     assert by["truncated"]["state"] == "failed" and by["garbage"]["state"] == "failed"
     assert by["garbage"]["error"] and by["b"]["processed"] == 17
@@ -402,3 +412,24 @@ def test_a_failing_sink_is_reported_and_does_not_stop_the_run(clips, tmp_path, m
     rows = read_jsonl(tmp_path / "b" / "detections.jsonl")
     assert len([r for r in rows if "frame" in r]) == 13
     assert any(r.get("event") == "sink-error" and "No space left" in r["message"] for r in rows)
+
+
+def test_a_decoder_process_that_dies_fails_its_streams_and_the_others_carry_on(clips, tmp_path):
+    specs = [SourceSpec(str(clips["a"]), "file", "doomed", loop=True), parse_source(str(clips["b"]))]
+    rt = StreamRuntime(SlowDetector(0.01), specs, RunOptions(out=tmp_path, max_batch=2, queue_size=2, duration_s=4.0,
+                                                            decoders="processes", decoder_processes=2))
+    doomed = rt.pool.procs[rt.pool.owner[0]]
+    assert rt.pool.owner[0] != rt.pool.owner[1]  # one process per source here
+
+    def kill_when_running():
+        while rt.workers[0].status.frames < 5:
+            time.sleep(0.02)
+        doomed.kill()
+
+    threading.Thread(target=kill_when_running, daemon=True).start()
+    summary = rt.run()
+    dead, other = summary["streams"]
+    assert dead["state"] == "failed" and "ended unexpectedly" in dead["error"]
+    assert other["state"] == "finished" and other["processed"] == 17
+    events = [r for r in read_jsonl(tmp_path / "doomed" / "detections.jsonl") if "event" in r]
+    assert events[-1]["event"] == "failed"

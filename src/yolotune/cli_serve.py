@@ -35,6 +35,9 @@ def run_command(
     timeout: float = typer.Option(10.0, help="Seconds to wait for a network source to open or deliver."),
     pixel_format: str = typer.Option("auto", help="How decoded frames travel: yuv420p (converted on the GPU, half the "
                                                   "bytes), rgb24 (converted by FFmpeg on the CPU), auto (yuv420p on a GPU)."),
+    decoders: str = typer.Option("auto", help="Where sources decode: threads, processes (frames through shared "
+                                              "memory; no GIL shared with the engine), auto (processes on a GPU "
+                                              "machine with 8+ cores)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run many streams through one model at once: batched across streams, per-stream outputs and metrics."""
@@ -57,7 +60,7 @@ def run_command(
         _fail(str(e))
     opts = RunOptions(out=out, formats=tuple(formats), max_batch=batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                       duration_s=duration, metrics_port=metrics_port, open_timeout_s=timeout, read_timeout_s=timeout,
-                      max_retries=max_retries, pixel_format=pixel_format)
+                      max_retries=max_retries, pixel_format=pixel_format, decoders=decoders)
     try:
         runtime = StreamRuntime(detector, specs, opts)
     except ValueError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +23,8 @@ class StreamFrame:
     image: np.ndarray  # [h, w, 3] uint8 RGB, or [h * 3 / 2, w] uint8 I420 planes
     decoded_at: float  # perf_counter when decoding finished: latency is measured from here
     pts: float | None = None  # presentation time in the source, seconds
+    slot: tuple | None = None  # where a decoder process left the pixels (serve/decoders.py), until given back
+    on_drop: Callable[[list["StreamFrame"]], None] | None = None  # gives the slot back when the frame is dropped
 
 
 class Backlog:
@@ -56,13 +59,14 @@ class FrameQueue:
     def put(self, frame: StreamFrame, stop: threading.Event | None = None) -> bool:
         """Queue ``frame``; False if ``stop`` was set while waiting for room (block policy)."""
         b = self.backlog
+        dropped = None
         with b.lock:
             while self.policy == "block" and len(self._frames) >= self.capacity:
                 if stop is not None and stop.is_set():
                     return False
                 self.room.wait(0.1)
             if len(self._frames) >= self.capacity:  # drop_oldest: the total does not change
-                self._frames.popleft()
+                dropped = self._frames.popleft()
                 self.dropped += 1
             else:
                 b.total += 1
@@ -70,6 +74,8 @@ class FrameQueue:
                     b.wake.notify()
             self._frames.append(frame)
             self.max_depth = max(self.max_depth, len(self._frames))
+        if dropped is not None and dropped.on_drop is not None:
+            dropped.on_drop([dropped])
         return True
 
     def close(self) -> None:

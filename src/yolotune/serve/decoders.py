@@ -1,0 +1,312 @@
+"""Decoder processes: sources spread over a few processes, frames handed over through shared memory.
+
+Measured on the H100 machine (16 cores, 1280x720 H.264, benchmarks/results/serve/decode_paths_h100.json): decoders in
+threads of one process deliver 3,011 frames/s however many there are (the GIL), 16 processes 5,254. And with 100
+decoder threads beside it, the engine thread waits for the GIL so often that the whole runtime managed 573 frames/s.
+So: P processes (one per core, leaving two to the engine and sinks), each running its share of the sources as
+SourceWorker threads. A decoded frame is copied into a slot of its stream's shared-memory ring; only a small message
+crosses the pipe. The runtime gives a slot back once the frame's batch has been copied out of it.
+
+Backpressure: a stream's ring has a fixed number of slots. A file source waits for a free slot (it never drops); a
+live source's frames are dropped oldest-first by its FrameQueue in the runtime, which frees their slots at once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing import connection, shared_memory
+
+import numpy as np
+
+from yolotune.serve.queues import FrameQueue, StreamFrame
+from yolotune.serve.sources import Backoff, SourceSpec, SourceStatus, SourceWorker
+
+
+SOURCE_STATES = ("starting", "running", "reconnecting", "finished", "failed", "stopped")
+
+
+@dataclass
+class DecoderOptions:
+    open_timeout_s: float
+    read_timeout_s: float
+    max_retries: int | None
+    backoff_base_s: float
+    backoff_cap_s: float
+    pixel_format: str
+    slots: int  # ring slots per stream
+
+
+def decoder_processes(n_sources: int, cores: int | None = None) -> int:
+    """How many decoder processes for ``n_sources``: one per core but two (engine and sinks), at most one per source."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(n_sources, cores - 2))
+
+
+# ------------------------------------------------------------------------------------------ in the decoder process
+class _Ring:
+    """One stream's slots in shared memory (created at its first frame; again if the frame size changes)."""
+
+    def __init__(self, slots: int, nbytes: int):
+        self.nbytes = nbytes
+        self.shm = shared_memory.SharedMemory(create=True, size=slots * nbytes)
+        self.free: queue.Queue[int] = queue.Queue()
+        for k in range(slots):
+            self.free.put(k)
+
+
+class _SlotWriter:
+    """What a SourceWorker puts frames into, in a decoder process: a ring slot and a message to the runtime."""
+
+    def __init__(self, stream: int, slots: int, send, rings: dict):
+        self.stream, self.slots, self.send, self.rings = stream, slots, send, rings
+        self.ring: _Ring | None = None
+        self.old: list[_Ring] = []  # rings of an earlier frame size, kept until the process ends
+        self.status: SourceStatus | None = None
+
+    def put(self, frame: StreamFrame, stop: threading.Event | None = None) -> bool:
+        image = np.ascontiguousarray(frame.image)
+        if self.ring is None or self.ring.nbytes != image.nbytes:
+            if self.ring is not None:
+                self.old.append(self.ring)
+            self.ring = self.rings[self.stream] = _Ring(self.slots, image.nbytes)
+        while True:  # block until the runtime gives a slot back (files never drop; live ones are dropped there)
+            try:
+                k = self.ring.free.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if stop is not None and stop.is_set():
+                    return False
+        view = np.ndarray(image.shape, image.dtype, buffer=self.ring.shm.buf, offset=k * self.ring.nbytes)
+        view[...] = image
+        st = self.status
+        self.send(("frame", self.stream, self.ring.shm.name, k, image.shape, frame.index, frame.decoded_at, frame.pts,
+                   st.lag_s if st else 0.0, st.max_lag_s if st else 0.0))
+        return True
+
+    def close(self) -> None:
+        self.send(("closed", self.stream))
+
+
+def _decoder_main(assigned: list[tuple[int, SourceSpec]], out_conn, in_conn, opt: DecoderOptions) -> None:
+    """A decoder process: one SourceWorker thread per assigned source until the runtime says stop."""
+    send_lock = threading.Lock()
+    stop = threading.Event()
+
+    def send(msg) -> None:
+        with send_lock:
+            try:
+                out_conn.send(msg)
+            except (BrokenPipeError, EOFError, OSError):
+                stop.set()  # the runtime is gone
+
+    rings: dict[int, _Ring] = {}
+    writers, workers = {}, []
+    for index, spec in assigned:
+        writers[index] = w = _SlotWriter(index, opt.slots, send, rings)
+        worker = SourceWorker(index, spec, w, stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
+                              Backoff(opt.backoff_base_s, opt.backoff_cap_s),
+                              on_event=lambda i, state, message: send(("event", i, state, message)),
+                              pixel_format=opt.pixel_format)
+        w.status = worker.status
+        workers.append(worker)
+
+    def listen() -> None:  # slots given back, and the stop
+        while not stop.is_set():
+            try:
+                msg = in_conn.recv()
+            except (EOFError, OSError):
+                break
+            if msg[0] == "free":
+                for stream, name, k in msg[1]:
+                    ring = rings.get(stream)
+                    if ring is not None and ring.shm.name == name:
+                        ring.free.put(k)
+            elif msg[0] == "stop":
+                break
+        stop.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for worker in workers:  # final states and counts
+        send(("status", worker.index, worker.status.state, worker.status.frames, worker.status.reconnects,
+              worker.status.last_error))
+    send(("exit", None))
+    stop.wait()
+    for w in writers.values():
+        for ring in ([w.ring] if w.ring else []) + w.old:
+            ring.shm.close()
+            ring.shm.unlink()
+
+
+# --------------------------------------------------------------------------------------------- in the runtime
+class RemoteSource:
+    """The runtime's view of a source decoded in another process: the same ``status`` as a SourceWorker's."""
+
+    def __init__(self, index: int, spec: SourceSpec, pool: "DecoderPool"):
+        self.index, self.spec, self.pool = index, spec, pool
+        self.status = SourceStatus()
+
+    def start(self) -> None:
+        self.pool.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.pool.join(timeout)
+
+
+class DecoderPool:
+    """Starts the decoder processes, turns their messages into StreamFrames in the runtime's queues (views on the
+    shared slots, handed back by ``release``), and keeps each RemoteSource's status."""
+
+    def __init__(self, specs: list[SourceSpec], queues: list[FrameQueue], stop: threading.Event, opt: DecoderOptions,
+                 on_event, processes: int | None = None):
+        self.queues, self.stop_event, self.on_event = queues, stop, on_event
+        self.sources = [RemoteSource(i, s, self) for i, s in enumerate(specs)]
+        n = processes or decoder_processes(len(specs))
+        ctx = mp.get_context("spawn")  # the runtime has CUDA and threads: never fork it
+        self.procs, self.out_conns, self.in_conns, self.owner = [], [], [], {}
+        for p in range(n):
+            assigned = [(i, s) for i, s in enumerate(specs) if i % n == p]
+            recv_end, send_end = ctx.Pipe(duplex=False)
+            child_recv, runtime_send = ctx.Pipe(duplex=False)
+            for i, _ in assigned:
+                self.owner[i] = p
+            self.procs.append(ctx.Process(target=_decoder_main, args=(assigned, send_end, child_recv, opt),
+                                          name=f"yolotune-decoder-{p}", daemon=True))
+            self.out_conns.append(recv_end)
+            self.in_conns.append(runtime_send)
+        self._attached: dict[str, shared_memory.SharedMemory] = {}
+        self._send_locks = [threading.Lock() for _ in self.procs]
+        self._started = False
+        self._exited = 0
+        self._receiver = threading.Thread(target=self._receive, name="yolotune-decoders", daemon=True)
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for p in self.procs:
+            p.start()
+        self._receiver.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """After the runtime's stop: tell the processes, wait for their last messages, and end them."""
+        if not self._started:
+            return
+        deadline = time.perf_counter() + (timeout or 10.0)
+        for k in range(len(self.procs)):
+            self._send(k, ("stop",))
+        self._receiver.join(max(0.1, deadline - time.perf_counter()))
+        for p in self.procs:
+            p.join(max(0.1, deadline - time.perf_counter()))
+            if p.is_alive():
+                p.terminate()
+                p.join(1.0)
+        for q in self.queues:
+            q.close()
+        for shm in self._attached.values():
+            try:
+                shm.close()
+            except BufferError:  # a frame view still held by a caller: freed with the process
+                pass
+        self._attached.clear()
+        self._started = False
+
+    def release(self, frames: list[StreamFrame]) -> None:
+        """Give the frames' slots back to their decoder processes (their pixels have been copied out)."""
+        by_proc: dict[int, list] = {}
+        for f in frames:
+            slot = getattr(f, "slot", None)
+            if slot is not None:
+                by_proc.setdefault(self.owner[f.stream], []).append((f.stream, *slot))
+                f.slot = None
+        for p, items in by_proc.items():
+            self._send(p, ("free", items))
+
+    def _send(self, p: int, msg) -> None:
+        with self._send_locks[p]:
+            try:
+                self.in_conns[p].send(msg)
+            except (BrokenPipeError, OSError):
+                pass  # that process has ended
+
+    def _receive(self) -> None:
+        live = list(self.out_conns)
+        while live:
+            for conn in connection.wait(live, timeout=0.5):
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the process died without saying goodbye
+                    live.remove(conn)
+                    self._process_died(self.out_conns.index(conn))
+                    continue
+                if msg[0] == "exit":
+                    live.remove(conn)
+                    continue
+                self._handle(msg)
+            if not live:
+                break
+            if self.stop_event.is_set() and not any(p.is_alive() for p in self.procs):
+                break
+        for q in self.queues:
+            q.close()
+
+    def _process_died(self, p: int) -> None:
+        """Its sources fail with the reason; the other processes' streams carry on."""
+        proc = self.procs[p]
+        proc.join(1.0)
+        why = f"decoder process {proc.name} ended unexpectedly (exit code {proc.exitcode})"
+        for i, owner in self.owner.items():
+            st = self.sources[i].status
+            if owner == p and st.state not in ("finished", "failed", "stopped"):
+                st.state, st.last_error = "failed", why
+                self.on_event(i, "failed", why)
+                self.queues[i].close()
+
+    def _handle(self, msg) -> None:
+        kind, stream = msg[0], msg[1]
+        src = self.sources[stream]
+        if kind == "frame":
+            _, _, name, k, shape, index, decoded_at, pts, lag, max_lag = msg
+            shm = self._attached.get(name)
+            if shm is None:
+                shm = self._attached[name] = _attach(name)
+            nbytes = int(np.prod(shape))
+            image = np.ndarray(shape, np.uint8, buffer=shm.buf, offset=k * nbytes)
+            frame = StreamFrame(stream, index, image, decoded_at, pts, slot=(name, k), on_drop=self.release)
+            src.status.frames += 1
+            src.status.lag_s, src.status.max_lag_s = lag, max_lag
+            if not self.queues[stream].put(frame, self.stop_event):
+                self.release([frame])
+        elif kind == "event":
+            state, message = msg[2], msg[3]
+            if state in SOURCE_STATES:  # not "bad-input" and such: those are events, not states
+                src.status.state = state
+            if state in ("reconnecting", "failed"):
+                src.status.last_error = message
+            if state == "reconnecting":
+                src.status.reconnects += 1
+            self.on_event(stream, state, message)
+        elif kind == "status":
+            st = src.status
+            st.state, st.frames, st.reconnects = msg[2], max(st.frames, msg[3]), msg[4]
+            st.last_error = msg[5] or st.last_error
+        elif kind == "closed":
+            self.queues[stream].close()
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Attach to a decoder process's ring; that process owns it and unlinks it. Spawned processes share their
+    parent's resource tracker, so before Python 3.13 (no ``track``) attaching only repeats the child's registration."""
+    try:
+        return shared_memory.SharedMemory(name=name, track=False)  # Python 3.13+
+    except TypeError:
+        return shared_memory.SharedMemory(name=name)
