@@ -5,7 +5,7 @@ For each model and stream count: real-time looped file streams (a camera's pacin
 no stream lags its clock by a second, nothing drops, and p99 latency (decode end -> result) <= LATENCY_MS. Then the
 same streams as fast as they go (throughput), ours vs Ultralytics' per-source loops. Finally `plan` predicts and
 verifies. Environment: STREAMS (e.g. 50,100,150), RES (1280x720), FPS (30), SECONDS (20), LATENCY_MS (50),
-MODELS (yolov8n,yolov8m), BATCH (64), COMPILE (aoti on CUDA), PEER (1 runs Ultralytics). Writes serve_bench.json.
+MODELS (yolov8n,yolov8m), BATCH (64), COMPILE (inductor on CUDA; none for the CUDA graph alone), PEER (1 runs Ultralytics). Writes serve_bench.json.
 """
 
 from __future__ import annotations

@@ -61,3 +61,33 @@ def test_submit_frames_keeps_two_batches_in_flight_with_detect_results(frames):
             det.submit_frames(rgb[:5], 0)
     assert [len(d) for d in got[:4]] == [len(d) for d in want[:4]]
     assert sum(len(d) for d in got[4:]) == pytest.approx(sum(len(d) for d in want[4:]), abs=2)
+
+
+def test_one_graph_frame_path_matches_the_per_image_path_for_rgb_and_i420(frames):
+    """The path the GPU takes for same-size host frames (upload, I420 -> RGB, letterbox, model, NMS as one step;
+    asynchronous through submit_frames), run here without graph capture: same detections as the per-image path."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from matching import matched_fraction
+
+    from yolotune import Detector
+
+    rgb, i420 = [r for _, r in frames], [p for p, _ in frames]
+    rows = lambda ds: [(d.boxes, d.scores, d.class_ids) for d in ds]  # noqa: E731
+    with Detector("default", device="cpu", batch=4) as det:
+        want = det.detect(rgb[:7])
+        want_i420 = det.detect(i420[:7])
+        det._frame_path = True  # what a CUDA detector does
+        got = det.detect(rgb[:7])  # 4 + 3: two buckets
+        got_i420 = det.detect(i420[:7])
+        a = det.submit_frames(i420[:4], 0)
+        b = det.submit_frames(rgb[4:7], 1)
+        async_got = det.collect(a) + det.collect(b)
+        assert {k[0] for k in det._frame_buffers} == {"direct", 0, 1}
+        assert {k[-1] for k in det._frame_buffers} == {"rgb", "i420"}
+    assert [d.image_size for d in got_i420] == [(360, 640)] * 7 and [d.image_size for d in async_got] == [(360, 640)] * 7
+    for ref, new in ((want, got), (want_i420, got_i420), (want_i420[:4] + want[4:7], async_got)):
+        frac, total = matched_fraction(rows(ref), rows(new), iou=0.9, score_tol=0.02)
+        assert total > 10 and frac >= 0.98

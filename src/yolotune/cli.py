@@ -110,8 +110,9 @@ def predict(
     rect: bool = typer.Option(True, "--rect/--no-rect", help="Minimal stride padding for same-size batches."),
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on)."),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA."),
-    compile: Optional[str] = typer.Option(None, help="Compile the model: aoti (AOTInductor, packaged and cached on "
-                                          "disk: compiled once, reloads in seconds), inductor (torch.compile), none."),
+    compile: Optional[str] = typer.Option(None, help="Compile the model: inductor (torch.compile), aoti (AOTInductor, "
+                                          "packaged and cached on disk; load-checked in a child process first, as "
+                                          "it crashed torch 2.11's loader on an H100), none."),
     preprocess: str = typer.Option("auto", help="Where to decode + letterbox: gpu (nvJPEG, batched on the device), cpu (threads; Ultralytics-identical pixels), auto."),
     workers: Optional[int] = typer.Option(None, help="CPU decode threads."),
     agnostic: bool = typer.Option(False, help="Class-agnostic NMS."),

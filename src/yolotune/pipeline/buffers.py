@@ -56,20 +56,47 @@ class Slot:
 
 class FrameBuffers:
     """The one-graph path for in-memory frames of one shape: pinned staging -> device frames -> model input ->
-    pinned outputs. ``graph`` replays letterbox + model + NMS + copy-back on these tensors."""
+    pinned outputs. ``graph`` replays (I420 -> RGB,) letterbox, model, NMS and copy-back on these tensors.
 
-    def __init__(self, bucket: int, hw: tuple[int, int], canvas: tuple[int, int], slot: Slot, device: torch.device):
-        self.staging = torch.empty(bucket, *hw, 3, dtype=torch.uint8, pin_memory=True)
-        self.frames = torch.empty(bucket, *hw, 3, dtype=torch.uint8, device=device)
+    ``layout`` "rgb": frames [bucket, h, w, 3]; "i420": PyAV's yuv420p planes [bucket, h * 3 / 2, w]. ``hw`` is the
+    picture's size either way. Duck-types a Slot for ``Detector.collect`` (host_dets, host_counts, done)."""
+
+    def __init__(self, bucket: int, hw: tuple[int, int], canvas: tuple[int, int], slot: Slot, device: torch.device,
+                 layout: str = "rgb"):
+        shape = (bucket, *hw, 3) if layout == "rgb" else (bucket, hw[0] * 3 // 2, hw[1])
+        pin = device.type == "cuda"
+        self.layout = layout
+        self.staging = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+        self.frames = torch.empty(shape, dtype=torch.uint8, device=device)
         self.inputs = slot.input(canvas)[:bucket]
         self.geometry = geometry_tensor([letterbox_geometry(hw, canvas)] * bucket, bucket, device)
-        self.host_dets = torch.empty(bucket, slot.host_dets.shape[1], 6, dtype=torch.float32, pin_memory=True)
-        self.host_counts = torch.empty(bucket, dtype=torch.int32, pin_memory=True)
+        self.host_dets = torch.empty(bucket, slot.host_dets.shape[1], 6, dtype=torch.float32, pin_memory=pin)
+        self.host_counts = torch.empty(bucket, dtype=torch.int32, pin_memory=pin)
         self.graph: torch.cuda.CUDAGraph | None = None  # captured on first use
+        self.ready = torch.cuda.Event() if pin else None  # frames uploaded (decode stream)
+        self.done = torch.cuda.Event() if pin else None  # results in host_dets (compute stream)
 
     @property
     def static_tensors(self) -> tuple[torch.Tensor, ...]:
         return self.frames, self.inputs, self.geometry, self.host_dets, self.host_counts
+
+
+def frame_layout(frames: Sequence) -> str | None:
+    """"rgb" or "i420" when every frame is a host array of that layout and one shape (the one-graph path), else None."""
+    if not frames or not all(isinstance(f, np.ndarray) and f.dtype == np.uint8 for f in frames):
+        return None
+    if len({f.shape for f in frames}) != 1:
+        return None
+    f = frames[0]
+    if f.ndim == 3 and f.shape[2] == 3:
+        return "rgb"
+    if f.ndim == 2 and f.shape[0] % 3 == 0 and f.shape[1] % 2 == 0 and (f.shape[0] * 2 // 3) % 2 == 0:
+        return "i420"
+    return None
+
+
+def picture_hw(frame: np.ndarray, layout: str) -> tuple[int, int]:
+    return (frame.shape[0], frame.shape[1]) if layout == "rgb" else (frame.shape[0] * 2 // 3, frame.shape[1])
 
 
 @dataclass
@@ -102,9 +129,3 @@ def host_tensor(arr: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(arr)
-
-
-def same_shape_rgb_arrays(frames: Sequence) -> bool:
-    return all(isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in frames) and (
-        len({f.shape for f in frames}) == 1
-    )

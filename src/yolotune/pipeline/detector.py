@@ -27,7 +27,7 @@ from yolotune.ops.color import i420_to_rgb, is_i420
 from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch
 from yolotune.ops.nms import NMS_BACKENDS, triton_available
 from yolotune.ops.postprocess import PostprocessConfig, postprocess
-from yolotune.pipeline.buffers import Batch, FrameBuffers, Slot, host_tensor, same_shape_rgb_arrays
+from yolotune.pipeline.buffers import Batch, FrameBuffers, Slot, frame_layout, host_tensor, picture_hw
 from yolotune.pipeline.producer import BatchProducer
 from yolotune.tune.artifact import accepts_artifacts
 from yolotune.types import Detections, ErrorRecord, InputRef, Result, StageTiming
@@ -113,7 +113,9 @@ class Detector:
         modules = [getattr(self.engine, "module")] if self.uses_cuda_graph else []
         self._step = CudaGraphCache(self._detect_step, modules) if self.uses_cuda_graph else self._detect_step
         self._frame_step = CudaGraphCache(self._frame_detect_step, modules) if self.uses_cuda_graph else None
-        self._frame_buffers: dict[tuple[int, int, int], FrameBuffers] = {}
+        self._frame_buffers: dict[tuple, FrameBuffers] = {}
+        # Same-size host frames (RGB or I420) go through one graph: upload, colour conversion, letterbox, model, NMS.
+        self._frame_path = self._frame_step is not None and self.preprocess == "gpu"
         self.frame_upload = "pinned"
         self.buckets = sorted({self.batch} | {1 << i for i in range(self.batch.bit_length()) if (1 << i) < self.batch})
         make_slot = lambda: Slot(self.batch, max_det, self.device, self.engine.input_dtype, self.engine.channels_last)  # noqa: E731
@@ -162,8 +164,10 @@ class Detector:
         return postprocess(self.engine(x), geometry, self.post)
 
     def _frame_detect_step(self, fb_frames, fb_inputs, fb_geometry, fb_host_dets, fb_host_counts):
-        """In-memory frames in one graph: letterbox, model, NMS, D2H into pinned memory (all static buffers)."""
-        letterbox_batch(list(fb_frames.permute(0, 3, 1, 2)), fb_inputs)
+        """In-memory frames in one graph: (I420 -> RGB,) letterbox, model, NMS, D2H into pinned memory (all static
+        buffers). I420 frames are [B, h * 3 / 2, w], RGB ones [B, h, w, 3]."""
+        rgb = i420_to_rgb(fb_frames) if fb_frames.ndim == 3 else fb_frames.permute(0, 3, 1, 2)
+        letterbox_batch(list(rgb), fb_inputs)
         dets, counts = self._detect_step(fb_inputs, fb_geometry)
         fb_host_dets.copy_(dets, non_blocking=True)
         fb_host_counts.copy_(counts, non_blocking=True)
@@ -313,17 +317,15 @@ class Detector:
         out: list[Detections] = []
         stream_ctx = torch.cuda.stream(self.compute_stream) if self.compute_stream is not None else contextlib.nullcontext()
         with stream_ctx:
-            if any(is_i420(f) for f in frames):
-                frames = self._rgb_from_i420(frames)  # on the compute stream, ahead of the batches that read them
             for start in range(0, len(frames), self.batch):
                 chunk = frames[start : start + self.batch]
-                if self._frame_step is not None and self.preprocess == "gpu" and same_shape_rgb_arrays(chunk):
-                    out.extend(self._detect_frames_in_one_graph(chunk, start))
+                layout = frame_layout(chunk) if self._frame_path else None
+                if layout is not None:
+                    out.extend(self._detect_frames_in_one_graph(chunk, start, layout))
                     continue
-                images = [
-                    DecodedImage(InputRef(f"<frame {start + i}>"), self._to_device(f))
-                    for i, f in enumerate(frames[start : start + self.batch])
-                ]
+                if any(is_i420(f) for f in chunk):
+                    chunk = self._rgb_from_i420(chunk)  # on the compute stream, ahead of the batch that reads them
+                images = [DecodedImage(InputRef(f"<frame {start + i}>"), self._to_device(f)) for i, f in enumerate(chunk)]
                 slot = self._direct_slot
                 batch = Batch(list(range(len(images))), images, slot, self.bucket(len(images)))
                 self.letterbox_into(slot, images, batch.bucket)
@@ -344,6 +346,9 @@ class Detector:
             raise ValueError(f"{len(frames)} frames submitted; this Detector's batch is {self.batch}")
         if self._busy.locked():
             raise RuntimeError("predict() is running on this Detector; submit_frames() needs its slots")
+        layout = frame_layout(frames) if self._frame_path else None
+        if layout is not None:
+            return self._submit_frames_in_one_graph(frames, slot, layout)
         target = self._slots[slot]
         stream_ctx = torch.cuda.stream(self.decode_stream) if self.decode_stream is not None else contextlib.nullcontext()
         with stream_ctx:
@@ -357,19 +362,56 @@ class Detector:
         self.launch(batch)
         return batch
 
-    def _detect_frames_in_one_graph(self, frames: Sequence[np.ndarray], start: int) -> list[Detections]:
-        hw = frames[0].shape[:2]
+    def _frame_buffers_for(self, owner, frames: Sequence[np.ndarray], layout: str) -> FrameBuffers:
+        """The static buffers (and graph) of ``owner`` ("direct" for detect(), 0 or 1 for submit_frames' slots) for
+        this many frames of this shape and layout."""
+        hw = picture_hw(frames[0], layout)
         bucket = self.bucket(len(frames))
-        key = (bucket, *hw)
+        key = (owner, bucket, *hw, layout)
         fb = self._frame_buffers.get(key)
         if fb is None:
-            canvas = self._canvas([hw])
-            fb = self._frame_buffers[key] = FrameBuffers(bucket, hw, canvas, self._direct_slot, self.device)
-        if fb.graph is None:
-            fb.graph, _ = self._frame_step.graph_for(*fb.static_tensors)
+            slot = self._direct_slot if owner == "direct" else self._slots[owner]
+            fb = self._frame_buffers[key] = FrameBuffers(bucket, hw, self._canvas([hw]), slot, self.device, layout)
+        return fb
+
+    def _run_frame_step(self, fb: FrameBuffers) -> None:
+        """Replay the buffers' graph on the current stream (captured the first time); without CUDA graphs, run the
+        step itself (the same code, so the CPU tests cover it)."""
+        if isinstance(self._frame_step, CudaGraphCache):
+            if fb.graph is None:
+                fb.graph, _ = self._frame_step.graph_for(*fb.static_tensors)
+            fb.graph.replay()
+        else:
+            self._frame_detect_step(*fb.static_tensors)
+
+    def _submit_frames_in_one_graph(self, frames: Sequence[np.ndarray], slot: int, layout: str) -> Batch:
+        """Upload on the decode stream, then the whole step as one graph on the compute stream; collect() waits for
+        ``fb.done``. The slot's staging is reused only after collect(), so its previous upload has finished."""
+        fb = self._frame_buffers_for(slot, frames, layout)
+        cuda = self.compute_stream is not None
+        with self.timer("submit"):
+            with torch.cuda.stream(self.decode_stream) if cuda else contextlib.nullcontext():
+                self._upload_frames(frames, fb)
+                if cuda:
+                    fb.ready.record(self.decode_stream)
+            with torch.cuda.stream(self.compute_stream) if cuda else contextlib.nullcontext(), torch.inference_mode():
+                if cuda:
+                    self.compute_stream.wait_event(fb.ready)
+                self._run_frame_step(fb)
+                if cuda:
+                    fb.done.record(self.compute_stream)
+        hw = picture_hw(frames[0], layout)
+        shape_only = torch.empty((3, *hw), device="meta")  # results need each picture's size, not its pixels
+        images = [DecodedImage(InputRef(f"<frame {i}>"), shape_only) for i in range(len(frames))]
+        return Batch(list(range(len(frames))), images, fb, fb.inputs.shape[0])  # type: ignore[arg-type]
+
+    def _detect_frames_in_one_graph(self, frames: Sequence[np.ndarray], start: int, layout: str = "rgb") -> list[Detections]:
+        hw = picture_hw(frames[0], layout)
+        fb = self._frame_buffers_for("direct", frames, layout)
         self._upload_frames(frames, fb)
-        fb.graph.replay()
-        self.compute_stream.synchronize()
+        self._run_frame_step(fb)
+        if self.compute_stream is not None:
+            self.compute_stream.synchronize()
         dets, counts = fb.host_dets.numpy(), fb.host_counts.numpy()
         names = self.names
         return [

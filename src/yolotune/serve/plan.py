@@ -91,10 +91,13 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
 def _detect_sweep(detector, height: int, width: int) -> list[dict]:
     """Frames/s of ``detector.detect`` on same-size frames at batch 1, 2, 4, ... up to its batch size."""
     rng = np.random.default_rng(0)
-    frame = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    cuda = detector.device.type == "cuda"
+    # the frames the runtime hands over: I420 planes on a GPU (pixel format "auto"), RGB on a CPU
+    i420 = cuda and width % 2 == 0 and height % 2 == 0
+    shape = (height * 3 // 2, width) if i420 else (height, width, 3)
+    frame = rng.integers(0, 255, shape, dtype=np.uint8)
     rows = []
     b = 1
-    cuda = detector.device.type == "cuda"
     while b <= detector.batch:
         frames = [frame] * b
         if cuda:
