@@ -5,7 +5,7 @@ For each model and stream count: real-time looped file streams (a camera's pacin
 no stream lags its clock by a second, nothing drops, and p99 latency (decode end -> result) <= LATENCY_MS. Then the
 same streams as fast as they go (throughput), ours vs Ultralytics' per-source loops. Finally `plan` predicts and
 verifies. Environment: STREAMS (e.g. 50,100,150), RES (1280x720), FPS (30), SECONDS (20), LATENCY_MS (50),
-MODELS (yolov8n,yolov8m), BATCH (64), COMPILE (inductor on CUDA; none for the CUDA graph alone), PEER (1 runs Ultralytics). Writes serve_bench.json.
+MODELS (yolov8n,yolov8m), BATCH (64), COMPILE (inductor on CUDA; none for the CUDA graph alone), PEER (1 runs Ultralytics), PEER_STREAMS (16,32 on CUDA; ours is also measured there). Writes serve_bench.json.
 """
 
 from __future__ import annotations
@@ -35,17 +35,23 @@ SECONDS = float(os.environ.get("SECONDS", "20" if CUDA else "30"))
 LATENCY_MS = float(os.environ.get("LATENCY_MS", "50" if CUDA else "1000"))
 STREAMS = [int(n) for n in os.environ.get("STREAMS", "50,100,150" if CUDA else "4").split(",")]
 BATCH = int(os.environ.get("BATCH", "64" if CUDA else "4"))
+PEER = os.environ.get("PEER", "1") == "1"
+# 100 Ultralytics model copies in threads produced no frame within 120 s on the H100: the peer runs fewer streams
+PEER_STREAMS = [int(n) for n in os.environ.get("PEER_STREAMS", "16,32" if CUDA else ",".join(map(str, STREAMS))).split(",")]
 PIXEL_FORMATS = os.environ.get("PIXEL_FORMATS", "auto").split(",")  # e.g. yuv420p,rgb24 to compare both
 
 
 def throughput(det, clip: Path, n: int, seconds: float, pixel_format: str = "auto") -> dict:
     """n looped streams read as fast as they decode: frames/s in total and for the slowest stream."""
     specs = [SourceSpec(str(clip), "file", f"t{i:03d}", loop=True) for i in range(n)]
+    getattr(det, "timings", {}).clear()  # the Detector's stage timings of this run only
     s = StreamRuntime(det, specs, RunOptions(out=None, max_batch=BATCH, max_wait_ms=5, queue_size=4, duration_s=seconds,
                                              pixel_format=pixel_format)).run()
     rates = [st["processed"] / s["seconds"] for st in s["streams"]]
     return {"streams": n, "total_fps": s["fps"], "min_stream_fps": min(rates), "mean_batch": s["mean_batch"],
-            "pixel_format": s["pixel_format"]}
+            "pixel_format": s["pixel_format"], "decoders": s["decoders"], "engine_thread_s": s["engine_thread_s"],
+            "detector_stages_s": {k: round(v.seconds, 3)
+                                  for k, v in getattr(det, "timings", {}).items()}}
 
 
 def ultralytics_loops(model_file: str, clip: Path, n: int, seconds: float) -> dict:
@@ -106,16 +112,16 @@ def main() -> None:
             held = [v["streams"] for v in r["realtime"] if v["holds"]]
             r["largest_holding"] = max(held) if held else 0
             for pf in PIXEL_FORMATS:
-                for n in STREAMS:
+                for n in sorted(set(STREAMS) | (set(PEER_STREAMS) if PEER else set())):
                     r["throughput"].append(throughput(det, clip, n, min(SECONDS, 15), pf))
                     print(name, "throughput", json.dumps(r["throughput"][-1]), flush=True)
             r["plan"] = plan(det, FPS, (W, H), verify=True, verify_seconds=min(SECONDS, 15), latency_budget_ms=LATENCY_MS)
             r["plan"].pop("sweep", None)
             print(name, "plan", json.dumps({k: r["plan"][k] for k in ("limits", "binding", "predicted_streams", "verified_streams")}), flush=True)
-        if os.environ.get("PEER", "1") == "1":
+        if PEER:
             from yolotune.assets import resolve
 
-            for n in STREAMS:
+            for n in PEER_STREAMS:
                 try:
                     p = ultralytics_loops(str(resolve(model) or model), clip, n, min(SECONDS, 15))
                 except Exception as e:  # noqa: BLE001  (the peer may run out of memory with many model copies)

@@ -100,6 +100,8 @@ def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path, 
     with Detector("default", device="cpu", batch=4) as det:
         summary = StreamRuntime(det, specs, RunOptions(out=tmp_path, max_batch=4, queue_size=2, decoders=decoders)).run()
     assert summary["decoders"] == decoders
+    loop = summary["engine_thread_s"]  # where the engine thread's time went
+    assert loop["submitting"] > 0 and 0 < sum(loop.values()) <= summary["seconds"] + 0.5
     by = {s["name"]: s for s in summary["streams"]}
     assert set(by) == {"a", "b", "a-1"} and summary["failed"] == [] and summary["dropped"] == 0
     depth = 2 if decoders == "threads" else 4  # in processes, the frames in a stream's ring slots (2 x queue)

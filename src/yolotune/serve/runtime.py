@@ -86,6 +86,8 @@ class StreamRuntime:
         self.engine_errors = 0  # frames lost to engine failures
         self.last_engine_error: str | None = None
         self.engine_failures_in_a_row = 0
+        # where the engine thread's time goes (seconds): the first place to look when a run falls behind
+        self.loop_seconds = {"waiting for frames": 0.0, "submitting": 0.0, "collecting and delivering": 0.0}
         self.sink_errors = 0  # results that could not be written
         self.rss: list[tuple[float, int]] = []  # (time, host resident bytes), sampled by the monitor
         self.interrupted: str | None = None
@@ -137,13 +139,18 @@ class StreamRuntime:
         k = 0
         with _gpu_sampler(self.detector.device) as nvml:
             self._nvml = nvml
+            clock = self.loop_seconds
             while True:
                 # with a batch in flight, do not sit waiting for frames: collect it first if no batch is due
+                t0 = time.perf_counter()
                 frames = self.scheduler.next_batch(self.stop, block=pending is None)
+                t1 = time.perf_counter()
+                clock["waiting for frames"] += t1 - t0
                 if frames is None:
                     break
                 if not frames:
                     self._finish(pending, results)
+                    clock["collecting and delivering"] += time.perf_counter() - t1
                     pending = None
                     continue
                 try:
@@ -151,15 +158,22 @@ class StreamRuntime:
                         submitted = (frames, self.detector.submit_frames([f.image for f in frames], k % 2))
                         k += 1
                     else:
-                        self._deliver(frames, self.detector.detect([f.image for f in frames]), results)
+                        dets = self.detector.detect([f.image for f in frames])
+                        t2 = time.perf_counter()
+                        clock["submitting"] += t2 - t1
+                        self._deliver(frames, dets, results)
+                        clock["collecting and delivering"] += time.perf_counter() - t2
                         continue
                 except Exception as e:  # noqa: BLE001  (reported per stream; the run goes on unless it keeps failing)
                     self._engine_failed(frames, e)
                     continue
                 finally:
                     self._release(frames)  # submit_frames/detect have copied the pixels out
+                t2 = time.perf_counter()
+                clock["submitting"] += t2 - t1
                 if pending is not None:
                     self._finish(pending, results)
+                    clock["collecting and delivering"] += time.perf_counter() - t2
                 pending = submitted
             if pending is not None:
                 self._finish(pending, results)
@@ -298,6 +312,7 @@ class StreamRuntime:
             "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
             "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(), "pixel_format": self.pixel_format,
             "decoders": self.decoders,
+            "engine_thread_s": {k: round(v, 3) for k, v in self.loop_seconds.items()},
         }
 
     def _rss_summary(self) -> dict | None:
