@@ -236,7 +236,9 @@ class DecoderPool:
             try:
                 self.in_conns[p].send(msg)
             except (BrokenPipeError, OSError):
-                pass  # that process has ended
+                # That process has exited: nobody needs its slots back or its stop any more, and its death is
+                # reported by the receiver (_process_died), which fails its streams.
+                return
 
     def _receive(self) -> None:
         live = list(self.out_conns)
