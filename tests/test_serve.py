@@ -104,7 +104,7 @@ def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path, 
     assert loop["submitting"] > 0 and 0 < sum(loop.values()) <= summary["seconds"] + 0.5
     by = {s["name"]: s for s in summary["streams"]}
     assert set(by) == {"a", "b", "a-1"} and summary["failed"] == [] and summary["dropped"] == 0
-    depth = 2 if decoders == "threads" else 4  # in processes, the frames in a stream's ring slots (2 x queue)
+    depth = 2 if decoders == "threads" else 8  # in processes, the frames in a stream's ring slots (4 x queue)
     for name, n in (("a", 24), ("b", 17), ("a-1", 24)):
         assert by[name]["state"] == "finished" and by[name]["processed"] == n and by[name]["max_queue_depth"] <= depth
         rows = [r for r in read_jsonl(tmp_path / name / "detections.jsonl") if "frame" in r]

@@ -73,3 +73,44 @@ def test_i420_frames_run_as_one_graph_sync_and_async(tmp_path):
     for new in (got, async_got):
         frac, total = matched_fraction(rows(want), rows(new), iou=0.8, score_tol=0.05)
         assert total > 15 and frac >= 0.95
+
+
+def test_frames_in_a_registered_shared_memory_ring_upload_in_place(tmp_path):
+    """Decoder processes' rings are page-locked in the runtime (cudaHostRegister): frames DMA straight from them,
+    sync and async, with the same detections as frames in ordinary memory."""
+    import av
+    from multiprocessing import shared_memory
+
+    from yolotune.pipeline.buffers import host_tensor, is_page_locked, register_host_memory
+
+    clip = write_video(tmp_path / "c.mp4", frames=16, size=(720, 1280), seed=7)
+    with av.open(str(clip)) as c:
+        i420 = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
+    shm = shared_memory.SharedMemory(create=True, size=16 * i420[0].nbytes)
+    ring = views = None
+    try:
+        ring = np.ndarray((16, *i420[0].shape), np.uint8, buffer=shm.buf)
+        ring[:] = np.stack(i420)
+        views = [ring[i] for i in range(16)]
+        with Detector("default", device="cuda", batch=8) as det:
+            assert not is_page_locked(host_tensor(i420[0]))
+            unpin = register_host_memory(shm.buf, det.device)
+            assert unpin is not None and is_page_locked(host_tensor(views[3]))
+            want = det.detect(i420)
+            got = det.detect(views)
+            a, b = det.submit_frames(views[:8], 0), det.submit_frames(views[8:], 1)
+            async_got = det.collect(a) + det.collect(b)
+            unpin()
+        for w, g in zip(want, got):  # the same pixels through the same graph
+            np.testing.assert_array_equal(g.boxes, w.boxes)
+            np.testing.assert_array_equal(g.class_ids, w.class_ids)
+        sys.path.insert(0, str(Path(__file__).parents[1]))
+        from matching import matched_fraction
+
+        rows = lambda ds: [(d.boxes, d.scores, d.class_ids) for d in ds]  # noqa: E731
+        frac, total = matched_fraction(rows(want), rows(async_got), iou=0.8, score_tol=0.05)  # the slots' own graphs
+        assert total > 15 and frac >= 0.95
+    finally:
+        del ring, views
+        shm.close()
+        shm.unlink()

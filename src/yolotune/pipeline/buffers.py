@@ -129,3 +129,30 @@ def host_tensor(arr: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(arr)
+
+
+def register_host_memory(buffer, device: torch.device):
+    """Page-lock an existing host buffer (a shared-memory ring) for DMA: frames in it upload straight to the device
+    with no copy into pinned staging. Returns the function that unregisters it, or None where that is not possible
+    (no CUDA, or the driver refused; uploads then go through staging as before)."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    view = np.frombuffer(buffer, dtype=np.uint8)
+    if view.nbytes == 0:
+        return None
+    ptr = view.ctypes.data
+    cudart = torch.cuda.cudart()
+    err = cudart.cudaHostRegister(ptr, view.nbytes, 0)  # cudaHostRegisterDefault
+    if int(err) != 0:
+        # CUDA also keeps the error as this host thread's "last error", which a later kernel launch on the same
+        # thread would report: call this from a thread that launches no kernels (DecoderPool's receiver does).
+        return None
+    return lambda: cudart.cudaHostUnregister(ptr)
+
+
+def is_page_locked(t: torch.Tensor) -> bool:
+    """Whether a host tensor lives in page-locked memory (pinned or registered): the device can DMA from it."""
+    try:
+        return t.is_pinned()
+    except RuntimeError:  # no accelerator in this build
+        return False

@@ -27,7 +27,8 @@ from yolotune.ops.color import i420_to_rgb, is_i420
 from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch
 from yolotune.ops.nms import NMS_BACKENDS, triton_available
 from yolotune.ops.postprocess import PostprocessConfig, postprocess
-from yolotune.pipeline.buffers import Batch, FrameBuffers, Slot, frame_layout, host_tensor, picture_hw
+from yolotune.pipeline.buffers import (Batch, FrameBuffers, Slot, frame_layout, host_tensor, is_page_locked,
+                                      picture_hw)
 from yolotune.pipeline.producer import BatchProducer
 from yolotune.tune.artifact import accepts_artifacts
 from yolotune.types import Detections, ErrorRecord, InputRef, Result, StageTiming
@@ -429,6 +430,11 @@ class Detector:
         if self.frame_upload == "pinned":
             for i, f in enumerate(frames):
                 src = host_tensor(f)
+                if self.device.type == "cuda" and is_page_locked(src):
+                    # already page-locked (a decoder process's registered ring): DMA straight from it, no host copy;
+                    # the caller keeps the frame's memory untouched until collect() (serve/runtime.py does)
+                    fb.frames[i].copy_(src, non_blocking=True)
+                    continue
                 h = src.shape[0]
                 step = -(-h // chunks)
                 for r in range(0, h, step):

@@ -21,7 +21,11 @@ class StreamStats:
     _window_frames: int = 0
     _window_start: float = field(default_factory=time.perf_counter)
 
+    first_at: float | None = None  # when its first result came (start-up excluded from its steady rate)
+
     def record(self, latency_s: float, detections: int) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
         self.frames += 1
         self.detections += detections
         self.latencies_s.append(latency_s)
@@ -31,6 +35,10 @@ class StreamStats:
         if dt > 0:
             self.fps = (self.frames - self._window_frames) / dt
             self._window_frames, self._window_start = self.frames, now
+
+    def steady_fps(self, now: float) -> float:
+        """Frames/s since its first result: a stream's rate once its decoder and the engine are up."""
+        return self.frames / (now - self.first_at) if self.first_at is not None and now > self.first_at else 0.0
 
     def percentile_ms(self, q: float) -> float | None:
         return float(np.percentile(np.fromiter(self.latencies_s, float), q) * 1e3) if self.latencies_s else None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolotune.serve.runtime import RunOptions, StreamRuntime
+from yolotune.serve.runtime import RunOptions, StreamRuntime, _decoder_mode, _ring_pinner
 from yolotune.serve.sources import SourceSpec
 
 RESERVE = 0.2
@@ -34,7 +34,8 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
     width, height = resolution
     dev = detector.device
     say("measuring the detect step at each batch size")
-    sweep = _detect_sweep(detector, height, width)
+    decoders = _decoder_mode("auto", detector, 2)  # what the runtime uses for many streams
+    sweep = _detect_sweep(detector, height, width, page_locked=decoders == "processes" and _ring_pinner(detector) is not None)
     best = max(sweep, key=lambda r: r["frames_per_s"])
     knee = next(r for r in sweep if r["frames_per_s"] >= 0.9 * best["frames_per_s"])
     say("measuring decode speed and per-stream memory")
@@ -42,8 +43,11 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
     clip = _clip(work, width, height, fps)
     decode_fps = _decode_fps_one_core(clip)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    frame_bytes = width * height * 3
-    host_per_stream = queue_size * frame_bytes + _decoder_host_bytes(clip)
+    # frames a stream holds on the host: its queue, or in decoder processes its ring (4 x queue_size slots), of
+    # I420 (1.5 bytes a pixel) on a GPU or RGB
+    frame_bytes = width * height * (1.5 if dev.type == "cuda" else 3)
+    frames_held = 4 * queue_size if decoders == "processes" else queue_size
+    host_per_stream = int(frames_held * frame_bytes) + _decoder_host_bytes(clip)
     device_per_frame = knee["memory_bytes_per_frame"]
     # a stream holds at most ~2 frames on the device: one in the batch being computed, one being uploaded
     device_per_stream = 2 * device_per_frame if device_per_frame else None
@@ -88,14 +92,18 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
     return report
 
 
-def _detect_sweep(detector, height: int, width: int) -> list[dict]:
-    """Frames/s of ``detector.detect`` on same-size frames at batch 1, 2, 4, ... up to its batch size."""
+def _detect_sweep(detector, height: int, width: int, page_locked: bool = False) -> list[dict]:
+    """Frames/s of ``detector.detect`` on same-size frames at batch 1, 2, 4, ... up to its batch size.
+
+    The frames are what the runtime hands over: I420 planes on a GPU (pixel format "auto"), RGB on a CPU; with
+    ``page_locked``, in page-locked memory like the decoder processes' registered rings."""
     rng = np.random.default_rng(0)
     cuda = detector.device.type == "cuda"
-    # the frames the runtime hands over: I420 planes on a GPU (pixel format "auto"), RGB on a CPU
     i420 = cuda and width % 2 == 0 and height % 2 == 0
     shape = (height * 3 // 2, width) if i420 else (height, width, 3)
     frame = rng.integers(0, 255, shape, dtype=np.uint8)
+    if page_locked:
+        frame = torch.from_numpy(frame).pin_memory().numpy()
     rows = []
     b = 1
     while b <= detector.batch:
@@ -183,7 +191,7 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
     rt = StreamRuntime(detector, specs, opts)
     s = rt.run()
     warm = s["seconds"]
-    rates = [st["processed"] / warm for st in s["streams"]]
+    rates = [st["steady_fps"] for st in s["streams"]]  # since each stream's first result: start-up excluded
     lags = [st["max_lag_s"] for st in s["streams"]]
     row = {
         "streams": n, "seconds": warm, "frames": s["frames"], "total_fps": s["fps"],

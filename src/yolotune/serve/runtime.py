@@ -58,9 +58,11 @@ class StreamRuntime:
         self.backlog = Backlog()
         self.wake = self.backlog.wake
         self.decoders = _decoder_mode(self.opt.decoders, detector, len(self.specs))
-        # In processes, a file stream's frames wait in ring slots (2 x queue_size): its queue here holds them all,
-        # so handing a frame over never blocks, and the decoder process waits for a free slot instead.
-        slots = 2 * self.opt.queue_size
+        # In processes, a stream's frames wait in ring slots (4 x queue_size): a live stream's queue here (queue_size)
+        # plus two batches in flight, whose slots the device reads until they are collected, always fit, so a live
+        # decoder never waits; a file stream's queue holds every slot, so handing a frame over never blocks, and its
+        # decoder process waits for a free slot instead.
+        slots = 4 * self.opt.queue_size
         capacity = lambda s: self.opt.queue_size if s.live or self.decoders == "threads" else slots  # noqa: E731
         self.queues = [FrameQueue(capacity(s), "drop_oldest" if s.live else "block", self.backlog) for s in self.specs]
         names = [s.name for s in self.specs]
@@ -74,7 +76,8 @@ class StreamRuntime:
         if self.decoders == "processes":
             self.pool = DecoderPool(self.specs, self.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
-                self.opt.backoff_cap_s, self.pixel_format, slots), self._on_event, self.opt.decoder_processes)
+                self.opt.backoff_cap_s, self.pixel_format, slots), self._on_event, self.opt.decoder_processes,
+                pin=_ring_pinner(detector))
             self.workers = self.pool.sources
         else:
             self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
@@ -155,20 +158,23 @@ class StreamRuntime:
                     continue
                 try:
                     if overlap:
+                        # the frames' slots stay ours until collected: the device may read them in place
                         submitted = (frames, self.detector.submit_frames([f.image for f in frames], k % 2))
                         k += 1
                     else:
-                        dets = self.detector.detect([f.image for f in frames])
+                        try:
+                            dets = self.detector.detect([f.image for f in frames])
+                        finally:
+                            self._release(frames)
                         t2 = time.perf_counter()
                         clock["submitting"] += t2 - t1
                         self._deliver(frames, dets, results)
                         clock["collecting and delivering"] += time.perf_counter() - t2
                         continue
                 except Exception as e:  # noqa: BLE001  (reported per stream; the run goes on unless it keeps failing)
+                    self._release(frames)
                     self._engine_failed(frames, e)
                     continue
-                finally:
-                    self._release(frames)  # submit_frames/detect have copied the pixels out
                 t2 = time.perf_counter()
                 clock["submitting"] += t2 - t1
                 if pending is not None:
@@ -189,6 +195,8 @@ class StreamRuntime:
         except Exception as e:  # noqa: BLE001
             self._engine_failed(frames, e)
             return
+        finally:
+            self._release(frames)
         self._deliver(frames, dets, results)
 
     def _deliver(self, frames, dets, results: queue.Queue) -> None:
@@ -285,14 +293,15 @@ class StreamRuntime:
 
     # ------------------------------------------------------------------------------------------------ report
     def summary(self) -> dict:
-        wall = max(time.perf_counter() - self.started, 1e-9)
+        now = time.perf_counter()
+        wall = max(now - self.started, 1e-9)
         streams = []
         for spec, st, q, w in zip(self.specs, self.stats, self.queues, self.workers):
             streams.append({
                 "name": spec.name, "source": spec.uri, "kind": spec.kind, "state": w.status.state,
                 "decoded": w.status.frames, "processed": st.frames, "dropped": q.dropped,
                 "unprocessed_at_stop": len(q), "reconnects": w.status.reconnects, "detections": st.detections,
-                "fps": st.frames / wall, "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
+                "fps": st.frames / wall, "steady_fps": st.steady_fps(now), "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
                 "max_queue_depth": q.max_depth, "lag_s": round(w.status.lag_s, 3),
                 "max_lag_s": round(w.status.max_lag_s, 3), "error": w.status.last_error,
             })
@@ -312,6 +321,7 @@ class StreamRuntime:
             "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
             "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(), "pixel_format": self.pixel_format,
             "decoders": self.decoders,
+            "decoder_rings_mib": round(self.pool.mapped_bytes / 2**20, 1) if self.pool else 0.0,
             "engine_thread_s": {k: round(v, 3) for k, v in self.loop_seconds.items()},
         }
 
@@ -348,9 +358,27 @@ def _decoder_mode(choice: str, detector, n_sources: int) -> str:
 
 
 def _rss_bytes() -> int:
+    """Resident memory of this process but its shared-memory mappings (the decoder processes' rings: fixed in size,
+    and resident here only once read, which would look like growth)."""
     import psutil
 
-    return psutil.Process().memory_info().rss
+    rss = psutil.Process().memory_info().rss
+    try:
+        with open("/proc/self/status") as f:
+            shmem = next((int(line.split()[1]) * 1024 for line in f if line.startswith("RssShmem:")), 0)
+    except OSError:
+        shmem = 0
+    return rss - shmem
+
+
+def _ring_pinner(detector):
+    """How the decoder pool page-locks its rings for this detector's device (None: frames go through staging)."""
+    device = getattr(detector, "device", None)
+    if getattr(device, "type", "cpu") != "cuda" or not getattr(detector, "_frame_path", False):
+        return None
+    from yolotune.pipeline.buffers import register_host_memory
+
+    return lambda buffer: register_host_memory(buffer, device)
 
 
 def _unique_names(specs: list[SourceSpec]) -> list[SourceSpec]:
