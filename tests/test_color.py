@@ -91,3 +91,18 @@ def test_one_graph_frame_path_matches_the_per_image_path_for_rgb_and_i420(frames
     for ref, new in ((want, got), (want_i420, got_i420), (want_i420[:4] + want[4:7], async_got)):
         frac, total = matched_fraction(rows(ref), rows(new), iou=0.9, score_tol=0.02)
         assert total > 10 and frac >= 0.98
+
+
+def test_prepare_frames_builds_every_batch_size_for_both_slots_without_counting_work():
+    """What the serve runtime does before its sources start: every bucket's buffers (and on a GPU, graphs) for the
+    stream's picture size, for submit_frames' two slots; blank frames are not counted as detections done."""
+    from yolotune import Detector
+
+    with Detector("default", device="cpu", batch=4) as det:
+        assert det.prepare_frames((360, 640)) == 0.0  # no one-graph path on a CPU: nothing to prepare
+        det._frame_path = True  # what a CUDA detector does
+        stats = dict(det.stats)
+        assert det.prepare_frames((360, 640), "i420") > 0
+        built = {(k[0], k[1]) for k in det._frame_buffers if k[2:] == (360, 640, "i420")}
+        assert built == {(slot, b) for slot in (0, 1) for b in det.buckets} and det.buckets == [1, 2, 4]
+        assert det.stats == stats and "submit" not in det.timings

@@ -55,7 +55,9 @@ class CudaGraphCache:
                 self.fn(*tensors)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # "thread_local": CUDA calls other threads make meanwhile (the serve runtime page-locks decoder rings with
+        # cudaHostRegister) must not invalidate this capture; the default "global" mode fails it
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             outputs = self.fn(*tensors)
         # Modules may cache tensors per input shape (Ultralytics' anchors) and replace them when the shape
         # changes; the graph reads them by address, so keep this capture's tensors alive with the graph.

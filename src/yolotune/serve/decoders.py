@@ -191,6 +191,10 @@ class DecoderPool:
             self.in_conns.append(runtime_send)
         self._attached: dict[str, shared_memory.SharedMemory] = {}
         self._unpin: dict[str, object] = {}
+        # page-locking a ring takes a while (tens of MB): a thread of its own, so frames keep flowing meanwhile
+        # (through staging until it is done) and no CUDA call is made on the receiver's thread
+        self._to_pin: queue.Queue = queue.Queue()
+        self._pinner = threading.Thread(target=self._pin_rings, name="yolotune-ring-pinner", daemon=True) if pin else None
         self.mapped_bytes = 0  # the rings attached here (resident once read: part of this process's RSS)
         self._send_locks = [threading.Lock() for _ in self.procs]
         self._started = False
@@ -204,6 +208,8 @@ class DecoderPool:
         for p in self.procs:
             p.start()
         self._receiver.start()
+        if self._pinner is not None:
+            self._pinner.start()
 
     def join(self, timeout: float | None = None) -> None:
         """After the runtime's stop: tell the processes, wait for their last messages, and end them."""
@@ -220,6 +226,9 @@ class DecoderPool:
                 p.join(1.0)
         for q in self.queues:
             q.close()
+        if self._pinner is not None:
+            self._to_pin.put(None)
+            self._pinner.join(max(0.1, deadline - time.perf_counter()))
         for unpin in self._unpin.values():
             unpin()
         self._unpin.clear()
@@ -230,6 +239,13 @@ class DecoderPool:
                 pass
         self._attached.clear()
         self._started = False
+
+    def _pin_rings(self) -> None:
+        while (item := self._to_pin.get()) is not None:
+            name, shm = item
+            unpin = self.pin(shm.buf)
+            if unpin is not None:
+                self._unpin[name] = unpin
 
     def release(self, frames: list[StreamFrame]) -> None:
         """Give the frames' slots back to their decoder processes (their pixels have been read)."""
@@ -293,9 +309,8 @@ class DecoderPool:
             if shm is None:
                 shm = self._attached[name] = _attach(name)
                 self.mapped_bytes += shm.size
-                unpin = self.pin(shm.buf) if self.pin is not None else None
-                if unpin is not None:
-                    self._unpin[name] = unpin
+                if self._pinner is not None:
+                    self._to_pin.put((name, shm))
             nbytes = int(np.prod(shape))
             image = np.ndarray(shape, np.uint8, buffer=shm.buf, offset=k * nbytes)
             frame = StreamFrame(stream, index, image, decoded_at, pts, slot=(name, k), on_drop=self.release)
