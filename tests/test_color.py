@@ -106,3 +106,6 @@ def test_prepare_frames_builds_every_batch_size_for_both_slots_without_counting_
         built = {(k[0], k[1]) for k in det._frame_buffers if k[2:] == (360, 640, "i420")}
         assert built == {(slot, b) for slot in (0, 1) for b in det.buckets} and det.buckets == [1, 2, 4]
         assert det.stats == stats and "submit" not in det.timings
+        blank = np.zeros((540, 640), np.uint8)  # then the run's frames go through the prepared buffers
+        got = det.collect(det.submit_frames([blank] * 3, 1))
+        assert len(got) == 3 and det.stats["inputs"] == stats["inputs"] + 3

@@ -364,13 +364,13 @@ class Detector:
         self.launch(batch)
         return batch
 
-    @torch.inference_mode()
     def prepare_frames(self, hw: tuple[int, int], layout: str = "i420") -> float:
         """Capture the one-graph path of every batch size for ``hw`` (height, width) pictures in ``layout``, for
         submit_frames' two slots, before any frame comes: a stream run would otherwise stall at each new batch size
         while its sources' clocks run (14 captures for batch 64). Returns the seconds it took; 0 without that path."""
         if not self._frame_path:
             return 0.0
+        # not under inference_mode: the buffers made here are written later by uploads outside it
         t0 = time.perf_counter()
         stats, timings = dict(self.stats), copy.deepcopy(self.timings)  # blank frames are not work done
         h, w = hw
