@@ -50,6 +50,7 @@ def throughput(det, clip: Path, n: int, seconds: float, pixel_format: str = "aut
     rates = [st["steady_fps"] for st in s["streams"]]  # since each stream's first result: start-up excluded
     return {"streams": n, "total_fps": sum(rates), "min_stream_fps": min(rates), "mean_batch": s["mean_batch"],
             "pixel_format": s["pixel_format"], "decoders": s["decoders"], "engine_thread_s": s["engine_thread_s"],
+            "warmup_s": s["warmup_s"],
             "detector_stages_s": {k: round(v.seconds, 3)
                                   for k, v in getattr(det, "timings", {}).items()}}
 

@@ -435,3 +435,41 @@ def test_a_decoder_process_that_dies_fails_its_streams_and_the_others_carry_on(c
     assert other["state"] == "finished" and other["processed"] == 17
     events = [r for r in read_jsonl(tmp_path / "doomed" / "detections.jsonl") if "event" in r]
     assert events[-1]["event"] == "failed"
+
+
+def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
+    """A file's ring is made (and page-locked) by the runtime before its clock starts; a live source's, whose size
+    is unknown until its first frame, by its decoder process (and page-locked then, off the receiver's thread)."""
+    from yolotune.serve.decoders import DecoderOptions, DecoderPool, frame_nbytes
+
+    pinned, unpinned = [], []
+
+    def pin(buffer):
+        pinned.append(len(buffer))
+        return lambda: unpinned.append(len(buffer))
+
+    specs = [SourceSpec(str(clips["a"]), "file", "f"), SourceSpec(str(clips["ts"]), "url", "live")]
+    backlog, stop = Backlog(), threading.Event()
+    queues = [FrameQueue(16, "block", backlog), FrameQueue(4, "drop_oldest", backlog)]
+    pool = DecoderPool(specs, queues, stop, DecoderOptions(5.0, 5.0, None, 0.1, 0.5, "yuv420p", 16, 1),
+                       on_event=lambda *a: None, processes=2, pin=pin)
+    nbytes = frame_nbytes((96, 160), "yuv420p")
+    assert nbytes == 144 * 160 and frame_nbytes((95, 160), "yuv420p") == 95 * 160 * 3
+    assert pool.make_rings({0: nbytes}) >= 0 and pinned == [16 * nbytes]
+    premade = pool._owned[0]
+    got: dict[int, list[str]] = {0: [], 1: []}
+    pool.start()
+    deadline = time.perf_counter() + 20
+    while time.perf_counter() < deadline and (len(got[0]) < 24 or len(got[1]) < 3):
+        for i, q in enumerate(queues):
+            while len(q):
+                f = q.pop()
+                assert f.image.shape == (144, 160)
+                got[i].append(f.slot[0])
+                pool.release([f])
+        time.sleep(0.01)
+    stop.set()
+    pool.join(5.0)
+    assert len(got[0]) == 24 and set(got[0]) == {premade}  # every frame of the file in the runtime's ring
+    assert got[1] and premade not in got[1] and pinned == [16 * nbytes] * 2 and sorted(unpinned) == sorted(pinned)
+    assert not Path("/dev/shm", premade.lstrip("/")).exists()

@@ -38,3 +38,10 @@ def test_globs_lists_and_missing(tmp_path):
 def test_explicit_file_with_unknown_suffix_is_an_image_to_sniff(tmp_path):
     f = touch(tmp_path / "photo.data")
     assert [(i.kind) for i in expand_sources([f]).items] == ["image"]
+
+
+def test_decoder_threads_share_the_cores_between_sources():
+    from yolotune.serve.sources import decoder_threads
+
+    assert decoder_threads(1, 16) == 0  # one source: FFmpeg's own choice (a thread per core)
+    assert decoder_threads(4, 16) == 4 and decoder_threads(100, 16) == 1 and decoder_threads(4, 2) == 1

@@ -42,6 +42,7 @@ class DecoderOptions:
     backoff_cap_s: float
     pixel_format: str
     slots: int  # ring slots per stream
+    decoder_threads: int = 1  # FFmpeg threads per decoder (serve.sources.decoder_threads)
 
 
 def decoder_processes(n_sources: int, cores: int | None = None) -> int:
@@ -51,22 +52,35 @@ def decoder_processes(n_sources: int, cores: int | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ in the decoder process
-class _Ring:
-    """One stream's slots in shared memory (created at its first frame; again if the frame size changes)."""
+def frame_nbytes(hw: tuple[int, int], pixel_format: str) -> int:
+    """Bytes of one decoded frame as a SourceWorker delivers it (I420 needs even sizes; odd ones come as RGB)."""
+    h, w = hw
+    return h * 3 // 2 * w if pixel_format == "yuv420p" and h % 2 == 0 and w % 2 == 0 else h * w * 3
 
-    def __init__(self, slots: int, nbytes: int):
-        self.nbytes = nbytes
-        self.shm = shared_memory.SharedMemory(create=True, size=slots * nbytes)
+
+class _Ring:
+    """One stream's slots in shared memory: the runtime's, made before the run when the frame size is known (a
+    file's), else made here at the first frame (and again if the frame size changes), and then owned here."""
+
+    def __init__(self, slots: int, nbytes: int, name: str | None = None):
+        self.nbytes, self.owned = nbytes, name is None
+        self.shm = shared_memory.SharedMemory(create=True, size=slots * nbytes) if name is None else _attach(name)
         self.free: queue.Queue[int] = queue.Queue()
         for k in range(slots):
             self.free.put(k)
+
+    def close(self) -> None:
+        self.shm.close()
+        if self.owned:
+            self.shm.unlink()
 
 
 class _SlotWriter:
     """What a SourceWorker puts frames into, in a decoder process: a ring slot and a message to the runtime."""
 
-    def __init__(self, stream: int, slots: int, send, rings: dict):
+    def __init__(self, stream: int, slots: int, send, rings: dict, premade: tuple[str, int] | None = None):
         self.stream, self.slots, self.send, self.rings = stream, slots, send, rings
+        self.premade = premade  # (name, frame bytes) of the ring the runtime made for this stream
         self.ring: _Ring | None = None
         self.old: list[_Ring] = []  # rings of an earlier frame size, kept until the process ends
         self.status: SourceStatus | None = None
@@ -76,7 +90,9 @@ class _SlotWriter:
         if self.ring is None or self.ring.nbytes != image.nbytes:
             if self.ring is not None:
                 self.old.append(self.ring)
-            self.ring = self.rings[self.stream] = _Ring(self.slots, image.nbytes)
+            name = self.premade[0] if self.premade and self.premade[1] == image.nbytes else None
+            self.premade = None
+            self.ring = self.rings[self.stream] = _Ring(self.slots, image.nbytes, name)
         while True:  # block until the runtime gives a slot back (files never drop; live ones are dropped there)
             try:
                 k = self.ring.free.get(timeout=0.1)
@@ -95,7 +111,8 @@ class _SlotWriter:
         self.send(("closed", self.stream))
 
 
-def _decoder_main(assigned: list[tuple[int, SourceSpec]], out_conn, in_conn, opt: DecoderOptions) -> None:
+def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]], out_conn, in_conn,
+                  opt: DecoderOptions) -> None:
     """A decoder process: one SourceWorker thread per assigned source until the runtime says stop."""
     send_lock = threading.Lock()
     stop = threading.Event()
@@ -109,12 +126,12 @@ def _decoder_main(assigned: list[tuple[int, SourceSpec]], out_conn, in_conn, opt
 
     rings: dict[int, _Ring] = {}
     writers, workers = {}, []
-    for index, spec in assigned:
-        writers[index] = w = _SlotWriter(index, opt.slots, send, rings)
+    for index, spec, premade in assigned:
+        writers[index] = w = _SlotWriter(index, opt.slots, send, rings, premade)
         worker = SourceWorker(index, spec, w, stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
                               Backoff(opt.backoff_base_s, opt.backoff_cap_s),
                               on_event=lambda i, state, message: send(("event", i, state, message)),
-                              pixel_format=opt.pixel_format)
+                              pixel_format=opt.pixel_format, decoder_threads=opt.decoder_threads)
         w.status = worker.status
         workers.append(worker)
 
@@ -146,8 +163,7 @@ def _decoder_main(assigned: list[tuple[int, SourceSpec]], out_conn, in_conn, opt
     stop.wait()
     for w in writers.values():
         for ring in ([w.ring] if w.ring else []) + w.old:
-            ring.shm.close()
-            ring.shm.unlink()
+            ring.close()
 
 
 # --------------------------------------------------------------------------------------------- in the runtime
@@ -178,18 +194,22 @@ class DecoderPool:
         self.sources = [RemoteSource(i, s, self) for i, s in enumerate(specs)]
         n = processes or decoder_processes(len(specs))
         ctx = mp.get_context("spawn")  # the runtime has CUDA and threads: never fork it
-        self.procs, self.out_conns, self.in_conns, self.owner = [], [], [], {}
+        self.slots = opt.slots
+        self.procs, self.out_conns, self.in_conns, self.owner, self._assigned = [], [], [], {}, []
         for p in range(n):
-            assigned = [(i, s) for i, s in enumerate(specs) if i % n == p]
+            # (stream, spec, premade ring): a list the process gets when it starts, so make_rings can fill it in
+            assigned = [(i, s, None) for i, s in enumerate(specs) if i % n == p]
+            self._assigned.append(assigned)
             recv_end, send_end = ctx.Pipe(duplex=False)
             child_recv, runtime_send = ctx.Pipe(duplex=False)
-            for i, _ in assigned:
+            for i, _, _ in assigned:
                 self.owner[i] = p
             self.procs.append(ctx.Process(target=_decoder_main, args=(assigned, send_end, child_recv, opt),
                                           name=f"yolotune-decoder-{p}", daemon=True))
             self.out_conns.append(recv_end)
             self.in_conns.append(runtime_send)
         self._attached: dict[str, shared_memory.SharedMemory] = {}
+        self._owned: list[str] = []  # rings made here (make_rings): unlinked here
         self._unpin: dict[str, object] = {}
         # page-locking a ring takes a while (tens of MB): a thread of its own, so frames keep flowing meanwhile
         # (through staging until it is done) and no CUDA call is made on the receiver's thread
@@ -200,6 +220,25 @@ class DecoderPool:
         self._started = False
         self._exited = 0
         self._receiver = threading.Thread(target=self._receive, name="yolotune-decoders", daemon=True)
+
+    def make_rings(self, frame_bytes: dict[int, int]) -> float:
+        """Before start: make (and page-lock) the rings of the streams whose frame size is known, so no clock runs
+        while they are made. Returns the seconds it took. Other streams' rings are made by their decoder process."""
+        t0 = time.perf_counter()
+        for assigned in self._assigned:
+            for j, (i, spec, _) in enumerate(assigned):
+                nbytes = frame_bytes.get(i)
+                if not nbytes:
+                    continue
+                shm = shared_memory.SharedMemory(create=True, size=self.slots * nbytes)
+                self._attached[shm.name] = shm
+                self._owned.append(shm.name)
+                self.mapped_bytes += shm.size
+                unpin = self.pin(shm.buf) if self.pin is not None else None
+                if unpin is not None:
+                    self._unpin[shm.name] = unpin
+                assigned[j] = (i, spec, (shm.name, nbytes))
+        return time.perf_counter() - t0
 
     def start(self) -> None:
         if self._started:
@@ -232,12 +271,15 @@ class DecoderPool:
         for unpin in self._unpin.values():
             unpin()
         self._unpin.clear()
-        for shm in self._attached.values():
+        for name, shm in self._attached.items():
             try:
                 shm.close()
             except BufferError:  # a frame view still held by a caller: freed with the process
                 pass
+            if name in self._owned:
+                shm.unlink()
         self._attached.clear()
+        self._owned.clear()
         self._started = False
 
     def _pin_rings(self) -> None:

@@ -202,7 +202,7 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
         "device_peak_mib": (torch.cuda.max_memory_allocated(detector.device) / 2**20) if detector.device.type == "cuda" else None,
     }
     row["engine_errors"], row["stopped_by"] = s["engine_errors"], s["stopped_by"]
-    row["decoders"], row["engine_thread_s"] = s["decoders"], s["engine_thread_s"]
+    row["decoders"], row["engine_thread_s"], row["warmup_s"] = s["decoders"], s["engine_thread_s"], s["warmup_s"]
     if s.get("last_engine_error"):
         row["last_engine_error"] = s["last_engine_error"]
     # It must also have run its time and kept every stream near its rate: a run that stopped early or processed

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from yolotune.serve.decoders import DecoderOptions, DecoderPool
+from yolotune.serve.decoders import DecoderOptions, DecoderPool, frame_nbytes
 from yolotune.serve.metrics import PrometheusMetrics, StreamStats
 from yolotune.serve.queues import Backlog, FrameQueue
 from yolotune.serve.scheduler import BatchScheduler
 from yolotune.serve.sinks import StreamSinks
-from yolotune.serve.sources import Backoff, SourceSpec, SourceWorker
+from yolotune.serve.sources import Backoff, SourceSpec, SourceWorker, decoder_threads
 
 
 @dataclass
@@ -73,15 +73,17 @@ class StreamRuntime:
         self._events: queue.Queue = queue.Queue()
         backoff = lambda: Backoff(self.opt.backoff_base_s, self.opt.backoff_cap_s)  # noqa: E731
         self.pool: DecoderPool | None = None
+        threads = decoder_threads(len(self.specs))  # FFmpeg's own threads per decoder: many decoders share the cores
         if self.decoders == "processes":
             self.pool = DecoderPool(self.specs, self.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
-                self.opt.backoff_cap_s, self.pixel_format, slots), self._on_event, self.opt.decoder_processes,
+                self.opt.backoff_cap_s, self.pixel_format, slots, threads), self._on_event, self.opt.decoder_processes,
                 pin=_ring_pinner(detector))
             self.workers = self.pool.sources
         else:
             self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
-                                         self.opt.max_retries, backoff(), on_event=self._on_event, pixel_format=self.pixel_format)
+                                         self.opt.max_retries, backoff(), on_event=self._on_event, pixel_format=self.pixel_format,
+                                         decoder_threads=threads)
                             for i, s in enumerate(self.specs)]
         max_batch = min(self.opt.max_batch, getattr(detector, "batch", self.opt.max_batch))
         self.scheduler = BatchScheduler(self.queues, self.backlog, max_batch, self.opt.max_wait_ms / 1e3)
@@ -105,7 +107,7 @@ class StreamRuntime:
         restore = self._install_signal_handlers()
         if self.opt.metrics_port is not None:
             self.metrics.serve(self.opt.metrics_port)
-        self.warmup_s = self._prepare_engine()
+        self.warmup_s = self._prepare()
         self.started = time.perf_counter()
         results: queue.Queue = queue.Queue(maxsize=4)  # batches awaiting their sink writes: bounded memory
         sink_thread = threading.Thread(target=self._sink_loop, args=(results,), name="yolotune-sinks", daemon=True)
@@ -134,24 +136,21 @@ class StreamRuntime:
             restore()
         return self.summary()
 
-    def _prepare_engine(self) -> float:
-        """Capture the engine's graphs for the file sources' picture sizes before any clock starts (at most 4 sizes;
-        other sizes, and live sources, are captured as they come)."""
+    def _prepare(self) -> float:
+        """Before any clock starts, for the file sources (whose picture size the header tells): their decoder rings
+        made and page-locked, and the engine's graphs captured for their sizes (at most 4; other sizes, and live
+        sources, are handled as they come). Returns the seconds it took."""
+        t0 = time.perf_counter()
+        sizes = {i: hw for i, spec in enumerate(self.specs) if spec.kind == "file" and (hw := _picture_size(spec))}
+        if self.pool is not None:
+            self.pool.make_rings({i: frame_nbytes(hw, self.pixel_format) for i, hw in sizes.items()})
         prepare = getattr(self.detector, "prepare_frames", None)
         if prepare is None or self.detector.device.type != "cuda":
-            return 0.0
-        sizes = []
-        for spec in self.specs:
-            hw = _picture_size(spec) if spec.kind == "file" else None
-            if hw is not None and hw not in sizes:
-                sizes.append(hw)
-            if len(sizes) == 4:
-                break
-        seconds = 0.0
-        for h, w in sizes:
+            return time.perf_counter() - t0
+        for h, w in list(dict.fromkeys(sizes.values()))[:4]:
             i420 = self.pixel_format == "yuv420p" and h % 2 == 0 and w % 2 == 0
-            seconds += prepare((h, w), "i420" if i420 else "rgb")
-        return seconds
+            prepare((h, w), "i420" if i420 else "rgb")
+        return time.perf_counter() - t0
 
     def _engine_loop(self, results: queue.Queue) -> None:
         """Two batches in flight: batch i+1 is gathered, uploaded and letterboxed while batch i computes; then i's

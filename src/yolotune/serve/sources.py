@@ -7,6 +7,7 @@ finishes its stream; a file that cannot be read fails it with the reason. Nothin
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -93,13 +94,21 @@ class SourceStatus:
     max_lag_s: float = 0.0  # and at worst
 
 
+def decoder_threads(n_sources: int, cores: int | None = None) -> int:
+    """FFmpeg threads per decoder: one source gets them all (FFmpeg's choice); many share the cores. Measured on
+    the H100 machine (16 cores, 720p H.264): 100 decoders of FFmpeg's choice (a thread per core each) gave 2,318
+    frames/s in one process against 3,011 single-threaded, and one decoder 2,070 threaded against 514."""
+    cores = cores or os.cpu_count() or 1
+    return 0 if n_sources <= 1 else max(1, cores // n_sources)
+
+
 class SourceWorker(threading.Thread):
     """Reads one source into its queue until it ends, fails for good, or ``stop`` is set."""
 
     def __init__(self, index: int, spec: SourceSpec, queue: FrameQueue, stop: threading.Event,
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0, max_retries: int | None = None,
                  backoff: Backoff | None = None, on_event: Callable[[int, str, str], None] | None = None,
-                 pixel_format: str = "rgb24"):
+                 pixel_format: str = "rgb24", decoder_threads: int = 0):
         super().__init__(name=f"source-{index}-{spec.name}", daemon=True)
         self.index, self.spec, self.queue, self.stop_event = index, spec, queue, stop
         self.timeouts = (open_timeout_s, read_timeout_s)
@@ -110,6 +119,7 @@ class SourceWorker(threading.Thread):
         self._next_frame = 0
         # "yuv420p": the decoder's own planes, converted on the GPU (half the bytes, no CPU colour conversion)
         self.pixel_format = pixel_format
+        self.decoder_threads = decoder_threads  # FFmpeg threads for this decoder; 0: FFmpeg's choice (one per core)
 
     def _set(self, state: str, message: str = "") -> None:
         self.status.state = state
@@ -184,6 +194,8 @@ class SourceWorker(threading.Thread):
         try:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            if self.decoder_threads > 0:
+                stream.codec_context.thread_count = self.decoder_threads
             rate = float(stream.average_rate or stream.guessed_rate or 30)
             start = time.perf_counter()
             for n, frame in enumerate(container.decode(stream)):
