@@ -473,3 +473,14 @@ def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
     assert len(got[0]) == 24 and set(got[0]) == {premade}  # every frame of the file in the runtime's ring
     assert got[1] and premade not in got[1] and pinned == [16 * nbytes] * 2 and sorted(unpinned) == sorted(pinned)
     assert not Path("/dev/shm", premade.lstrip("/")).exists()
+
+
+def test_latency_is_split_into_handover_queue_and_engine(clips, tmp_path):
+    """Every result's latency in three parts, so a slow p99 says where to look; they add up to the whole."""
+    specs = [parse_source(str(clips["a"])), parse_source(str(clips["b"]))]
+    s = StreamRuntime(SlowDetector(0.02), specs, RunOptions(out=None, max_batch=4, queue_size=2)).run()
+    parts = s["latency_parts_ms"]
+    assert set(parts) == {"handover", "queued", "engine"} and all(p["p50"] >= 0 for p in parts.values())
+    assert parts["engine"]["p50"] >= 20  # the stand-in engine's 20 ms per batch
+    assert sum(p["p50"] for p in parts.values()) <= s["latency_p99_ms"] + 1
+    assert all(0 < st["steady_fps"] for st in s["streams"])

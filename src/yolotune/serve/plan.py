@@ -203,6 +203,7 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
     }
     row["engine_errors"], row["stopped_by"] = s["engine_errors"], s["stopped_by"]
     row["decoders"], row["engine_thread_s"], row["warmup_s"] = s["decoders"], s["engine_thread_s"], s["warmup_s"]
+    row["latency_parts_ms"] = s["latency_parts_ms"]
     if s.get("last_engine_error"):
         row["last_engine_error"] = s["last_engine_error"]
     # It must also have run its time and kept every stream near its rate: a run that stopped early or processed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +26,10 @@ class StreamFrame:
     pts: float | None = None  # presentation time in the source, seconds
     slot: tuple | None = None  # where a decoder process left the pixels (serve/decoders.py), until given back
     on_drop: Callable[[list["StreamFrame"]], None] | None = None  # gives the slot back when the frame is dropped
+    # where its latency goes: decoded_at -> queued_at (handed over: a decoder process's pipe) -> batched_at (taken
+    # into a batch) -> result
+    queued_at: float = 0.0
+    batched_at: float = 0.0
 
 
 class Backlog:
@@ -60,6 +65,7 @@ class FrameQueue:
         """Queue ``frame``; False if ``stop`` was set while waiting for room (block policy)."""
         b = self.backlog
         dropped = None
+        frame.queued_at = time.perf_counter()
         with b.lock:
             while self.policy == "block" and len(self._frames) >= self.capacity:
                 if stop is not None and stop.is_set():
@@ -94,6 +100,7 @@ class FrameQueue:
     def pop(self) -> StreamFrame:
         with self.backlog.lock:  # re-entrant: the scheduler already holds it
             frame = self._frames.popleft()
+            frame.batched_at = time.perf_counter()
             self.backlog.total -= 1
             self.room.notify()  # this queue's reader, if it waits for room
             return frame

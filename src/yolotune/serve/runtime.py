@@ -10,6 +10,7 @@ thread refreshes rates, queue depths and GPU utilisation for Prometheus and the 
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import signal
@@ -44,6 +45,11 @@ class RunOptions:
     pixel_format: str = "auto"  # rgb24, yuv420p (converted on the device), auto: yuv420p on a GPU
     decoders: str = "auto"  # threads, processes (serve/decoders.py), auto: processes on a GPU with 8+ cores
     decoder_processes: int | None = None  # None: one per core but two, at most one per source
+
+
+# a result's latency (decode end -> result) in parts: handing the frame over (a decoder process's pipe), waiting in
+# its queue for a batch, and the engine (upload, model, NMS, copy back, waiting for the batch ahead)
+LATENCY_PARTS = ("handover", "queued", "engine")
 
 
 class StreamRuntime:
@@ -93,6 +99,8 @@ class StreamRuntime:
         self.engine_failures_in_a_row = 0
         # where the engine thread's time goes (seconds): the first place to look when a run falls behind
         self.loop_seconds = {"waiting for frames": 0.0, "submitting": 0.0, "collecting and delivering": 0.0}
+        # each result's latency in its three parts (seconds): a slow p99 says which part to look at
+        self.latency_parts = {part: collections.deque(maxlen=200_000) for part in LATENCY_PARTS}
         self.sink_errors = 0  # results that could not be written
         self.rss: list[tuple[float, int]] = []  # (time, host resident bytes), sampled by the monitor
         self.interrupted: str | None = None
@@ -123,6 +131,7 @@ class StreamRuntime:
         try:
             self._engine_loop(results)
         finally:
+            self.stopped_at = time.perf_counter()  # the end of each stream's steady rate (not the shutdown after)
             self.stop.set()
             if timer:
                 timer.cancel()
@@ -223,8 +232,13 @@ class StreamRuntime:
         now = time.perf_counter()
         self.batches += 1
         self.metrics.batch.observe(len(frames))
+        hand, queued, engine = self.latency_parts.values()
         for f, d in zip(frames, dets):
             lat = now - f.decoded_at
+            if f.queued_at and f.batched_at:
+                hand.append(f.queued_at - f.decoded_at)
+                queued.append(f.batched_at - f.queued_at)
+                engine.append(now - f.batched_at)
             self.stats[f.stream].record(lat, len(d))
             self.metrics.observe(f.stream, lat)
         results.put(list(zip(frames, dets, [now - f.decoded_at for f in frames])))
@@ -320,7 +334,7 @@ class StreamRuntime:
                 "name": spec.name, "source": spec.uri, "kind": spec.kind, "state": w.status.state,
                 "decoded": w.status.frames, "processed": st.frames, "dropped": q.dropped,
                 "unprocessed_at_stop": len(q), "reconnects": w.status.reconnects, "detections": st.detections,
-                "fps": st.frames / wall, "steady_fps": st.steady_fps(now), "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
+                "fps": st.frames / wall, "steady_fps": st.steady_fps(getattr(self, "stopped_at", now)), "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
                 "max_queue_depth": q.max_depth, "lag_s": round(w.status.lag_s, 3),
                 "max_lag_s": round(w.status.max_lag_s, 3), "error": w.status.last_error,
             })
@@ -343,6 +357,9 @@ class StreamRuntime:
             "warmup_s": round(getattr(self, "warmup_s", 0.0), 2),
             "decoder_rings_mib": round(self.pool.mapped_bytes / 2**20, 1) if self.pool else 0.0,
             "engine_thread_s": {k: round(v, 3) for k, v in self.loop_seconds.items()},
+            "latency_parts_ms": {part: {"p50": round(float(np.percentile(v, 50)) * 1e3, 2),
+                                        "p99": round(float(np.percentile(v, 99)) * 1e3, 2)}
+                                 for part, v in self.latency_parts.items() if v},
         }
 
     def _rss_summary(self) -> dict | None:
