@@ -331,6 +331,7 @@ def test_plan_predicts_from_measurements_and_verifies_by_running(tmp_path):
     v = r["verification"][0]
     assert v["streams"] == r["predicted_streams"] and v["frames"] > 0 and v["dropped"] == 0
     assert v["holds"] == (v["max_lag_s"] < 1.0) and "verified" in res.output
+    assert "where the latency goes" in res.output and set(v["latency_parts_ms"]) == {"handover", "queued", "engine"}
 
 
 def test_run_cli_usage_errors(tmp_path):
