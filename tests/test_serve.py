@@ -459,6 +459,7 @@ def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
     assert pool.make_rings({0: nbytes}) >= 0 and pinned == [16 * nbytes]
     premade = pool._owned[0]
     got: dict[int, list[str]] = {0: [], 1: []}
+    firsts: dict[int, np.ndarray] = {}
     pool.start()
     deadline = time.perf_counter() + 20
     while time.perf_counter() < deadline and (len(got[0]) < 24 or len(got[1]) < 3):
@@ -466,6 +467,8 @@ def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
             while len(q):
                 f = q.pop()
                 assert f.image.shape == (144, 160)
+                if i == 0:
+                    firsts.setdefault(f.index, f.image.copy())
                 got[i].append(f.slot[0])
                 pool.release([f])
         time.sleep(0.01)
@@ -474,6 +477,11 @@ def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
     assert len(got[0]) == 24 and set(got[0]) == {premade}  # every frame of the file in the runtime's ring
     assert got[1] and premade not in got[1] and pinned == [16 * nbytes] * 2 and sorted(unpinned) == sorted(pinned)
     assert not Path("/dev/shm", premade.lstrip("/")).exists()
+    import av
+
+    with av.open(str(clips["a"])) as c:  # the planes went into the slots byte for byte
+        want = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
+    assert sorted(firsts) == list(range(24)) and all(np.array_equal(firsts[k], want[k]) for k in range(24))
 
 
 def test_latency_is_split_into_handover_queue_and_engine(clips, tmp_path):

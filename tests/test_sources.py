@@ -45,3 +45,24 @@ def test_decoder_threads_share_the_cores_between_sources():
 
     assert decoder_threads(1, 16) == 0  # one source: FFmpeg's own choice (a thread per core)
     assert decoder_threads(4, 16) == 4 and decoder_threads(100, 16) == 1 and decoder_threads(4, 2) == 1
+
+
+def test_i420_pictures_copy_into_a_slot_exactly_as_to_ndarray_lays_them_out(tmp_path):
+    """What a decoder process writes into a ring slot: FFmpeg's planes without their row padding (100 pixels wide:
+    the rows are padded), the same bytes as to_ndarray(format="yuv420p")."""
+    import av
+    import numpy as np
+
+    from yolotune.data.synth import write_video
+    from yolotune.serve.sources import I420Picture
+
+    clip = write_video(tmp_path / "narrow.mp4", frames=3, size=(60, 100), seed=4)
+    with av.open(str(clip)) as c:
+        frames = list(c.decode(video=0))
+    assert any(p.line_size > p.width for p in frames[0].planes)  # padded rows: the case that matters
+    for f in frames:
+        pic = I420Picture(f)
+        dst = np.full(pic.shape, 7, np.uint8)
+        pic.write_into(dst)
+        want = f.to_ndarray(format="yuv420p")
+        assert pic.shape == want.shape and pic.nbytes == want.nbytes and np.array_equal(dst, want)

@@ -85,8 +85,10 @@ class _SlotWriter:
         self.old: list[_Ring] = []  # rings of an earlier frame size, kept until the process ends
         self.status: SourceStatus | None = None
 
+    takes_pictures = True  # I420 frames arrive as I420Picture: their planes are copied once, into the slot
+
     def put(self, frame: StreamFrame, stop: threading.Event | None = None) -> bool:
-        image = np.ascontiguousarray(frame.image)
+        image = frame.image if hasattr(frame.image, "write_into") else np.ascontiguousarray(frame.image)
         if self.ring is None or self.ring.nbytes != image.nbytes:
             if self.ring is not None:
                 self.old.append(self.ring)
@@ -101,7 +103,10 @@ class _SlotWriter:
                 if stop is not None and stop.is_set():
                     return False
         view = np.ndarray(image.shape, image.dtype, buffer=self.ring.shm.buf, offset=k * self.ring.nbytes)
-        view[...] = image
+        if hasattr(image, "write_into"):
+            image.write_into(view)
+        else:
+            view[...] = image
         st = self.status
         self.send(("frame", self.stream, self.ring.shm.name, k, image.shape, frame.index, frame.decoded_at, frame.pts,
                    st.lag_s if st else 0.0, st.max_lag_s if st else 0.0))

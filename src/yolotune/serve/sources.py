@@ -94,6 +94,28 @@ class SourceStatus:
     max_lag_s: float = 0.0  # and at worst
 
 
+class I420Picture:
+    """A decoded yuv420p frame still in FFmpeg's buffers. A decoder process copies its three planes straight into a
+    ring slot: one copy instead of two (``to_ndarray``'s, then the slot's), about 40% less copying per frame."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, frame):
+        self.frame = frame
+        self.shape = (frame.height * 3 // 2, frame.width)
+        self.nbytes = self.shape[0] * self.shape[1]
+
+    def write_into(self, dst: np.ndarray) -> None:
+        """The planes (Y, then U, then V, rows without FFmpeg's padding) into ``dst``, laid out as
+        ``to_ndarray(format="yuv420p")`` lays them."""
+        flat, off = dst.reshape(-1), 0
+        for plane in self.frame.planes:
+            rows, width = plane.height, plane.width
+            src = np.frombuffer(plane, np.uint8, count=rows * plane.line_size).reshape(rows, plane.line_size)
+            flat[off : off + rows * width].reshape(rows, width)[...] = src[:, :width]
+            off += rows * width
+
+
 def decoder_threads(n_sources: int, cores: int | None = None) -> int:
     """FFmpeg threads per decoder: one source gets them all (FFmpeg's choice); many share the cores. Measured on
     the H100 machine (16 cores, 720p H.264): 100 decoders of FFmpeg's choice (a thread per core each) gave 2,318
@@ -117,6 +139,8 @@ class SourceWorker(threading.Thread):
         self.status = SourceStatus()
         self.on_event = on_event or (lambda _i, _state, _msg: None)
         self._next_frame = 0
+        # a decoder process's slot writer copies I420 planes straight from FFmpeg's buffers (I420Picture)
+        self.pictures = getattr(queue, "takes_pictures", False)
         # "yuv420p": the decoder's own planes, converted on the GPU (half the bytes, no CPU colour conversion)
         self.pixel_format = pixel_format
         self.decoder_threads = decoder_threads  # FFmpeg threads for this decoder; 0: FFmpeg's choice (one per core)
@@ -209,7 +233,10 @@ class SourceWorker(threading.Thread):
                     self.status.lag_s = max(0.0, -wait)
                     self.status.max_lag_s = max(self.status.max_lag_s, self.status.lag_s)
                 even = frame.width % 2 == 0 and frame.height % 2 == 0  # I420 needs even sizes
-                yield frame.to_ndarray(format=self.pixel_format if even else "rgb24"), frame.time
+                if self.pictures and even and self.pixel_format == "yuv420p" and frame.format.name == "yuv420p":
+                    yield I420Picture(frame), frame.time
+                else:
+                    yield frame.to_ndarray(format=self.pixel_format if even else "rgb24"), frame.time
         finally:
             container.close()
 
