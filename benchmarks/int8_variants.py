@@ -1,0 +1,95 @@
+"""Issue 5, CPU INT8: where the INT8 model's time goes, and which quantization variants are faster. 2 threads,
+batch 1, 640x640, the default model; ONNX Runtime. Variants, all QDQ with the head's decoding in float (as
+yolotune.tune.int8 does), MinMax calibration on 24 generated held-out images:
+- "shipped": every supported op quantized, per-channel weights (yolotune's INT8 model);
+- "float SiLU": the Sigmoid and Mul of each SiLU left in float between dequantize and quantize;
+- "conv only": only the convolutions quantized;
+- "per-tensor": per-tensor weights.
+Timed in interleaved rounds against the FP32 export, then the shipped model's and FP32's time per operator type
+(ORT profiling). Writes int8_variants_cpu.json under $OUT (default benchmarks/results/optimize)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from optimize_cpu import interleaved_ms  # noqa: E402
+
+from yolotune.data.synth import write_dataset  # noqa: E402
+from yolotune.models import load_model  # noqa: E402
+from yolotune.models.export import export_onnx  # noqa: E402
+from yolotune.tune.int8 import _head_nodes_to_exclude, calibration_batches  # noqa: E402
+
+
+def quantize(fp32: Path, out: Path, cal: list[np.ndarray], exclude: list[str], **kw) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    name = onnx.load(str(fp32)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(cal)
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {name: b}
+
+    kw.setdefault("per_channel", True)
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude, **kw)
+    return out
+
+
+def op_profile(path: Path, x: np.ndarray, work: Path, runs: int = 30) -> dict:
+    """ms per run for each operator type, from ONNX Runtime's profiler."""
+    o = ort.SessionOptions()
+    o.intra_op_num_threads, o.enable_profiling, o.profile_file_prefix = 2, True, str(work / "prof")
+    s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        s.run(None, {s.get_inputs()[0].name: x})
+    events = json.loads(Path(s.end_profiling()).read_text())
+    ms: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            ms[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+    return {op: round(v, 3) for op, v in ms.most_common(12)}
+
+
+def main() -> None:
+    out = Path(os.environ.get("OUT") or Path(__file__).resolve().parent / "results" / "optimize")
+    work = Path(tempfile.mkdtemp(prefix="int8-variants-"))
+    fp32 = export_onnx(load_model("default"), work / "fp32.onnx", imgsz=(640, 640), dynamic_batch=False)
+    ds = write_dataset(work / "heldout", 24, seed=1, workers=os.cpu_count())
+    cal = calibration_batches(sorted(str(p) for p in Path(ds).rglob("*.jpg")), (640, 640), limit=24)
+    model = onnx.load(str(fp32))
+    head = _head_nodes_to_exclude(model)
+    silu = [n.name for n in model.graph.node if n.op_type in ("Sigmoid", "Mul") and n.name not in head]
+    paths = {
+        "fp32": fp32,
+        "shipped": quantize(fp32, work / "shipped.onnx", cal, head),
+        "float SiLU": quantize(fp32, work / "silu.onnx", cal, head + silu),
+        "conv only": quantize(fp32, work / "conv.onnx", cal, head, op_types_to_quantize=["Conv"]),
+        "per-tensor": quantize(fp32, work / "tensor.onnx", cal, head, per_channel=False),
+    }
+    timing = interleaved_ms({k: str(v) for k, v in paths.items()}, 2, cal[0], rounds=6)
+    rows = {k: {**v, "vs_fp32": timing["fp32"]["min_ms"] / v["min_ms"]} for k, v in timing.items()}
+    result = {"cores": os.cpu_count(), "threads": 2, "timing": rows,
+              "ms_by_operator": {"shipped": op_profile(paths["shipped"], cal[0], work), "fp32": op_profile(fp32, cal[0], work)}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "int8_variants_cpu.json").write_text(json.dumps(result, indent=1))
+    for k, v in rows.items():
+        print(f"{k:12s} {v['min_ms']:6.2f} ms  {v['vs_fp32']:.2f}x FP32")
+    print(json.dumps(result["ms_by_operator"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
