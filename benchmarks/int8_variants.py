@@ -27,26 +27,7 @@ from optimize_cpu import interleaved_ms  # noqa: E402
 from yolotune.data.synth import write_dataset  # noqa: E402
 from yolotune.models import load_model  # noqa: E402
 from yolotune.models.export import export_onnx  # noqa: E402
-from yolotune.tune.int8 import _head_nodes_to_exclude, calibration_batches  # noqa: E402
-
-
-def quantize(fp32: Path, out: Path, cal: list[np.ndarray], exclude: list[str], **kw) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    name = onnx.load(str(fp32)).graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(cal)
-
-        def get_next(self):
-            b = next(self.it, None)
-            return None if b is None else {name: b}
-
-    kw.setdefault("per_channel", True)
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude, **kw)
-    return out
+from yolotune.tune.int8 import _head_nodes_to_exclude, calibration_batches, quantize_int8  # noqa: E402
 
 
 def op_profile(path: Path, x: np.ndarray, work: Path, runs: int = 30) -> dict:
@@ -75,10 +56,10 @@ def main() -> None:
     silu = [n.name for n in model.graph.node if n.op_type in ("Sigmoid", "Mul") and n.name not in head]
     paths = {
         "fp32": fp32,
-        "shipped": quantize(fp32, work / "shipped.onnx", cal, head),
-        "float SiLU": quantize(fp32, work / "silu.onnx", cal, head + silu),
-        "conv only": quantize(fp32, work / "conv.onnx", cal, head, op_types_to_quantize=["Conv"]),
-        "per-tensor": quantize(fp32, work / "tensor.onnx", cal, head, per_channel=False),
+        "shipped": quantize_int8(fp32, work / "shipped.onnx", cal),
+        "float SiLU": quantize_int8(fp32, work / "silu.onnx", cal, also_exclude=silu),
+        "conv only": quantize_int8(fp32, work / "conv.onnx", cal, op_types=["Conv"]),
+        "per-tensor": quantize_int8(fp32, work / "tensor.onnx", cal, per_channel=False),
     }
     timing = interleaved_ms({k: str(v) for k, v in paths.items()}, 2, cal[0], rounds=6)
     rows = {k: {**v, "vs_fp32": timing["fp32"]["min_ms"] / v["min_ms"]} for k, v in timing.items()}

@@ -57,8 +57,10 @@ def _head_nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.ndarray], method: str = "minmax",
-                  per_channel: bool = True) -> Path:
-    """Write an INT8 QDQ model of ``fp32_onnx`` calibrated on ``calibration`` with ``method``."""
+                  per_channel: bool = True, also_exclude: Iterable[str] = (), op_types: list[str] | None = None) -> Path:
+    """Write an INT8 QDQ model of ``fp32_onnx`` calibrated on ``calibration`` with ``method``. ``also_exclude``
+    (node names) and ``op_types`` (the only operator types to quantize) are for experiments
+    (benchmarks/int8_variants.py)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in CALIBRATION_METHODS:
@@ -82,7 +84,7 @@ def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.n
     quantize_static(
         str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-        nodes_to_exclude=_head_nodes_to_exclude(model),
+        nodes_to_exclude=_head_nodes_to_exclude(model) + list(also_exclude), op_types_to_quantize=op_types,
         extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.999},
     )
     # keep Ultralytics-style metadata (names, stride, imgsz) so the loader describes the model as before
