@@ -95,3 +95,21 @@ def test_exported_model_matches_pytorch(tmp_path, dynamic_batch):
         ref = [(r.boxes, r.scores, r.class_ids) for r in det.predict(images)]
     frac, total = matched_fraction(ref, got)
     assert total > 50 and frac >= 0.99
+
+
+def test_int8_keeps_the_heads_decoding_in_float_and_its_feature_layers_quantized(tmp_path):
+    """What INT8 leaves in float: the detection head's decoding (DFL softmax and expectation, anchors, class
+    sigmoid, box arithmetic); its feature convolutions and their SiLU activations are quantized like the rest."""
+    import onnx
+
+    from yolotune.tune.int8 import _head_nodes_to_exclude
+
+    path = export_onnx(load_model("default"), tmp_path / "d.onnx", imgsz=(160, 160), dynamic_batch=False)
+    model = onnx.load(str(path))
+    excluded = set(_head_nodes_to_exclude(model))
+    head = [n for n in model.graph.node if "/model.22/" in n.name]
+    assert {"/model/model.22/dfl/Softmax", "/model/model.22/dfl/MatMul"} <= excluded  # the DFL expectation
+    assert "/model/model.22/Sigmoid" in excluded  # class probabilities
+    kept = {n.name for n in head} - excluded
+    assert kept and all(("/act/" in n) or n.endswith("Conv") for n in kept) and not any("/dfl/" in n for n in kept)
+    assert sum("/act/" in n for n in kept) == 24  # SiLU (Sigmoid + Mul) after each of the 12 feature convolutions

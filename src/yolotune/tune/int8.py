@@ -47,13 +47,16 @@ def calibration_batches(images: Iterable[str], imgsz: tuple[int, int], limit: in
 
 
 def _head_nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
-    """The decoding nodes of the last (detection) module ``model.N``: all but its feature convolutions (the DFL
-    expectation is a convolution too, over softmax probabilities)."""
+    """The decoding nodes of the last (detection) module ``model.N``: all but its feature convolutions and their
+    SiLU activations (``/act/``; the DFL expectation is a convolution too, over softmax probabilities, and stays
+    float). Keeping those activations quantized spares a dequantize / float SiLU / quantize round trip after each
+    of the head's 12 feature convolutions: 13.92 -> 13.05 ms on the 2-core machine."""
     indices = [int(m.group(1)) for n in model.graph.node for m in [re.search(r"/model\.(\d+)/", n.name)] if m]
     if not indices:
         return []
     head = f"/model.{max(indices)}/"
-    return [n.name for n in model.graph.node if head in n.name and (n.op_type != "Conv" or "/dfl/" in n.name)]
+    return [n.name for n in model.graph.node
+            if head in n.name and "/act/" not in n.name and (n.op_type != "Conv" or "/dfl/" in n.name)]
 
 
 def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.ndarray], method: str = "minmax",
