@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -57,7 +58,10 @@ def main() -> None:
     by = {c["name"]: c for c in report["candidates"]}
     from ultralytics import YOLO
 
-    ul = YOLO(str(resolve("default"))).export(format="onnx", imgsz=640, dynamic=False, simplify=False, verbose=False)
+    # Ultralytics writes its export next to the .pt: export a copy in the work folder, never into the package
+    pt = work / "default.pt"
+    shutil.copyfile(resolve("default"), pt)
+    ul = YOLO(str(pt)).export(format="onnx", imgsz=640, dynamic=False, simplify=False, verbose=False)
     x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
     threads = os.cpu_count() or 2
     paths = {"ultralytics_onnx": ul, "yolotune_onnx_fp32": by["onnxruntime fp32"]["model_file"]}

@@ -167,7 +167,8 @@ def print_plan(r: dict, console: Console) -> None:
     t.add_column("from")
     mib = lambda b: f"{b / 2**20:.1f} MiB" if b else "n/a"  # noqa: E731
     why = {"compute": f"{r['frames_per_s']:.0f} frames/s at batch {r['batch']}",
-           "decode": f"{r['decode_fps_per_core']:.0f} frames/s per core x {r.get('decode_cores', r['cpu_cores'])} cores",
+           "decode": f"{r['host_pipeline_fps']:.0f} frames/s decoded and handed over by {r['decode_cores']} cores "
+                     f"({r['decode_fps_per_core']:.0f} on one)",
            "host_memory": f"{mib(r['host_bytes_per_stream'])} per stream, 80% of {mib(r['total_host_bytes'])}",
            "device_memory": f"{mib(r['device_bytes_per_stream'])} per stream, 80% of {mib(r['total_device_bytes'])}"}
     for k, v in r["limits"].items():
