@@ -5,7 +5,7 @@ For each model and stream count: real-time looped file streams (a camera's pacin
 no stream lags its clock by a second, nothing drops, and p99 latency (decode end -> result) <= LATENCY_MS. Then the
 same streams as fast as they go (throughput), ours vs Ultralytics' per-source loops. Finally `plan` predicts and
 verifies. Environment: STREAMS (e.g. 50,100,150), RES (1280x720), FPS (30), SECONDS (20), LATENCY_MS (50),
-MODELS (yolov8n,yolov8m), BATCH (64), COMPILE (inductor on CUDA; none for the CUDA graph alone), PEER (1 runs Ultralytics), PEER_STREAMS (16,32 on CUDA; ours is also measured there). Writes serve_bench.json.
+MODELS (yolov8n,yolov8m), BATCH (64), COMPILE (inductor on CUDA; none for the CUDA graph alone), PEER (1 runs Ultralytics), PEER_STREAMS (16,32 on CUDA; ours is also measured there), DECODER_PROCS (decoder processes; default cores - 2). Writes serve_bench.json.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ BATCH = int(os.environ.get("BATCH", "64" if CUDA else "4"))
 PEER = os.environ.get("PEER", "1") == "1"
 # 100 Ultralytics model copies in threads produced no frame within 120 s on the H100: the peer runs fewer streams
 PEER_STREAMS = [int(n) for n in os.environ.get("PEER_STREAMS", "16,32" if CUDA else ",".join(map(str, STREAMS))).split(",")]
+DECODER_PROCS = int(os.environ["DECODER_PROCS"]) if os.environ.get("DECODER_PROCS") else None  # default: cores - 2
 PIXEL_FORMATS = os.environ.get("PIXEL_FORMATS", "auto").split(",")  # e.g. yuv420p,rgb24 to compare both
 
 
@@ -46,7 +47,7 @@ def throughput(det, clip: Path, n: int, seconds: float, pixel_format: str = "aut
     specs = [SourceSpec(str(clip), "file", f"t{i:03d}", loop=True) for i in range(n)]
     getattr(det, "timings", {}).clear()  # the Detector's stage timings of this run only
     s = StreamRuntime(det, specs, RunOptions(out=None, max_batch=BATCH, max_wait_ms=5, queue_size=4, duration_s=seconds,
-                                             pixel_format=pixel_format)).run()
+                                             pixel_format=pixel_format, decoder_processes=DECODER_PROCS)).run()
     rates = [st["steady_fps"] for st in s["streams"]]  # since each stream's first result: start-up excluded
     return {"streams": n, "total_fps": sum(rates), "min_stream_fps": min(rates), "mean_batch": s["mean_batch"],
             "pixel_format": s["pixel_format"], "decoders": s["decoders"], "engine_thread_s": s["engine_thread_s"],
@@ -95,8 +96,9 @@ def main() -> None:
     rows: dict = {"env": environment(), "resolution": [W, H], "fps": FPS, "seconds": SECONDS, "latency_ms": LATENCY_MS,
                   "batch": BATCH, "models": {}}
     m_pt = work / "yolov8m.pt"
-    files = {"yolov8n": "default"}
-    if "yolov8m" in os.environ.get("MODELS", "yolov8n,yolov8m" if CUDA else "yolov8n"):
+    wanted = os.environ.get("MODELS", "yolov8n,yolov8m" if CUDA else "yolov8n").split(",")
+    files = {"yolov8n": "default"} if "yolov8n" in wanted else {}
+    if "yolov8m" in wanted:
         from yolotune.models.ultralytics import save_ultralytics_checkpoint
 
         save_ultralytics_checkpoint(load_model("yolov8m.yaml", seed=0, class_bias=-2.0), m_pt)
@@ -107,7 +109,8 @@ def main() -> None:
         with Detector(model, device="cuda" if CUDA else "cpu", batch=BATCH, **opts) as det:
             for pf in PIXEL_FORMATS:
                 for n in STREAMS:
-                    v = _verify(det, clip, n, FPS, SECONDS, 4, None, BATCH, LATENCY_MS, pixel_format=pf)
+                    v = _verify(det, clip, n, FPS, SECONDS, 4, None, BATCH, LATENCY_MS, pixel_format=pf,
+                                decoder_processes=DECODER_PROCS)
                     r["realtime"].append(v)
                     print(name, json.dumps(v), flush=True)
             held = [v["streams"] for v in r["realtime"] if v["holds"]]

@@ -343,6 +343,8 @@ def test_run_cli_usage_errors(tmp_path):
     assert res.exit_code == 2 and "no sources" in res.output
     res = CliRunner().invoke(app, ["run", "default", "--device", "cpu", "-s", "x.mp4", "-f", "gif"])
     assert res.exit_code == 2 and "unknown stream output gif" in res.output
+    res = CliRunner().invoke(app, ["run", "default", "--device", "cpu", "-s", "x.mp4", "--decoder-processes", "0"])
+    assert res.exit_code == 2 and "--decoder-processes" in res.output
     res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--resolution", "big"])
     assert res.exit_code == 2 and "--resolution" in res.output
 

@@ -38,6 +38,8 @@ def run_command(
     decoders: str = typer.Option("auto", help="Where sources decode: threads, processes (frames through shared "
                                               "memory; no GIL shared with the engine), auto (processes on a GPU "
                                               "machine with 8+ cores)."),
+    decoder_processes: Optional[int] = typer.Option(None, min=1, help="How many decoder processes (default: one per "
+                                                                     "core but two, at most one per source)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run many streams through one model at once: batched across streams, per-stream outputs and metrics."""
@@ -60,7 +62,8 @@ def run_command(
         _fail(str(e))
     opts = RunOptions(out=out, formats=tuple(formats), max_batch=batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                       duration_s=duration, metrics_port=metrics_port, open_timeout_s=timeout, read_timeout_s=timeout,
-                      max_retries=max_retries, pixel_format=pixel_format, decoders=decoders)
+                      max_retries=max_retries, pixel_format=pixel_format, decoders=decoders,
+                      decoder_processes=decoder_processes)
     try:
         runtime = StreamRuntime(detector, specs, opts)
     except ValueError as e:

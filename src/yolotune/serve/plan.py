@@ -214,7 +214,8 @@ def _host_memory() -> int:
 
 
 def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size: int, max_wait_ms: float | None,
-            batch: int, latency_budget_ms: float | None, pixel_format: str = "auto") -> dict:
+            batch: int, latency_budget_ms: float | None, pixel_format: str = "auto",
+            decoder_processes: int | None = None) -> dict:
     """Run ``n`` looped real-time streams; holds when no stream falls behind its clock (lag under a second: a
     reader blocks when its queue is full, so a pipeline that cannot keep up shows as lag), nothing is dropped, and
     the p99 latency is within the budget if one is given."""
@@ -222,7 +223,7 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
     # wait at most a quarter of the latency budget (or one frame interval) to fill a batch
     wait = max_wait_ms if max_wait_ms is not None else min((latency_budget_ms or 1e9) / 4, 1e3 / fps)
     opts = RunOptions(out=None, max_batch=batch, max_wait_ms=wait, queue_size=queue_size, duration_s=seconds,
-                      pixel_format=pixel_format)
+                      pixel_format=pixel_format, decoder_processes=decoder_processes)
     if detector.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(detector.device)
     rt = StreamRuntime(detector, specs, opts)
