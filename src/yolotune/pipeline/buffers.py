@@ -145,7 +145,7 @@ def register_host_memory(buffer, device: torch.device):
     err = cudart.cudaHostRegister(ptr, view.nbytes, 0)  # cudaHostRegisterDefault
     if int(err) != 0:
         # CUDA also keeps the error as this host thread's "last error", which a later kernel launch on the same
-        # thread would report: call this from a thread that launches no kernels (DecoderPool's receiver does).
+        # thread would report: call this from a thread that launches no kernels (DecoderPool's pinner thread).
         return None
     return lambda: cudart.cudaHostUnregister(ptr)
 

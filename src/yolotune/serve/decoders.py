@@ -223,13 +223,13 @@ class DecoderPool:
         self.mapped_bytes = 0  # the rings attached here (resident once read: part of this process's RSS)
         self._send_locks = [threading.Lock() for _ in self.procs]
         self._started = False
-        self._exited = 0
         self._receiver = threading.Thread(target=self._receive, name="yolotune-decoders", daemon=True)
 
     def make_rings(self, frame_bytes: dict[int, int]) -> float:
         """Before start: make (and page-lock) the rings of the streams whose frame size is known, so no clock runs
         while they are made. Returns the seconds it took. Other streams' rings are made by their decoder process."""
         t0 = time.perf_counter()
+        made = []
         for assigned in self._assigned:
             for j, (i, spec, _) in enumerate(assigned):
                 nbytes = frame_bytes.get(i)
@@ -239,10 +239,17 @@ class DecoderPool:
                 self._attached[shm.name] = shm
                 self._owned.append(shm.name)
                 self.mapped_bytes += shm.size
-                unpin = self.pin(shm.buf) if self.pin is not None else None
-                if unpin is not None:
-                    self._unpin[shm.name] = unpin
+                made.append((shm.name, shm))
                 assigned[j] = (i, spec, (shm.name, nbytes))
+        if self.pin is not None and made:
+            # on a thread of its own, like later rings: a refused registration leaves a CUDA error behind on the
+            # calling thread, and this one goes on to launch the engine's kernels
+            for item in made:
+                self._to_pin.put(item)
+            self._to_pin.put(None)
+            pinner = threading.Thread(target=self._pin_rings, name="yolotune-ring-pinner", daemon=True)
+            pinner.start()
+            pinner.join()
         return time.perf_counter() - t0
 
     def start(self) -> None:

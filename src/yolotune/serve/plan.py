@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolotune.serve.decoders import decoder_processes
+from yolotune.serve.decoders import decoder_processes, frame_nbytes
 from yolotune.serve.runtime import RunOptions, StreamRuntime, _decoder_mode, _ring_pinner
 from yolotune.serve.sources import SourceSpec
 from yolotune.types import Detections, InputRef
@@ -49,15 +49,14 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
     pixel_format = "yuv420p" if dev.type == "cuda" and width % 2 == 0 and height % 2 == 0 else "rgb24"
     decode_fps = _decode_fps_one_core(clip, pixel_format)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # frames a stream holds on the host: its queue, or in decoder processes its ring (4 x queue_size slots), of
-    # I420 (1.5 bytes a pixel) on a GPU or RGB
     # decoder processes leave two cores to the engine and the sinks
     decode_cores = decoder_processes(10**6, cores) if decoders == "processes" else cores
     say("measuring the host side alone: decoding and handing frames over, many streams at once")
     host_fps = _host_pipeline_fps(clip, decoders, pixel_format, min(64, 2 * decode_cores))
-    frame_bytes = width * height * (1.5 if dev.type == "cuda" else 3)
+    # frames a stream holds on the host: its queue, or in decoder processes its ring (4 x queue_size slots), of
+    # I420 on a GPU or RGB
     frames_held = 4 * queue_size if decoders == "processes" else queue_size
-    host_per_stream = int(frames_held * frame_bytes) + _decoder_host_bytes(clip)
+    host_per_stream = frames_held * frame_nbytes((height, width), pixel_format) + _decoder_host_bytes(clip)
     device_per_frame = knee["memory_bytes_per_frame"]
     # a stream holds at most ~2 frames on the device: one in the batch being computed, one being uploaded
     device_per_stream = 2 * device_per_frame if device_per_frame else None
