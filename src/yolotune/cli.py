@@ -107,7 +107,8 @@ def predict(
     out: Path = typer.Option(Path("yolotune-out"), help="Output directory."),
     formats: list[str] = typer.Option(["jsonl"], "--format", "-f", help="jsonl, coco, images (repeat for several)."),
     half: Optional[bool] = typer.Option(None, "--half/--no-half", help="FP16 on CUDA (default on)."),
-    rect: bool = typer.Option(True, "--rect/--no-rect", help="Minimal stride padding for same-size batches."),
+    rect: Optional[bool] = typer.Option(None, "--rect/--no-rect", help="Minimal stride padding for same-size batches "
+                                        "(default: on, except for compiled engines, where each canvas is a compile)."),
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on)."),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA."),
     compile: Optional[str] = typer.Option(None, help="Compile the model: inductor (torch.compile), aoti (AOTInductor, "
@@ -131,9 +132,9 @@ def predict(
     try:
         # options left unset are not passed, so an artifact's tuned values (batch, precision, graph) apply
         unset = dict(half=half, batch=batch, imgsz=imgsz, cuda_graph=cuda_graph, workers=workers, class_bias=class_bias,
-                     end2end=end2end, compile=compile)
+                     end2end=end2end, compile=compile, rect=rect)
         detector = Detector(
-            model, device=device, conf=conf, iou=iou, max_det=max_det, rect=rect, gpu_decode=gpu_decode,
+            model, device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode,
             preprocess=preprocess, agnostic=agnostic, return_images="images" in formats, seed=seed,
             **{k: v for k, v in unset.items() if v is not None},
         )

@@ -3,6 +3,8 @@ AOTInductor (ahead of time, packaged)."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from yolotune.engine.aoti import AotiRunner
@@ -45,7 +47,8 @@ class TorchEngine(Engine):
         self.name = {"inductor": "torch-compiled", "aoti": "torch-aoti"}.get(self.compile_mode, "torch")
         self.static_canvas = self.compile_mode is not None  # each input size is one more compile
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # shapes are fixed per batch bucket
+            # shapes are fixed per batch bucket; YOLOTUNE_CUDNN_BENCHMARK=0 skips the autotuning (faster start)
+            torch.backends.cudnn.benchmark = os.environ.get("YOLOTUNE_CUDNN_BENCHMARK", "1") != "0"
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +59,10 @@ class TorchEngine(Engine):
         # Batch size as a dynamic dimension from the first call: one shape-generic compile serves every batch
         # bucket (batch 1 still gets its own), and a reload in a new process hits the same cache entry.
         torch._dynamo.maybe_mark_dynamic(x, 0)
+        # height and width stay static: a second canvas (rect) is a second specialised compile, not one generic
+        # kernel set that dynamo's automatic dynamic shapes would make after the first shape change
+        torch._dynamo.mark_static(x, 2)
+        torch._dynamo.mark_static(x, 3)
         return self.compiled(x)
 
 

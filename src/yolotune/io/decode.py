@@ -125,6 +125,7 @@ class ImageDecoder:
         self.gpu_decode = gpu_decode and device.type == "cuda"
         self.keep_host = keep_host
         self.workers = workers or min(16, os.cpu_count() or 2)
+        self.read_tasks = min(4, self.workers)  # pool tasks a batch's file reads are split into
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="yolotune-decode")
         self.stats = {"gpu": 0, "cpu": 0, "errors": 0, "read_s": 0.0, "gpu_decode_s": 0.0, "cpu_decode_s": 0.0}
 
@@ -136,11 +137,21 @@ class ImageDecoder:
         return self.decode_loaded(self.load(items))
 
     def load(self, items: list[DecodeItem]) -> list:
-        """Read files and parse JPEG headers (thread pool); run ahead of ``decode_loaded`` to overlap I/O."""
+        """Read files and parse JPEG headers (thread pool); run ahead of ``decode_loaded`` to overlap I/O.
+
+        Each pool task reads a run of files, not one: a 140 KB file from the page cache takes ~20 us to read and
+        probe, less than handing one task to a pool thread and back (measured 0.12-0.33 ms per file that way).
+        """
         t0 = time.perf_counter()
-        loaded = list(self.pool.map(self._read_and_probe, items))
+        runs = max(1, min(self.read_tasks, len(items)))
+        step = -(-len(items) // runs)
+        parts = [items[i : i + step] for i in range(0, len(items), step)]
+        loaded = [x for part in self.pool.map(self._read_and_probe_run, parts) for x in part]
         self.stats["read_s"] += time.perf_counter() - t0
         return loaded
+
+    def _read_and_probe_run(self, items: list[DecodeItem]) -> list:
+        return [self._read_and_probe(item) for item in items]
 
     def decode_loaded(self, loaded: list) -> list[DecodedImage | ErrorRecord]:
         t0 = time.perf_counter()

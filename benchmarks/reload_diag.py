@@ -1,0 +1,81 @@
+"""What a fresh process spends before its first detections from an optimize artifact, step by step.
+
+Two artifacts of the default model: "graph" (FP16 CUDA graph, batch 64: what optimize chose within 120 s) and
+"compiled" (torch.compile + graph, batch 128). Each is loaded in fresh processes: the first fills the artifact's
+caches (a compile for "compiled"), the next ones are what a deployment sees. Steps timed in the child: import
+torch, CUDA context, import yolotune, import ultralytics, Detector(artifact), first detect (graph capture, cuDNN
+autotuning, compile-cache lookups), second detect. Writes $OUT/reload_diag.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CHILD = r"""
+import json, sys, time
+t = {}; t0 = time.perf_counter(); last = [t0]
+def mark(k):
+    now = time.perf_counter(); t[k] = round(now - last[0], 3); last[0] = now
+import numpy as np, torch
+mark("import torch")
+torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+mark("CUDA context")
+import yolotune
+from yolotune import Detector
+mark("import yolotune")
+import ultralytics.nn.tasks
+mark("import ultralytics")
+d = Detector(sys.argv[1], **json.loads(sys.argv[2]))
+mark("Detector(artifact)")
+frames = [np.zeros((720, 1280, 3), np.uint8)] * min(d.batch, 4)
+d.detect(frames)
+mark("first detect")
+d.detect(frames)
+mark("second detect")
+t["to first detections"] = round(sum(v for k, v in t.items() if k != "second detect"), 3)
+print(json.dumps(t))
+"""
+
+
+def fresh(art: Path, overrides: dict, env: dict | None = None) -> dict:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", CHILD, str(art), json.dumps(overrides)], capture_output=True, text=True,
+                       timeout=400, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t0
+    if r.returncode:
+        return {"error": r.stderr[-800:], "wall_s": round(wall, 2)}
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "wall_s": round(wall, 2)}
+
+
+def main() -> None:
+    from yolotune.assets import resolve
+    from yolotune.tune.artifact import write_artifact
+
+    out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    work = Path(tempfile.mkdtemp(prefix="reload-diag-"))
+    model = resolve("default")
+    arts = {
+        "graph": write_artifact(work / "graph", model, {"precision": "fp16", "cuda_graph": True, "batch": 64}, {}),
+        "compiled": write_artifact(work / "compiled", model, {"precision": "fp16", "cuda_graph": True, "compile": True,
+                                                              "rect": False, "batch": 128}, {}),
+    }
+    rows: dict = {}
+    for name, art in arts.items():
+        runs = [fresh(art, {}) for _ in range(3)]
+        rows[name] = {"cold (first process)": runs[0], "warm": runs[1:]}
+        # the cuDNN autotuning share: the same warm load with the autotuner off
+        rows[name]["warm, cudnn.benchmark off"] = fresh(art, {}, {"YOLOTUNE_CUDNN_BENCHMARK": "0"})
+        print(name, json.dumps(rows[name]), flush=True)
+        (out / "reload_diag.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
