@@ -6,8 +6,8 @@ and drain do not dominate):
 - the model + NMS step alone for each engine configuration, at the canvas the photos need;
 - decode and model at the same time (decode in a thread, graph replays in this one): what each keeps;
 - Detector.predict end to end for: CUDA graph (rect canvas), compiled + graph (square canvas, as optimize chose
-  it), compiled + graph on the rect canvas; nvJPEG taking turns with the model (default) or overlapping it
-  ("+overlap"); with the producer's stage times and the decoder's counters.
+  it), compiled + graph on the rect canvas; with the producer's stage times and the decoder's counters;
+- eager FP16 (no graph, no compile) model + NMS at the same batch and canvas: the compiled row's ratio over it.
 Writes $OUT/e2e_diag.json.
 """
 
@@ -31,9 +31,9 @@ from yolotune.io.decode import read_file  # noqa: E402
 from yolotune.profile.sweep import _measure  # noqa: E402
 
 N = int(os.environ.get("PHOTOS", "512"))
-REPEATS = int(os.environ.get("REPEATS", "8"))
-CONFIGS = os.environ.get("CONFIGS", "compiled-rect:256,compiled-rect+overlap:256,graph-rect:128,graph-rect+overlap:128"
-                         ).split(",")
+REPEATS = int(os.environ.get("REPEATS", "16"))
+CONFIGS = os.environ.get("CONFIGS", "compiled-rect:256,eager-rect:256,compiled-rect:512,eager-rect:512,"
+                         "compiled-square:128,eager-square:128,graph-rect:256").split(",")
 
 
 def decode_rate(datas: list[bytes], batch: int, seconds: float = 3.0) -> float:
@@ -106,7 +106,7 @@ def main() -> None:
         name, batch = cfg.split(":")
         batch = int(batch)
         opts = dict(compile="inductor" if name.startswith("compiled") else False, rect="-rect" in name,
-                    overlap_decode="+overlap" in name)
+                    cuda_graph=not name.startswith("eager"))
         t0 = time.perf_counter()
         det = Detector("default", device="cuda", batch=batch, **opts)
         for _ in det.predict(paths[: batch * 2]):  # compile, capture the batch's graph
@@ -116,9 +116,18 @@ def main() -> None:
         row = {"config": name, "batch": batch, "canvas": list(canvas), "setup_s": round(setup_s, 1)}
         p = _measure(det, batch, *canvas, repeats=5, min_seconds=0.3)
         row["model_only_images_per_s"] = round(p.images_per_s, 1)
+        compiled_row = next((r for r in rows["configs"] if r["config"].startswith("compiled") and r["batch"] == batch
+                      and r["canvas"] == row["canvas"]), None) if name.startswith("eager") else None
+        if compiled_row is not None:  # the compiled + graph row at this batch and canvas, over eager FP16
+            row["compiled_over_eager"] = round(compiled_row["model_only_images_per_s"] / p.images_per_s, 2)
+        if name.startswith("eager"):  # model-only reference: eager's end to end is not the question here
+            rows["configs"].append(row)
+            print(json.dumps(row, default=str), flush=True)
+            det.close()
+            continue
         row["concurrent"] = {k: round(v, 1) for k, v in concurrent(det, datas, batch, canvas).items()}
         rates = []
-        for _ in range(3):
+        for _ in range(4):
             det.timings.clear()
             for k in ("read_s", "gpu_decode_s"):
                 det.decoder.stats[k] = 0.0

@@ -121,7 +121,8 @@ def main() -> None:
                     print(name, "throughput", json.dumps(r["throughput"][-1]), flush=True)
             r["plan"] = plan(det, FPS, (W, H), verify=True, verify_seconds=min(SECONDS, 15), latency_budget_ms=LATENCY_MS)
             r["plan"].pop("sweep", None)
-            print(name, "plan", json.dumps({k: r["plan"][k] for k in ("limits", "binding", "predicted_streams", "verified_streams")}), flush=True)
+            print(name, "plan", json.dumps({k: r["plan"].get(k) for k in ("limits", "binding", "predicted_streams", "verified_streams",
+                                                                       "host_pipeline_fps", "host_pipeline_errors")}), flush=True)
         if PEER:
             from yolotune.assets import resolve
 

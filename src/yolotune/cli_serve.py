@@ -177,6 +177,8 @@ def print_plan(r: dict, console: Console) -> None:
     for k, v in r["limits"].items():
         t.add_row(k.replace("_", " "), f"{v:.1f}", why[k])
     console.print(t)
+    for note in r.get("notes", []):
+        console.print(f"note: {note}")
     for v in r.get("verification", []):
         console.print(f"verified {v['streams']} streams: {'[green]holds' if v['holds'] else '[red]does not hold'}[/] - "
                       f"slowest stream {v['min_stream_fps']:.1f} FPS, lag {v['max_lag_s']:.2f} s, {v['dropped']} dropped, "
@@ -184,5 +186,7 @@ def print_plan(r: dict, console: Console) -> None:
                       f"mean batch {v['mean_batch']:.1f}, host memory after warm-up {v['host_rss_growth_mib'] or 0:+.0f} MiB")
         if v.get("latency_parts_ms"):
             console.print(f"  where the latency goes (p50 / p99): {latency_parts_line(v['latency_parts_ms'])}")
-    if "verified_streams" in r:
+    if r.get("host_pipeline_errors"):
+        console.print(f"[yellow]the host-side measurement's streams reported: {'; '.join(r['host_pipeline_errors'])}[/]")
+    if r.get("verified_streams") is not None:
         console.print(f"[bold]verified: {r['verified_streams']} streams[/bold]")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -109,7 +108,6 @@ class Batch:
     slot: Slot | None = None
     bucket: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-    launched: threading.Event = field(default_factory=threading.Event)  # set once its model + NMS is enqueued
 
     @classmethod
     def from_decoded(cls, decoded: list[DecodedImage | ErrorRecord]) -> "Batch":

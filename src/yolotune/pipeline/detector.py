@@ -80,7 +80,6 @@ class Detector:
         gpu_decode: bool = True,
         preprocess: str = "auto",
         workers: int | None = None,
-        overlap_decode: bool = False,
         return_images: bool = False,
         **model_options,
     ):
@@ -114,9 +113,6 @@ class Detector:
         decode_device = self.device if self.preprocess == "gpu" else torch.device("cpu")
         self.decoder = ImageDecoder(decode_device, workers=workers, gpu_decode=gpu_decode, keep_host=return_images)
         self.return_images = return_images
-        # False: nvJPEG and the model take turns on the GPU (faster on the H100, see producer._wait_for_gpu);
-        # True: the next batch decodes while the model runs
-        self.overlap_decode = overlap_decode
         cuda = self.device.type == "cuda"
         # The graph holds NMS too, which needs the fixed-shape Triton kernels (torchvision's NMS is dynamic).
         self.uses_cuda_graph = (cuda and cuda_graph and self.engine.graph_capturable and triton_available()
@@ -168,7 +164,6 @@ class Detector:
             "max_det": self.post.max_det,
             "nms": self.post.nms_backend,
             "gpu_decode": self.decoder.gpu_decode,
-            "overlap_decode": self.overlap_decode,
             "preprocess": self.preprocess,
         }
 
@@ -269,7 +264,6 @@ class Detector:
         """Enqueue model + NMS for the batch in its slot and the copy of results to pinned memory."""
         slot = batch.slot
         if slot is None:
-            batch.launched.set()
             return
         x = slot.inputs[slot.canvas][: batch.bucket]
         g = slot.geometry[: batch.bucket]
@@ -286,7 +280,6 @@ class Detector:
                     slot.host_dets[: batch.bucket].copy_(dets, non_blocking=True)
                     slot.host_counts[: batch.bucket].copy_(counts, non_blocking=True)
                     slot.done.record(self.compute_stream)
-        batch.launched.set()
 
     def collect(self, batch: Batch, release=None) -> list[Result]:
         """Wait for the batch's results, hand its slot back (``release``), and build one result per input."""

@@ -42,7 +42,6 @@ class BatchProducer:
         for s in slots:
             self.free_slots.put(s)
         self.batches: queue.Queue = queue.Queue(maxsize=1)
-        self._last: Batch | None = None  # the batch handed over last (see _wait_for_gpu)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="yolotune-producer", daemon=True)
         self.thread.start()
@@ -126,24 +125,8 @@ class BatchProducer:
                 continue
         return None
 
-    def _wait_for_gpu(self) -> None:
-        """Alternate nvJPEG with the model: wait until the batch handed over last has been launched and has run.
-
-        nvJPEG decoding next to the model's kernels ran at 1,500-2,700 images/s on the H100 instead of 9,000-9,600
-        alone, while the model kept 97% of its speed; taking turns costs the sum of both times, which is less."""
-        last = self._last
-        if last is None or self.detector.overlap_decode or not self.detector.decoder.gpu_decode:
-            return
-        while not last.launched.wait(0.1):
-            if self.stop.is_set():
-                return
-        if last.slot is not None and last.slot.done is not None:
-            with self.detector.timer("wait for model"):
-                last.slot.done.synchronize()
-
     def _prepare(self, loaded: list) -> Batch:
         det = self.detector
-        self._wait_for_gpu()
         with det.timer("decode"):
             batch = Batch.from_decoded(det.decoder.decode_loaded(loaded))
         if not batch.images:
@@ -156,5 +139,4 @@ class BatchProducer:
             det.letterbox_into(slot, batch.images, batch.bucket)
             if slot.ready is not None:
                 slot.ready.record(det.decode_stream)
-        self._last = batch
         return batch

@@ -52,7 +52,7 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
     # decoder processes leave two cores to the engine and the sinks
     decode_cores = decoder_processes(10**6, cores) if decoders == "processes" else cores
     say("measuring the host side alone: decoding and handing frames over, many streams at once")
-    host_fps = _host_pipeline_fps(clip, decoders, pixel_format, min(64, 2 * decode_cores))
+    host_fps, host_errors = _host_pipeline_fps(clip, decoders, pixel_format, min(64, 2 * decode_cores))
     # frames a stream holds on the host: its queue, or in decoder processes its ring (4 x queue_size slots), of
     # I420 on a GPU or RGB
     frames_held = 4 * queue_size if decoders == "processes" else queue_size
@@ -65,7 +65,8 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
         "compute": gpus * chosen["frames_per_s"] / fps,
         # what the decoders and the runtime deliver together, not one core's rate times the cores: on the H100
         # machine 14 processes delivered ~3,400-4,400 720p frames/s where 14 x one core's rate said ~7,500
-        "decode": host_fps / fps,
+        # (no stream delivering in that run: one core's rate times the decoder cores, and a note says so)
+        "decode": (host_fps or decode_fps * decode_cores) / fps,
         "host_memory": (1 - RESERVE) * total_host / host_per_stream,
     }
     if device_per_stream and total_device:
@@ -79,15 +80,19 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
         "gpus": gpus, "fps": fps, "resolution": [width, height], "reserve": RESERVE, "cpu_cores": cores,
         "sweep": sweep, "best_batch": best["batch"], "knee_batch": knee["batch"],
         "batch": chosen["batch"], "frames_per_s": chosen["frames_per_s"], "decode_fps_per_core": decode_fps, "decode_cores": decode_cores,
-        "host_pipeline_fps": host_fps,
+        "host_pipeline_fps": host_fps, "host_pipeline_errors": host_errors,
         "host_bytes_per_stream": host_per_stream, "device_bytes_per_stream": device_per_stream,
         "total_host_bytes": total_host, "total_device_bytes": total_device,
         "limits": {k: round(v, 1) for k, v in limits.items()}, "binding": binding, "predicted_streams": predicted,
-        "latency_budget_ms": latency_budget_ms, "verification": [],
+        "latency_budget_ms": latency_budget_ms, "verification": [], "verified_streams": None,
     }
+    if not host_fps:
+        report.setdefault("notes", []).append("the host-side run delivered no frames; the decode limit is one core's "
+                                              "rate times the decoder cores")
     if verify and predicted > 0:
         if gpus > 1:
-            report["notes"] = [f"verified on this machine's one device with {predicted // gpus} streams (the per-GPU share)"]
+            report.setdefault("notes", []).append(f"verified on this machine's one device with {predicted // gpus} "
+                                                  "streams (the per-GPU share)")
         per_device = max(1, predicted // gpus)
         n = per_device
         for _ in range(4):  # step down 15% at a time until a run holds
@@ -155,15 +160,19 @@ class _NoEngine:
         return [Detections(InputRef("frame"), f.shape[:2], empty, empty[:, 0], np.zeros(0, np.int64)) for f in frames]
 
 
-def _host_pipeline_fps(clip: Path, decoders: str, pixel_format: str, streams: int, seconds: float = 4.0) -> float:
+def _host_pipeline_fps(clip: Path, decoders: str, pixel_format: str, streams: int,
+                       seconds: float = 6.0) -> tuple[float, list[str]]:
     """Frames/s that ``streams`` looped copies of ``clip`` deliver through the runtime with a model that takes no
     time (after each stream's first frame): decoding, handover and scheduling together, in the runtime's decoder
-    mode and pixel format."""
+    mode and pixel format; and the distinct errors its streams reported (a decode limit of 0 says why)."""
     specs = [SourceSpec(str(clip), "file", f"h{i:03d}", loop=True) for i in range(streams)]
     s = StreamRuntime(_NoEngine(), specs, RunOptions(out=None, max_batch=64, max_wait_ms=5, queue_size=4,
                                                      duration_s=seconds, pixel_format=pixel_format,
                                                      decoders=decoders)).run()
-    return float(sum(st["steady_fps"] for st in s["streams"]))
+    errors = sorted({st["error"] for st in s["streams"] if st.get("error")})
+    if s.get("last_engine_error"):
+        errors.append(f"engine: {s['last_engine_error']}")
+    return float(sum(st["steady_fps"] for st in s["streams"])), errors
 
 
 def _decode_fps_one_core(clip: Path, pixel_format: str = "rgb24") -> float:
