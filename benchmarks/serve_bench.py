@@ -39,6 +39,7 @@ PEER = os.environ.get("PEER", "1") == "1"
 # 100 Ultralytics model copies in threads produced no frame within 120 s on the H100: the peer runs fewer streams
 PEER_STREAMS = [int(n) for n in os.environ.get("PEER_STREAMS", "16,32" if CUDA else ",".join(map(str, STREAMS))).split(",")]
 DECODER_PROCS = int(os.environ["DECODER_PROCS"]) if os.environ.get("DECODER_PROCS") else None  # default: cores - 2
+SWITCH_MS = [float(v) for v in os.environ.get("SWITCH_MS", "5").split(",")]  # e.g. 5,1 to compare
 PIXEL_FORMATS = os.environ.get("PIXEL_FORMATS", "auto").split(",")  # e.g. yuv420p,rgb24 to compare both
 
 
@@ -109,10 +110,14 @@ def main() -> None:
         with Detector(model, device="cuda" if CUDA else "cpu", batch=BATCH, **opts) as det:
             for pf in PIXEL_FORMATS:
                 for n in STREAMS:
-                    v = _verify(det, clip, n, FPS, SECONDS, 4, None, BATCH, LATENCY_MS, pixel_format=pf,
-                                decoder_processes=DECODER_PROCS)
-                    r["realtime"].append(v)
-                    print(name, json.dumps(v), flush=True)
+                    for switch_ms in SWITCH_MS:  # the interpreter's thread switch interval (default 5 ms)
+                        sys.setswitchinterval(switch_ms / 1e3)
+                        v = _verify(det, clip, n, FPS, SECONDS, 4, None, BATCH, LATENCY_MS, pixel_format=pf,
+                                    decoder_processes=DECODER_PROCS)
+                        v["switch_interval_ms"] = switch_ms
+                        r["realtime"].append(v)
+                        print(name, json.dumps(v), flush=True)
+                    sys.setswitchinterval(0.005)
             held = [v["streams"] for v in r["realtime"] if v["holds"]]
             r["largest_holding"] = max(held) if held else 0
             for pf in PIXEL_FORMATS:
