@@ -73,3 +73,19 @@ def test_a_package_that_does_not_load_is_refused_without_touching_this_process(t
     with pytest.raises(RuntimeError, match="does not load.*inductor"):
         check_loads(bad)
     assert not bad.with_suffix(".loads").exists()
+
+
+def test_compiled_detector_builds_and_keeps_the_square_canvas_unless_asked():
+    """torch.compile is lazy: building the Detector checks the compile call itself (its mode / options) and the
+    rect default; nothing is compiled until the first batch."""
+    from yolotune import Detector
+
+    det = Detector("default", device="cpu", compile="inductor", batch=2)
+    assert det.describe()["compile"] == "inductor" and det.rect is False  # each canvas would be one more compile
+    assert Detector("default", device="cpu", batch=2).rect is True
+    assert Detector("default", device="cpu", batch=2, rect=False).rect is False
+    rect = Detector("default", device="cpu", compile="inductor", batch=2, rect=True)
+    assert rect.rect is True
+    # compiled engines hold at most two canvases: a third shape falls back to the model's square canvas
+    assert rect._canvas([(720, 1280)]) == (384, 640) and rect._canvas([(480, 1280)]) == (256, 640)
+    assert rect._canvas([(1080, 1440)]) == rect.imgsz and len(rect._canvases) == 2

@@ -45,7 +45,8 @@ class TorchEngine(Engine):
                     setattr(dynamo.config, limit, max(64, getattr(dynamo.config, limit)))
             # coordinate-descent tuning of the generated kernels' block sizes: +9% images/s for ~20 s more compile
             # (yolov8n b256, H100, benchmarks/results/optimize/compile_options_h100.json); freezing measured no gain
-            self.compiled = torch.compile(module, mode="default", options={"coordinate_descent_tuning": True})
+            # (mode "default": torch.compile takes a mode or options, not both)
+            self.compiled = torch.compile(module, options={"coordinate_descent_tuning": True})
         self.name = {"inductor": "torch-compiled", "aoti": "torch-aoti"}.get(self.compile_mode, "torch")
         self.static_canvas = self.compile_mode is not None  # each input size is one more compile
         if device.type == "cuda":
