@@ -68,7 +68,7 @@ def concurrent(det: Detector, datas: list[bytes], batch: int, canvas: tuple[int,
             while not stop.is_set():
                 decode_jpeg(tensors[i : i + batch] or tensors[:batch], device="cuda")
                 decoded[0] += batch
-                i = (i + batch) % (len(tensors) - batch)
+                i = (i + batch) % max(1, len(tensors) - batch)
             s.synchronize()
 
     h, w = canvas

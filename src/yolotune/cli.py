@@ -140,7 +140,9 @@ def predict(
         )
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
-    with detector:
+    from yolotune.interpreter import tuned_for_threads
+
+    with detector, tuned_for_threads():  # this process is ours: its threads share the GIL better this way
         summary = run_predict(detector, sources, out, formats, quiet=json_output or not err.is_terminal)
     if json_output:
         sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

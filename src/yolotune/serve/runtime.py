@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from yolotune.interpreter import freeze_startup_objects
 from yolotune.serve.decoders import DecoderOptions, DecoderPool, frame_nbytes
 from yolotune.serve.metrics import PrometheusMetrics, StreamStats
 from yolotune.serve.queues import Backlog, FrameQueue
@@ -117,7 +118,7 @@ class StreamRuntime:
         if self.opt.metrics_port is not None:
             self.metrics.serve(self.opt.metrics_port)
         self.warmup_s = self._prepare()
-        frozen = _freeze_startup_objects()
+        frozen = freeze_startup_objects()  # a full collection would hold the GIL while frames wait
         self.started = time.perf_counter()
         results: queue.Queue = queue.Queue(maxsize=4)  # batches awaiting their sink writes: bounded memory
         sink_thread = threading.Thread(target=self._sink_loop, args=(results,), name="yolotune-sinks", daemon=True)
@@ -472,15 +473,3 @@ def _gpu_sampler(device):
     from yolotune.profile.counters import NvmlSampler
 
     return NvmlSampler(device, interval_s=0.5)
-
-
-def _freeze_startup_objects() -> bool:
-    """Move everything alive after start-up (torch, the model, the decoders' bookkeeping: hundreds of thousands of
-    objects) out of the garbage collector's sight for the run: a full collection otherwise walks them all, holding
-    the GIL for tens of milliseconds while frames wait, which lands in the p99 latency. Unfrozen when the run ends."""
-    if gc.get_freeze_count():  # someone (the embedding application) manages this already
-        return False
-    gc.collect()
-    gc.freeze()
-    return True
-

@@ -1,0 +1,39 @@
+"""The Python interpreter set up for a process whose threads (readers, producer, engine, receivers) share one GIL.
+
+Two settings, for processes yolotune owns (the CLI's predict and run), undone when the work ends:
+- objects alive after start-up (torch, the model: hundreds of thousands) frozen out of the garbage collector's
+  sight, so a full collection does not walk them all while holding the GIL and every thread waits;
+- a 1 ms thread switch interval instead of 5 ms, so a thread back from a GPU wait or a file read gets the GIL
+  sooner. On the H100, 720p JPEGs end to end: 6,002 / 5,923 / 5,942 / 6,181 images/s against 4,459 / 5,994 /
+  5,868 / 5,904 with the defaults, same process (benchmarks/results/e2e_diag_h100.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+from typing import Iterator
+
+
+def freeze_startup_objects() -> bool:
+    """gc.collect() then gc.freeze(); False (nothing done) when something else froze objects already."""
+    if gc.get_freeze_count():  # the embedding application manages this itself
+        return False
+    gc.collect()
+    gc.freeze()
+    return True
+
+
+@contextlib.contextmanager
+def tuned_for_threads(switch_interval_s: float = 0.001) -> Iterator[None]:
+    """Both settings for the block, the previous ones restored after it."""
+    previous = sys.getswitchinterval()
+    frozen = freeze_startup_objects()
+    sys.setswitchinterval(switch_interval_s)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+        if frozen:
+            gc.unfreeze()
