@@ -62,7 +62,8 @@ def read_jpeg_header(data: bytes | bytearray) -> JpegHeader | None:
                 return None
             scan_start = seg + length - 2
             # 0xFFD9 cannot occur inside entropy-coded data (0xFF is stuffed), so finding it means "complete".
-            complete = bytes(data).rfind(b"\xff\xd9") >= scan_start
+            eoi = data.rfind(b"\xff\xd9") if hasattr(data, "rfind") else bytes(data).rfind(b"\xff\xd9")  # no copy
+            complete = eoi >= scan_start
             return JpegHeader(sof[0], sof[1], sof[2], sof[3], orientation, complete)
         pos = seg + length - 2
     return None
