@@ -1,6 +1,7 @@
 """The Python interpreter set up for a process whose threads (readers, producer, engine, receivers) share one GIL.
 
-Two settings, for processes yolotune owns (the CLI's predict and run), undone when the work ends:
+Two settings, undone when the work ends: `yolotune predict` (whose process is ours) applies both; the serve
+runtime's run (a library call too) only the first, and only when the application has not frozen objects itself:
 - objects alive after start-up (torch, the model: hundreds of thousands) frozen out of the garbage collector's
   sight, so a full collection does not walk them all while holding the GIL and every thread waits;
 - a 1 ms thread switch interval instead of 5 ms, so a thread back from a GPU wait or a file read gets the GIL
