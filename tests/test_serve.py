@@ -495,3 +495,17 @@ def test_latency_is_split_into_handover_queue_and_engine(clips, tmp_path):
     assert parts["engine"]["p50"] >= 20  # the stand-in engine's 20 ms per batch
     assert sum(p["p50"] for p in parts.values()) <= s["latency_p99_ms"] + 1
     assert all(0 < st["steady_fps"] for st in s["streams"])
+
+
+def test_plan_steps_down_by_what_the_failed_run_says():
+    from yolotune.serve.plan import next_trial
+
+    ok = dict(max_lag_s=0.1, dropped=0, min_stream_fps=30.0, total_fps=3000.0)
+    # only the tail over budget: 15% fewer, or 30% when p99 was more than twice the budget
+    assert next_trial({**ok, "streams": 100, "latency_p99_ms": 80.0}, 30, 50) == 85
+    assert next_trial({**ok, "streams": 127, "latency_p99_ms": 617.0}, 30, 50) == 88
+    # streams falling behind: what the run delivered, 5% under (1,800 frames/s at 30 FPS: 60 streams -> 57)
+    behind = {**ok, "streams": 100, "max_lag_s": 3.0, "min_stream_fps": 12.0, "total_fps": 1800.0, "latency_p99_ms": 20.0}
+    assert next_trial(behind, 30, 50) == 57
+    assert next_trial({**behind, "total_fps": 2900.0}, 30, 50) == 85  # at least 15% fewer
+    assert next_trial({**ok, "streams": 1, "latency_p99_ms": 900.0}, 30, 50) == 1  # cannot go lower: plan stops
