@@ -13,7 +13,6 @@ Writes $OUT/e2e_diag.json.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from common import environment, make_photo_jpegs  # noqa: E402
 import torch  # noqa: E402
 
 from yolotune import Detector  # noqa: E402
+from yolotune.interpreter import tuned_for_threads  # noqa: E402
 from yolotune.io.decode import read_file  # noqa: E402
 from yolotune.profile.sweep import _measure  # noqa: E402
 
@@ -140,16 +140,12 @@ def main() -> None:
         row["e2e_best"] = round(max(rates), 1)
         # the same runs with the interpreter tuned for many threads: a 1 ms thread switch interval (5 ms default)
         # and the start-up objects frozen out of the garbage collector's full passes
-        sys.setswitchinterval(0.001)
-        gc.collect()
-        gc.freeze()
         tuned = []
-        for _ in range(4):
-            t = time.perf_counter()
-            count = sum(1 for r in det.predict(paths * REPEATS) if r.ok)
-            tuned.append(count / (time.perf_counter() - t))
-        sys.setswitchinterval(0.005)
-        gc.unfreeze()
+        with tuned_for_threads():  # what `yolotune predict` applies to its own process
+            for _ in range(4):
+                t = time.perf_counter()
+                count = sum(1 for r in det.predict(paths * REPEATS) if r.ok)
+                tuned.append(count / (time.perf_counter() - t))
         row["e2e_switch_1ms_gc_frozen_images_per_s"] = [round(r, 1) for r in tuned]
         row["stages_s_last"] = {k: round(v.seconds, 3) for k, v in det.timings.items()}
         row["decoder_last"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in det.decoder.stats.items()}

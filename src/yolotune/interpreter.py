@@ -27,14 +27,23 @@ def freeze_startup_objects() -> bool:
 
 
 @contextlib.contextmanager
-def tuned_for_threads(switch_interval_s: float = 0.001) -> Iterator[None]:
-    """Both settings for the block, the previous ones restored after it."""
-    previous = sys.getswitchinterval()
+def startup_objects_frozen() -> Iterator[None]:
+    """``freeze_startup_objects`` for the block; unfrozen after it (unless the freeze was not ours)."""
     frozen = freeze_startup_objects()
-    sys.setswitchinterval(switch_interval_s)
     try:
         yield
     finally:
-        sys.setswitchinterval(previous)
         if frozen:
             gc.unfreeze()
+
+
+@contextlib.contextmanager
+def tuned_for_threads(switch_interval_s: float = 0.001) -> Iterator[None]:
+    """Both settings for the block, the previous ones restored after it."""
+    previous = sys.getswitchinterval()
+    with startup_objects_frozen():
+        sys.setswitchinterval(switch_interval_s)
+        try:
+            yield
+        finally:
+            sys.setswitchinterval(previous)

@@ -11,7 +11,6 @@ thread refreshes rates, queue depths and GPU utilisation for Prometheus and the 
 from __future__ import annotations
 
 import collections
-import gc
 import os
 import queue
 import signal
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from yolotune.interpreter import freeze_startup_objects
+from yolotune.interpreter import startup_objects_frozen
 from yolotune.serve.decoders import DecoderOptions, DecoderPool, frame_nbytes
 from yolotune.serve.metrics import PrometheusMetrics, StreamStats
 from yolotune.serve.queues import Backlog, FrameQueue
@@ -118,7 +117,12 @@ class StreamRuntime:
         if self.opt.metrics_port is not None:
             self.metrics.serve(self.opt.metrics_port)
         self.warmup_s = self._prepare()
-        frozen = freeze_startup_objects()  # a full collection would hold the GIL while frames wait
+        with startup_objects_frozen():  # a full collection would hold the GIL while frames wait
+            self._run_started(on_tick, restore)
+        return self.summary()
+
+    def _run_started(self, on_tick, restore: Callable[[], None]) -> None:
+        """The run itself, once prepared: threads up, the engine loop, then everything stopped and flushed."""
         self.started = time.perf_counter()
         results: queue.Queue = queue.Queue(maxsize=4)  # batches awaiting their sink writes: bounded memory
         sink_thread = threading.Thread(target=self._sink_loop, args=(results,), name="yolotune-sinks", daemon=True)
@@ -146,9 +150,6 @@ class StreamRuntime:
             sink_thread.join()
             monitor.join(timeout=2)
             restore()
-            if frozen:
-                gc.unfreeze()
-        return self.summary()
 
     def _prepare(self) -> float:
         """Before any clock starts, for the file sources (whose picture size the header tells): their decoder rings
