@@ -41,6 +41,9 @@ mark("first detect")
 d.detect(frames)
 mark("second detect")
 t["to first detections"] = round(sum(v for k, v in t.items() if k != "second detect"), 3)
+e = d.engine
+t["precompiled"] = getattr(getattr(e, "precompiled", None), "loads", None)
+t["precompile_error"] = getattr(e, "precompile_error", None)
 print(json.dumps(t))
 """
 

@@ -66,6 +66,9 @@ def test_compiled_artifact_reloads_from_its_own_cache(tmp_path):
     assert by["compiled+graph fp16"]["status"] == "passed", by["compiled+graph fp16"]
     assert report["chosen"]["options"]["compile"] == "inductor"
     assert any((tmp_path / "art" / "inductor-cache").rglob("*"))  # the compiled kernels travel with the artifact
+    assert list((tmp_path / "art" / "engines").glob("*.tcf"))  # compiled ahead of time, saved in the artifact
     with Detector(str(tmp_path / "art")) as det:
         assert det.describe()["compile"] == "inductor" and det.uses_cuda_graph
         assert len(det.detect([np.zeros((720, 1280, 3), np.uint8)] * 2)) == 2
+        aot = det.describe()["ahead_of_time"]  # loaded from the artifact's files, nothing compiled again
+        assert aot and not any(r["built"] or r.get("error") for r in aot), det.describe()

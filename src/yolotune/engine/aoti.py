@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from yolotune.engine.tracing import traceable_heads
+
 MAX_BATCH = 1024  # the exported batch range [1, MAX_BATCH]
 CACHE_ENV = "YOLOTUNE_ENGINE_CACHE"
 
@@ -102,21 +104,9 @@ def check_loads(path: Path) -> None:
 
 def export_program(module: torch.nn.Module, x: torch.Tensor):
     """torch.export of ``module`` at ``x``'s shape with the batch dimension dynamic in [1, MAX_BATCH]."""
-    # Ultralytics' Detect caches anchors per input shape and compares shapes (a guard on the batch size that
-    # export rejects); its own exporter sets dynamic=True, which recomputes anchors from the (static) grid.
-    # Tracing also assigns traced tensors to those caches: they are put back afterwards.
-    heads = [m for m in module.modules() if hasattr(m, "dynamic") and hasattr(m, "shape") and hasattr(m, "anchors")]
-    saved = [{k: getattr(m, k) for k in ("dynamic", "shape", "anchors", "strides") if hasattr(m, k)} for m in heads]
     example = x[:2].clone() if x.shape[0] >= 2 else torch.cat([x, x])  # batch 2: not specialised like 1
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    try:
-        for m in heads:
-            m.dynamic = True
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*assigned during export")  # the caches above, restored
-            example = example.clone()  # inference-mode tensors cannot be traced
-            return torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)
-    finally:
-        for m, attrs in zip(heads, saved):
-            for k, v in attrs.items():
-                setattr(m, k, v)
+    with traceable_heads(module), torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assigned during export")  # the anchor caches, restored
+        example = example.clone()  # inference-mode tensors cannot be traced
+        return torch.export.export(module, (example,), dynamic_shapes=({0: batch},), strict=False)

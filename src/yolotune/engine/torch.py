@@ -4,10 +4,12 @@ AOTInductor (ahead of time, packaged)."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
 from yolotune.engine.aoti import AotiRunner
+from yolotune.engine.precompiled import PrecompiledRunner, PrecompileUnsupported
 from yolotune.engine.base import PRECISIONS, Engine, register_engine
 from yolotune.models.spec import LoadedModel
 
@@ -33,32 +35,59 @@ class TorchEngine(Engine):
         self.module = module
         self.compile_mode = compile_mode(compile)
         self.aoti = AotiRunner(module) if self.compile_mode == "aoti" else None
-        # Inductor, mode "default", batch dimension dynamic (see __call__): each compile costs ~30 s, so not one
+        # Inductor, mode "default", batch dimension dynamic (see __call__): each compile costs ~30-60 s, so not one
         # per batch bucket. The CUDA graph cache then replays the compiled kernels.
         # BASELINE.md: yolov8n b64 6,100 -> 10,800 images/s, b1 1.2 -> 0.52 ms.
-        self.compiled = None
+        # Coordinate-descent tuning of the generated kernels' block sizes: +9% images/s for ~20 s more compile
+        # (yolov8n b256, H100, benchmarks/results/optimize/compile_options_h100.json); freezing measured no gain
+        # (mode "default": torch.compile takes a mode or options, not both).
+        self.compile_options = {"coordinate_descent_tuning": True}
+        self.compiled = None  # the JIT torch.compile, made at the first call that needs it
+        self.precompiled: PrecompiledRunner | None = None
+        self.precompile_error: str | None = None
         if self.compile_mode == "inductor":
             import torch._dynamo as dynamo  # "as": a plain import would make `torch` local to this function
 
             for limit in ("recompile_limit", "cache_size_limit"):
                 if hasattr(dynamo.config, limit):
                     setattr(dynamo.config, limit, max(64, getattr(dynamo.config, limit)))
-            # coordinate-descent tuning of the generated kernels' block sizes: +9% images/s for ~20 s more compile
-            # (yolov8n b256, H100, benchmarks/results/optimize/compile_options_h100.json); freezing measured no gain
-            # (mode "default": torch.compile takes a mode or options, not both)
-            self.compiled = torch.compile(module, options={"coordinate_descent_tuning": True})
+            # compiled ahead of time and saved, so a new process loads it instead of tracing and compiling again;
+            # where this torch cannot, the JIT compile (engine/precompiled.py)
+            try:
+                self.precompiled = PrecompiledRunner(module, self.compile_options)
+            except PrecompileUnsupported as e:
+                self.precompile_error = str(e)
         self.name = {"inductor": "torch-compiled", "aoti": "torch-aoti"}.get(self.compile_mode, "torch")
         self.static_canvas = self.compile_mode is not None  # each input size is one more compile
         if device.type == "cuda":
             # shapes are fixed per batch bucket; YOLOTUNE_CUDNN_BENCHMARK=0 skips the autotuning (faster start)
             torch.backends.cudnn.benchmark = os.environ.get("YOLOTUNE_CUDNN_BENCHMARK", "1") != "0"
 
+    def describe(self) -> dict:
+        out = super().describe()
+        if self.compile_mode == "inductor":
+            # how the compiled code got here: loaded from saved files, compiled ahead of time now, or in-process JIT
+            out["ahead_of_time"] = None if self.precompiled is None else self.precompiled.loads
+            out["ahead_of_time_error"] = self.precompile_error
+        return out
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.aoti is not None:
             return self.aoti(x)
-        if self.compiled is None:
+        if self.compile_mode is None:
             return self.module(x)
+        if self.precompiled is not None:
+            try:
+                return self.precompiled(x)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001  (an experimental API: the JIT compile still gives the speed)
+                self.precompile_error = f"{type(e).__name__}: {str(e)[:300]}"
+                self.precompiled = None
+                warnings.warn(f"compiling ahead of time failed, compiling in process instead: {self.precompile_error}")
+        if self.compiled is None:
+            self.compiled = torch.compile(self.module, options=self.compile_options)
         # Batch size as a dynamic dimension from the first call: one shape-generic compile serves every batch
         # bucket (batch 1 still gets its own), and a reload in a new process hits the same cache entry.
         torch._dynamo.maybe_mark_dynamic(x, 0)

@@ -1,0 +1,99 @@
+"""torch.compile ahead of time on the CPU: compiled once per batch group, saved, loaded by a new runner without
+compiling, results equal to eager; what happens when it cannot be used."""
+
+import pytest
+import torch
+
+from yolotune.engine import precompiled
+from yolotune.engine.precompiled import SUFFIX, PrecompiledRunner, PrecompileUnsupported
+from yolotune.engine.tracing import traceable_heads
+
+
+class Head(torch.nn.Module):
+    """Like Ultralytics' Detect: caches anchors per whole input shape, strides as a tensor used in torch.full."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.dynamic, self.shape, self.anchors, self.strides = False, None, None, None
+        self.stride = torch.tensor([8.0])
+
+    def forward(self, x):
+        if self.dynamic or self.shape != x.shape:
+            self.anchors = torch.arange(x.shape[-1], dtype=x.dtype)
+            self.strides = torch.full((x.shape[-1],), self.stride[0], dtype=x.dtype)
+            self.shape = x.shape
+        return torch.nn.functional.silu(self.conv(x)) * self.strides + self.anchors
+
+
+def _runner(tmp_path, monkeypatch) -> tuple[PrecompiledRunner, Head]:
+    monkeypatch.setenv("YOLOTUNE_ENGINE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = Head().eval()
+    return PrecompiledRunner(model), model
+
+
+def test_compiled_once_per_batch_group_then_loaded_by_a_new_runner(tmp_path, monkeypatch):
+    first, model = _runner(tmp_path, monkeypatch)
+    eager = Head().eval()
+    eager.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        for b in (3, 5, 1):  # 3 builds the function for every batch size but 1, 5 reuses it, 1 has its own
+            x = torch.rand(b, 3, 16, 16)
+            torch.testing.assert_close(first(x), eager(x), rtol=1e-4, atol=1e-4)
+    assert [(r["file"].split("-")[1:], r["built"]) for r in first.loads] == [
+        (["inference", "00", f"bN{SUFFIX}"], True), (["inference", "01", f"b1{SUFFIX}"], True)]
+    assert len(list(tmp_path.glob(f"*{SUFFIX}"))) == 2 and not list(tmp_path.glob(".*"))  # nothing half-written
+
+    again = PrecompiledRunner(model)  # a new process would find the same files
+    with torch.inference_mode():
+        for b in (1, 4):
+            x = torch.rand(b, 3, 16, 16)
+            torch.testing.assert_close(again(x), eager(x), rtol=1e-4, atol=1e-4)
+    assert [r["built"] for r in again.loads] == [False, False]
+    with torch.inference_mode(False):  # a normal tensor (the Detector's buffers) is another function
+        x = torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(again(x), eager(x), rtol=1e-4, atol=1e-4)
+    assert again.loads[-1]["built"] is True and "-normal-00-bN" in again.loads[-1]["file"]
+
+
+def test_batch_1_first_is_specialised_and_a_larger_batch_compiles_its_own(tmp_path, monkeypatch):
+    runner, _ = _runner(tmp_path, monkeypatch)
+    with torch.inference_mode():
+        runner(torch.rand(1, 3, 16, 16))
+        runner(torch.rand(4, 3, 16, 16))
+        runner(torch.rand(1, 3, 16, 16))
+    assert [r["file"].rsplit("-", 2)[1:] for r in runner.loads] == [["00", f"b1{SUFFIX}"], ["01", f"bN{SUFFIX}"]]
+
+
+def test_an_unreadable_saved_function_is_reported_and_compiled_again(tmp_path, monkeypatch):
+    runner, model = _runner(tmp_path, monkeypatch)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        runner(x)
+    (saved,) = tmp_path.glob(f"*{SUFFIX}")
+    saved.write_bytes(b"from another torch")
+    again = PrecompiledRunner(model)
+    with torch.inference_mode():
+        again(x)
+    assert "error" in again.loads[0] and again.loads[1]["built"] is True
+
+
+def test_without_the_api_the_engine_compiles_in_process(monkeypatch):
+    """An older torch: the engine says why and keeps the JIT compile (built lazily, at the first batch)."""
+    from yolotune import Detector
+
+    monkeypatch.setattr(precompiled, "supported", lambda: "torch 2.4 has no torch.compiler.load_compiled_function")
+    det = Detector("default", device="cpu", compile="inductor", batch=2)
+    assert det.engine.precompiled is None and det.engine.compiled is None
+    assert "load_compiled_function" in det.describe()["ahead_of_time_error"]
+    with pytest.raises(PrecompileUnsupported):
+        PrecompiledRunner(torch.nn.Conv2d(3, 3, 1))
+
+
+def test_traceable_heads_are_put_back():
+    head = Head()
+    with traceable_heads(head):
+        assert head.dynamic is True and head.stride == [8.0]
+    assert head.dynamic is False and isinstance(head.stride, torch.Tensor)
