@@ -1,0 +1,212 @@
+"""Where the p99 of many real-time streams goes: a per-batch timeline of the engine thread, the interpreter's
+wake-up delays, and each thread's CPU time, during one `plan`-style verification run.
+
+Issue 6's 100 x 720p30 streams keep p50 at ~15 ms while p99 swings between 26 and 120 ms from machine to machine,
+and the tail is frames waiting in their queues for the engine thread. This run records, without changing the
+runtime (its methods are wrapped here):
+- per batch: when the engine thread asked for it, got it, had it submitted, started and finished collecting, its
+  size, and the longest queue wait in it;
+- a probe thread that sleeps 1 ms in a loop: how late it wakes (GIL hand-over and CPU scheduling delay);
+- each thread's CPU seconds in this process (/proc/self/task), the decoder processes' CPU, and the machine's.
+Then: what the engine thread was doing while the slowest batches waited. Environment: STREAMS (100), SECONDS (15),
+BATCH (32), MODEL (default), COMPILE (none), DECODER_PROCS. Writes serve_stalls.json under $OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment  # noqa: E402
+
+from yolotune import Detector  # noqa: E402
+from yolotune.pipeline.detector import Detector as _Det  # noqa: E402
+from yolotune.serve.plan import _clip, _verify  # noqa: E402
+from yolotune.serve.scheduler import BatchScheduler  # noqa: E402
+
+STREAMS = int(os.environ.get("STREAMS", "100"))
+SECONDS = float(os.environ.get("SECONDS", "15"))
+BATCH = int(os.environ.get("BATCH", "32"))
+DECODER_PROCS = int(os.environ["DECODER_PROCS"]) if os.environ.get("DECODER_PROCS") else None
+
+batches: list[dict] = []
+wakeups: list[tuple[float, float]] = []  # (time, how late in ms)
+_current: dict = {}
+
+
+def instrument() -> None:
+    """Wrap the scheduler's next_batch and the detector's submit_frames / collect with timestamps."""
+    next_batch, submit, collect = BatchScheduler.next_batch, _Det.submit_frames, _Det.collect
+
+    def timed_next(self, stop, block=True):
+        t0 = time.perf_counter()
+        frames = next_batch(self, stop, block)
+        t1 = time.perf_counter()
+        if frames:
+            waits = [f.batched_at - f.queued_at for f in frames if f.queued_at]
+            _current.clear()
+            _current.update(asked=t0, got=t1, size=len(frames), blocked=block,
+                            max_queue_ms=1e3 * max(waits) if waits else None,
+                            max_handover_ms=1e3 * max(f.queued_at - f.decoded_at for f in frames if f.queued_at) if waits else None)
+        return frames
+
+    def timed_submit(self, frames, slot):
+        b = submit(self, frames, slot)
+        row = dict(_current, submitted=time.perf_counter())
+        b._diag = row
+        return b
+
+    def timed_collect(self, batch, release=None):
+        t0 = time.perf_counter()
+        out = collect(self, batch, release) if release is not None else collect(self, batch)
+        row = getattr(batch, "_diag", None)
+        if row is not None:
+            row.update(collect_start=t0, collected=time.perf_counter())
+            batches.append(row)
+            batch._diag = None
+        return out
+
+    BatchScheduler.next_batch, _Det.submit_frames, _Det.collect = timed_next, timed_submit, timed_collect
+
+
+def probe(stop: threading.Event) -> None:
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        time.sleep(0.001)
+        late = (time.perf_counter() - t0 - 0.001) * 1e3
+        wakeups.append((t0, late))
+
+
+class CpuSampler:
+    """Every second: CPU seconds of each thread of this process (by name) and of each child process; threads and
+    decoder processes end with the run, so each is counted from its first to its last sample."""
+
+    def __init__(self):
+        self.threads: dict[int, list] = {}  # tid -> [name, first, last]
+        self.children: dict[int, list] = {}  # pid -> [first, last]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        import psutil
+
+        tick = os.sysconf("SC_CLK_TCK")
+        while True:
+            names = {t.native_id: t.name for t in threading.enumerate()}
+            for task in Path("/proc/self/task").iterdir():
+                try:
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    comm = (task / "comm").read_text().strip()
+                except OSError:
+                    continue
+                tid, cpu = int(task.name), (int(fields[11]) + int(fields[12])) / tick
+                row = self.threads.setdefault(tid, [names.get(tid, f"native:{comm}"), cpu, cpu])
+                row[2] = cpu
+                if tid in names:
+                    row[0] = names[tid]
+            for c in psutil.Process().children(recursive=True):
+                try:
+                    t = c.cpu_times()
+                except psutil.Error:
+                    continue
+                self.children.setdefault(c.pid, [t.user + t.system, 0.0])[1] = t.user + t.system
+            if self.stop.wait(1.0):
+                return
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def finish(self) -> dict:
+        self.stop.set()
+        self.thread.join()
+        by_name: dict[str, float] = {}
+        for name, first, last in self.threads.values():
+            by_name[name] = by_name.get(name, 0.0) + last - first
+        return {"threads": {k: round(v, 2) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1]) if v > 0.05},
+                "children_total_s": round(sum(max(0.0, b - a) for a, b in self.children.values()), 1),
+                "children": len(self.children)}
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def analyse(rows: list[dict], t_start: float) -> dict:
+    if not rows:
+        return {}
+    rows = sorted(rows, key=lambda r: r["got"])
+    q = np.array([r["max_queue_ms"] or 0 for r in rows])
+    gap = np.diff([r["got"] for r in rows]) * 1e3  # time between batches leaving the scheduler
+    submit = np.array([(r["submitted"] - r["got"]) * 1e3 for r in rows])
+    collect = np.array([(r["collected"] - r["collect_start"]) * 1e3 for r in rows])
+    in_flight = np.array([(r["collect_start"] - r["submitted"]) * 1e3 for r in rows])
+    pct = lambda a: {p: round(float(np.percentile(a, p)), 2) for p in (50, 90, 99)} | {"max": round(float(a.max()), 2)}  # noqa: E731
+    worst = np.argsort(q)[-10:][::-1]
+    late = np.array([w for _, w in wakeups]) if wakeups else np.zeros(1)
+    detail = []
+    for i in worst:
+        r = rows[i]
+        lo, hi = r["got"] - r["max_queue_ms"] / 1e3, r["got"]
+        prev = rows[i - 1] if i else None
+        probe_in = [w for t, w in wakeups if lo <= t <= hi]
+        detail.append({
+            "at_s": round(r["got"] - t_start, 3), "size": r["size"], "max_queue_ms": round(r["max_queue_ms"], 1),
+            "max_handover_ms": round(r["max_handover_ms"] or 0, 1),
+            "gap_before_ms": round((r["got"] - prev["got"]) * 1e3, 1) if prev else None,
+            "prev_submit_ms": round((prev["submitted"] - prev["got"]) * 1e3, 1) if prev else None,
+            "prev_collect_ms": round((prev["collected"] - prev["collect_start"]) * 1e3, 1) if prev else None,
+            "asked_to_got_ms": round((r["got"] - r["asked"]) * 1e3, 1), "blocked": r["blocked"],
+            "probe_worst_late_ms": round(max(probe_in), 1) if probe_in else None,
+        })
+    return {
+        "batches": len(rows), "mean_size": round(float(np.mean([r["size"] for r in rows])), 1),
+        "max_queue_ms": pct(q), "gap_between_batches_ms": pct(gap), "submit_ms": pct(submit),
+        "in_flight_ms": pct(in_flight), "collect_ms": pct(collect),
+        "probe_late_ms": pct(late), "probe_late_over_20ms": int((late > 20).sum()), "probe_samples": len(late),
+        "worst_batches": detail,
+    }
+
+
+def main() -> None:
+    out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
+    out.mkdir(parents=True, exist_ok=True)
+    w, h = (int(v) for v in os.environ.get("RES", "1280x720").split("x"))
+    clip = _clip(Path(tempfile.mkdtemp(prefix="serve-stalls-")), w, h, 30)
+    opts = {"compile": os.environ["COMPILE"]} if os.environ.get("COMPILE", "none") != "none" else {}
+    result: dict = {"env": environment(), "streams": STREAMS, "seconds": SECONDS, "batch": BATCH, "runs": []}
+    instrument()
+    with Detector(os.environ.get("MODEL", "default"), device="auto", batch=BATCH, **opts) as det:
+        _verify(det, clip, 8, 30, 3, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)  # warm-up, not kept
+        for _ in range(int(os.environ.get("REPEATS", "2"))):
+            batches.clear()
+            wakeups.clear()
+            stop = threading.Event()
+            th = threading.Thread(target=probe, args=(stop,), name="probe", daemon=True)
+            sampler = CpuSampler()
+            m0, t0 = machine_cpu(), time.perf_counter()
+            sampler.start()
+            th.start()
+            row = _verify(det, clip, STREAMS, 30, SECONDS, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)
+            stop.set()
+            th.join()
+            m1, wall = machine_cpu(), time.perf_counter() - t0
+            run = {"verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
+                   "cpu_s": sampler.finish(), "machine_busy": round((m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 3)}
+            result["runs"].append(run)
+            print(json.dumps(run, default=str)[:6000], flush=True)
+            (out / "serve_stalls.json").write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
