@@ -4,7 +4,7 @@ Two artifacts of the default model: "graph" (FP16 CUDA graph, batch 64: what opt
 "compiled" (torch.compile + graph, batch 128). Each is loaded in fresh processes: the first fills the artifact's
 caches (a compile for "compiled"), the next ones are what a deployment sees. Steps timed in the child: import
 torch, CUDA context, import yolotune, import ultralytics, Detector(artifact), first detect (graph capture, cuDNN
-autotuning, compile-cache lookups), second detect. Writes $OUT/reload_diag.json.
+autotuning, compile-cache lookups), second detect. ARTS=graph,compiled picks. Writes $OUT/reload_diag.json.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def main() -> None:
                                                               "rect": False, "batch": 128}, {}),
     }
     rows: dict = {}
-    for name, art in arts.items():
+    wanted = os.environ.get("ARTS", "graph,compiled").split(",")
+    for name, art in ((n, a) for n, a in arts.items() if n in wanted):
         runs = [fresh(art, {}) for _ in range(3)]
         rows[name] = {"cold (first process)": runs[0], "warm": runs[1:]}
         # the cuDNN autotuning share: the same warm load with the autotuner off

@@ -215,6 +215,24 @@ def test_corrupt_and_truncated_videos_fail_alone(clips, tmp_path, decoders):
     assert failed[-1]["event"] == "failed" and failed[-1]["ok"] is False and failed[-1]["message"]
 
 
+def test_scheduler_takes_the_oldest_frames_of_all_streams():
+    """Earliest decode first across streams, each stream in order: a stream late in the turn is not left behind
+    (with 100 streams, the old one-per-stream turn left frames waiting 200+ ms while batches left every 6-10 ms)."""
+    backlog = Backlog()
+    queues = [FrameQueue(10, "block", backlog) for _ in range(5)]
+    sched = BatchScheduler(queues, backlog, max_batch=3, max_wait_s=3.0)
+    img = np.zeros((4, 4, 3), np.uint8)
+    now = time.perf_counter()
+    for s in range(4):  # streams 0-3: two recent frames each
+        for k in range(2):
+            queues[s].put(StreamFrame(s, k, img, now + 0.01 * (s + 1) + 0.001 * k))
+    queues[4].put(StreamFrame(4, 0, img, now - 0.2))  # stream 4: two old frames
+    queues[4].put(StreamFrame(4, 1, img, now - 0.1))
+    stop = threading.Event()
+    assert [(f.stream, f.index) for f in sched.next_batch(stop)] == [(4, 0), (4, 1), (0, 0)]
+    assert [(f.stream, f.index) for f in sched.next_batch(stop)] == [(0, 1), (1, 0), (1, 1)]
+
+
 def test_scheduler_deadline_and_round_robin():
     backlog = Backlog()
     queues = [FrameQueue(10, "block", backlog) for _ in range(3)]

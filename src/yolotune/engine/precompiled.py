@@ -13,6 +13,7 @@ key as AOTInductor packages: weights, structure, input shape but batch, dtype, t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ class PrecompiledRunner:
         for path in sorted(self.cache.glob(f"{self._stem(x)}-*{SUFFIX}")):
             t0 = time.perf_counter()
             try:
-                with open(path, "rb") as f:
+                with open(path, "rb") as f, _aot_enabled():
                     fn = torch.compiler.load_compiled_function(f)
             except Exception as e:  # noqa: BLE001  (a file from another torch or GPU: compiled again instead)
                 self.loads.append({"file": path.name, "built": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
@@ -95,12 +96,13 @@ class PrecompiledRunner:
             torch._dynamo.maybe_mark_dynamic(example, 0)
         torch._dynamo.mark_static(example, 2)
         torch._dynamo.mark_static(example, 3)
-        compiled = torch.compile(self.module, fullgraph=True, options=self.options)
-        try:
-            with torch.inference_mode():
-                fn = compiled.forward.aot_compile(((example,), {}))
-        except AttributeError as e:
-            raise PrecompileUnsupported(f"torch {torch.__version__}: no torch.compile().aot_compile ({e})") from e
+        with _aot_enabled():  # torch 2.11 attaches aot_compile only with this flag set
+            compiled = torch.compile(self.module, fullgraph=True, options=self.options)
+        aot_compile = getattr(compiled.forward, "aot_compile", None)
+        if aot_compile is None:
+            raise PrecompileUnsupported(f"torch {torch.__version__}: no torch.compile().aot_compile")
+        with _aot_enabled(), torch.inference_mode():
+            fn = aot_compile(((example,), {}))
         path = self.cache / f"{self._stem(x)}-{index:02d}-b{'1' if x.shape[0] == 1 else 'N'}{SUFFIX}"
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f".{path.name}.{os.getpid()}")
@@ -108,6 +110,12 @@ class PrecompiledRunner:
         os.replace(part, path)  # atomic: a half-written file is never found
         self.loads.append({"file": path.name, "built": True, "seconds": round(time.perf_counter() - t0, 3)})
         return fn
+
+
+def _aot_enabled():
+    """torch._dynamo.config.enable_aot_compile on for the duration, where this torch has the flag."""
+    cfg = torch._dynamo.config
+    return cfg.patch(enable_aot_compile=True) if hasattr(cfg, "enable_aot_compile") else contextlib.nullcontext()
 
 
 def _accepts(fn, module: torch.nn.Module, x: torch.Tensor) -> bool:
