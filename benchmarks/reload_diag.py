@@ -33,11 +33,19 @@ from yolotune import Detector
 mark("import yolotune")
 import ultralytics.nn.tasks
 mark("import ultralytics")
+import cProfile, io, os, pstats
+prof = cProfile.Profile() if os.environ.get("RELOAD_PROFILE") else None
+prof and prof.enable()
 d = Detector(sys.argv[1], **json.loads(sys.argv[2]))
 mark("Detector(artifact)")
 frames = [np.zeros((720, 1280, 3), np.uint8)] * min(d.batch, 4)
 d.detect(frames)
 mark("first detect")
+if prof:
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(45)
+    t["profile"] = buf.getvalue()[-9000:]
 d.detect(frames)
 mark("second detect")
 t["to first detections"] = round(sum(v for k, v in t.items() if k != "second detect"), 3)
@@ -63,7 +71,8 @@ def main() -> None:
     from yolotune.tune.artifact import write_artifact
 
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
-    work = Path(tempfile.mkdtemp(prefix="reload-diag-"))
+    # RELOAD_WORK: a folder kept between calls on a warm machine, so its artifacts' caches are already filled
+    work = Path(os.environ.get("RELOAD_WORK") or tempfile.mkdtemp(prefix="reload-diag-"))
     model = resolve("default")
     arts = {
         "graph": write_artifact(work / "graph", model, {"precision": "fp16", "cuda_graph": True, "batch": 64}, {}),
@@ -77,6 +86,9 @@ def main() -> None:
         rows[name] = {"cold (first process)": runs[0], "warm": runs[1:]}
         # the cuDNN autotuning share: the same warm load with the autotuner off
         rows[name]["warm, cudnn.benchmark off"] = fresh(art, {}, {"YOLOTUNE_CUDNN_BENCHMARK": "0"})
+        if name == "compiled":  # Inductor's compile workers (a pool of processes) started for nothing?
+            rows[name]["warm, one compile thread"] = fresh(art, {}, {"TORCHINDUCTOR_COMPILE_THREADS": "1"})
+            rows[name]["warm, profiled"] = fresh(art, {}, {"RELOAD_PROFILE": "1"})
         print(name, json.dumps(rows[name]), flush=True)
         (out / "reload_diag.json").write_text(json.dumps(rows, indent=1))
 
