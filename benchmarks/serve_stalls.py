@@ -8,7 +8,9 @@ runtime (its methods are wrapped here):
   size, and the longest queue wait in it;
 - a probe thread that sleeps 1 ms in a loop: how late it wakes (GIL hand-over and CPU scheduling delay);
 - each thread's CPU seconds in this process (/proc/self/task), the decoder processes' CPU, and the machine's.
-Then: what the engine thread was doing while the slowest batches waited. Environment: STREAMS (100), SECONDS (15),
+Then: what the engine thread was doing while the slowest batches waited. POLICIES=turns,oldest runs the scheduler's
+earlier policy (one frame per stream in turn, the turn moving one stream per batch) and the current one (oldest
+frames first) alternately, REPEATS times each, in this one process. Environment: STREAMS (100), SECONDS (15),
 BATCH (32), MODEL (default), COMPILE (none), DECODER_PROCS. Writes serve_stalls.json under $OUT.
 """
 
@@ -75,6 +77,24 @@ def instrument() -> None:
         return out
 
     BatchScheduler.next_batch, _Det.submit_frames, _Det.collect = timed_next, timed_submit, timed_collect
+
+
+def take_in_turns(self) -> list:
+    """The scheduler's first policy, for the A/B: one frame per stream in turn from a pointer that moves one stream
+    per batch."""
+    batch: list = []
+    n = len(self.queues)
+    while len(batch) < self.max_batch:
+        took = False
+        for k in range(n):
+            q = self.queues[(self._turn + k) % n]
+            if len(q) and len(batch) < self.max_batch:
+                batch.append(q.pop())
+                took = True
+        if not took:
+            break
+    self._turn = (self._turn + 1) % max(n, 1)
+    return batch
 
 
 def probe(stop: threading.Event) -> None:
@@ -188,7 +208,10 @@ def main() -> None:
     instrument()
     with Detector(os.environ.get("MODEL", "default"), device="auto", batch=BATCH, **opts) as det:
         _verify(det, clip, 8, 30, 3, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)  # warm-up, not kept
-        for _ in range(int(os.environ.get("REPEATS", "2"))):
+        oldest = BatchScheduler._take
+        policies = os.environ.get("POLICIES", "oldest").split(",")
+        for policy in [p for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies]:
+            BatchScheduler._take = take_in_turns if policy == "turns" else oldest
             batches.clear()
             wakeups.clear()
             stop = threading.Event()
@@ -201,7 +224,7 @@ def main() -> None:
             stop.set()
             th.join()
             m1, wall = machine_cpu(), time.perf_counter() - t0
-            run = {"verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
+            run = {"policy": policy, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "cpu_s": sampler.finish(), "machine_busy": round((m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 3)}
             result["runs"].append(run)
             print(json.dumps(run, default=str)[:6000], flush=True)
