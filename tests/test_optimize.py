@@ -132,7 +132,7 @@ def test_cli_errors(tmp_path):
 def test_a_failing_candidate_is_reported_and_its_fallback_runs(tmp_path, val, monkeypatch):
     from yolotune.tune.candidates import Candidate
 
-    def space(device_type, compile=True, int8=True):
+    def space(device_type, compile=True, int8=True, budget_s=120.0):
         return [Candidate("torch fp32", {"precision": "fp32"}, reference=True),
                 Candidate("unexportable", {"precision": "fp32", "compile": "tensorrt"}),  # cannot be built
                 Candidate("fallback", {"precision": "fp32", "rect": False}, fallback_for="unexportable"),

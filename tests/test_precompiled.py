@@ -42,7 +42,7 @@ def test_compiled_once_per_batch_group_then_loaded_by_a_new_runner(tmp_path, mon
             x = torch.rand(b, 3, 16, 16)
             torch.testing.assert_close(first(x), eager(x), rtol=1e-4, atol=1e-4)
     assert [(r["file"].split("-")[1:], r["built"]) for r in first.loads] == [
-        (["inference", "00", f"bN{SUFFIX}"], True), (["inference", "01", f"b1{SUFFIX}"], True)]
+        (["untuned", "inference", "00", f"bN{SUFFIX}"], True), (["untuned", "inference", "01", f"b1{SUFFIX}"], True)]
     assert len(list(tmp_path.glob(f"*{SUFFIX}"))) == 2 and not list(tmp_path.glob(".*"))  # nothing half-written
 
     again = PrecompiledRunner(model)  # a new process would find the same files

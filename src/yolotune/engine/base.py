@@ -23,6 +23,7 @@ class Engine(ABC):
     fixed_hw: tuple[int, int] | None = None  # the model only accepts this input size
     graph_capturable: bool = False  # can run inside a CUDA graph
     static_canvas: bool = False  # compiled for one input size: letterbox to the square canvas, not per-batch rect
+    min_batch: int = 1  # smaller batches are padded to this (a compiled engine's batch 1 would be another compile)
 
     @abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...

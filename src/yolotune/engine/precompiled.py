@@ -69,7 +69,8 @@ class PrecompiledRunner:
         return fn(self.module, x)
 
     def _stem(self, x: torch.Tensor) -> str:
-        return f"{package_key(self.module, x)}-{'inference' if x.is_inference() else 'normal'}"
+        tuned = "tuned" if self.options.get("coordinate_descent_tuning") else "untuned"  # other kernels, other file
+        return f"{package_key(self.module, x)}-{tuned}-{'inference' if x.is_inference() else 'normal'}"
 
     def _load_all(self, x: torch.Tensor) -> list[Callable]:
         out = []

@@ -41,7 +41,7 @@ class TorchEngine(Engine):
         # Coordinate-descent tuning of the generated kernels' block sizes: +9% images/s for ~20 s more compile
         # (yolov8n b256, H100, benchmarks/results/optimize/compile_options_h100.json); freezing measured no gain
         # (mode "default": torch.compile takes a mode or options, not both).
-        self.compile_options = {"coordinate_descent_tuning": True}
+        self.compile_options = {"coordinate_descent_tuning": compile != "inductor-untuned"}
         self.compiled = None  # the JIT torch.compile, made at the first call that needs it
         self.precompiled: PrecompiledRunner | None = None
         self.precompile_error: str | None = None
@@ -59,6 +59,9 @@ class TorchEngine(Engine):
                 self.precompile_error = str(e)
         self.name = {"inductor": "torch-compiled", "aoti": "torch-aoti"}.get(self.compile_mode, "torch")
         self.static_canvas = self.compile_mode is not None  # each input size is one more compile
+        # torch.compile specialises batch 1 (a second compile, ~25 s + its kernels' first run on the H100): with a
+        # larger batch, a lone image runs padded to 2 through the one compile that serves every other size
+        self.min_batch = 2 if self.compile_mode == "inductor" else 1
         if device.type == "cuda":
             # shapes are fixed per batch bucket; YOLOTUNE_CUDNN_BENCHMARK=0 skips the autotuning (faster start)
             torch.backends.cudnn.benchmark = os.environ.get("YOLOTUNE_CUDNN_BENCHMARK", "1") != "0"
@@ -99,10 +102,11 @@ class TorchEngine(Engine):
 
 
 def compile_mode(compile: bool | str | None) -> str | None:
-    """Detector's ``compile`` option: False/None (eager), True or "inductor" (torch.compile), "aoti" (AOTInductor)."""
+    """Detector's ``compile`` option: False/None (eager), True or "inductor" (torch.compile, kernels' block sizes
+    tuned), "inductor-untuned" (~20 s less to compile, ~9% slower), "aoti" (AOTInductor)."""
     if compile in (False, None, "none", "off"):
         return None
-    if compile in (True, "inductor", "jit"):
+    if compile in (True, "inductor", "jit", "inductor-untuned"):  # untuned: no search of the kernels' block sizes
         return "inductor"
     if compile == "aoti":
         return "aoti"

@@ -124,7 +124,8 @@ class Detector:
         # Same-size host frames (RGB or I420) go through one graph: upload, colour conversion, letterbox, model, NMS.
         self._frame_path = self._frame_step is not None and self.preprocess == "gpu"
         self.frame_upload = "pinned"
-        self.buckets = sorted({self.batch} | {1 << i for i in range(self.batch.bit_length()) if (1 << i) < self.batch})
+        smallest = min(self.engine.min_batch, self.batch)  # below it, batches are padded
+        self.buckets = sorted({self.batch} | {1 << i for i in range(self.batch.bit_length()) if smallest <= (1 << i) < self.batch})
         make_slot = lambda: Slot(self.batch, max_det, self.device, self.engine.input_dtype, self.engine.channels_last)  # noqa: E731
         self._slots = [make_slot(), make_slot()]
         self._direct_slot = make_slot()  # used by detect(): its own buffers, so it never races predict()

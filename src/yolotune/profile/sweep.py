@@ -57,10 +57,13 @@ def sweep_batches(detector, max_batch: int, repeats: int = 5, min_seconds: float
 
 def _measure(det, b: int, h: int, w: int, repeats: int, min_seconds: float) -> SweepPoint:
     cuda = det.device.type == "cuda"
-    x = torch.rand(b, 3, h, w, device=det.device).to(det.engine.input_dtype)
+    # b images run as the engine's smallest batch where that is larger (padded, as the Detector pads them): the
+    # time is one b-image batch's, and images/s counts the b real images
+    n = max(b, getattr(det.engine, "min_batch", 1))
+    x = torch.rand(n, 3, h, w, device=det.device).to(det.engine.input_dtype)
     if det.engine.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    g = torch.tensor([[1.0, 1.0, 0.0, 0.0, float(h), float(w)]], device=det.device).repeat(b, 1)  # identity geometry
+    g = torch.tensor([[1.0, 1.0, 0.0, 0.0, float(h), float(w)]], device=det.device).repeat(n, 1)  # identity geometry
     if cuda:
         torch.cuda.synchronize(det.device)
         torch.cuda.reset_peak_memory_stats(det.device)

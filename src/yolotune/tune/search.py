@@ -111,7 +111,7 @@ def optimize(
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
         probe = probe_batch or (1 if objective == "latency" or dev.type == "cpu" else 32)
-        candidates = search_space(dev.type, compile=compile, int8=int8)
+        candidates = search_space(dev.type, compile=compile, int8=int8, budget_s=budget_s)
         reference = candidates[0]
         files = CandidateFiles(model_file, work, lambda: _images(Path(calibration)) if calibration else
                                _images(_dataset(None, "cpu", work, 32, seed=102)))
