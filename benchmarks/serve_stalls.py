@@ -97,12 +97,38 @@ def take_in_turns(self) -> list:
     return batch
 
 
+collections: list[tuple[float, int, float]] = []  # (start, generation, ms): the garbage collector's pauses
+stalls: list[dict] = []  # where every thread was when the probe woke more than 30 ms late (first 12)
+_gc_started: list[float] = [0.0]
+
+
+def on_gc(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        collections.append((_gc_started[0], info.get("generation", -1), (time.perf_counter() - _gc_started[0]) * 1e3))
+
+
+def where_threads_are() -> dict[str, list[str]]:
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = {}
+    for ident, frame in sys._current_frames().items():
+        stack = []
+        while frame is not None and len(stack) < 5:
+            stack.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}")
+            frame = frame.f_back
+        out[names.get(ident, str(ident))] = stack
+    return out
+
+
 def probe(stop: threading.Event) -> None:
     while not stop.is_set():
         t0 = time.perf_counter()
         time.sleep(0.001)
         late = (time.perf_counter() - t0 - 0.001) * 1e3
         wakeups.append((t0, late))
+        if late > 30 and len(stalls) < 12:
+            stalls.append({"at": t0, "late_ms": round(late, 1), "threads": where_threads_are()})
 
 
 class CpuSampler:
@@ -206,6 +232,9 @@ def main() -> None:
     opts = {"compile": os.environ["COMPILE"]} if os.environ.get("COMPILE", "none") != "none" else {}
     result: dict = {"env": environment(), "streams": STREAMS, "seconds": SECONDS, "batch": BATCH, "runs": []}
     instrument()
+    import gc
+
+    gc.callbacks.append(on_gc)
     with Detector(os.environ.get("MODEL", "default"), device="auto", batch=BATCH, **opts) as det:
         _verify(det, clip, 8, 30, 3, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)  # warm-up, not kept
         oldest = BatchScheduler._take
@@ -214,6 +243,8 @@ def main() -> None:
             BatchScheduler._take = take_in_turns if policy == "turns" else oldest
             batches.clear()
             wakeups.clear()
+            collections.clear()
+            stalls.clear()
             stop = threading.Event()
             th = threading.Thread(target=probe, args=(stop,), name="probe", daemon=True)
             sampler = CpuSampler()
@@ -224,7 +255,11 @@ def main() -> None:
             stop.set()
             th.join()
             m1, wall = machine_cpu(), time.perf_counter() - t0
+            gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
             run = {"policy": policy, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
+                   "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
+                          "longest": sorted(gcs, key=lambda c: -c[2])[:8]},
+                   "stalls": [dict(st, at=round(st["at"] - t0, 3)) for st in stalls],
                    "cpu_s": sampler.finish(), "machine_busy": round((m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 3)}
             result["runs"].append(run)
             print(json.dumps(run, default=str)[:6000], flush=True)
