@@ -52,20 +52,24 @@ class PrecompiledRunner:
         self.options = dict(options or {})
         self.cache = cache_root()  # now: an artifact being loaded has just pointed the cache into itself
         self._functions: dict[tuple, list[Callable]] = {}
+        self._chosen: dict[tuple, Callable] = {}  # by whole shape: which function took it (its own call checks again)
         self.loads: list[dict] = []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # the guards also check the tensor's dispatch keys: an inference tensor and a normal one (the Detector's
         # static buffers are made outside inference mode) are two groups
         group = (tuple(x.shape[1:]), x.dtype, x.device, x.is_inference())
+        chosen = self._chosen.get((x.shape[0], group))
+        if chosen is not None:  # a function's own call checks its guards: not a second time here
+            return chosen(self.module, x)
         functions = self._functions.get(group)
         if functions is None:
             functions = self._functions[group] = self._load_all(x)
-        for fn in functions:
-            if _accepts(fn, self.module, x):
-                return fn(self.module, x)
-        fn = self._build(x, index=len(functions))
-        functions.append(fn)
+        fn = next((f for f in functions if _accepts(f, self.module, x)), None)
+        if fn is None:
+            fn = self._build(x, index=len(functions))
+            functions.append(fn)
+        self._chosen[(x.shape[0], group)] = fn
         return fn(self.module, x)
 
     def _stem(self, x: torch.Tensor) -> str:
