@@ -4,7 +4,9 @@ Two artifacts of the default model: "graph" (FP16 CUDA graph, batch 64: what opt
 "compiled" (torch.compile + graph, batch 128). Each is loaded in fresh processes: the first fills the artifact's
 caches (a compile for "compiled"), the next ones are what a deployment sees. Steps timed in the child: import
 torch, CUDA context, import yolotune, import ultralytics, Detector(artifact), first detect (graph capture, cuDNN
-autotuning, compile-cache lookups), second detect. ARTS=graph,compiled picks. Writes $OUT/reload_diag.json.
+autotuning, compile-cache lookups), second detect; some rows then time model + NMS at the artifact's batch (what
+cuDNN autotuning buys). ARTS=graph,compiled picks. Children may write bytecode (RELOAD_NO_PYC=1: as the lent
+machine's environment has it, none). Writes $OUT/reload_diag.json.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ if prof:
 d.detect(frames)
 mark("second detect")
 t["to first detections"] = round(sum(v for k, v in t.items() if k not in ("second detect", "profile")), 3)
+if os.environ.get("RELOAD_THROUGHPUT"):  # model + NMS at the artifact's batch: what the start-up choices cost later
+    from yolotune.profile.sweep import _measure
+    p = _measure(d, d.batch, *d.imgsz, repeats=5, min_seconds=0.3)
+    t["images/s at batch %d" % d.batch] = round(p.images_per_s)
 e = d.engine
 t["precompiled"] = getattr(getattr(e, "precompiled", None), "loads", None)
 t["precompile_error"] = getattr(e, "precompile_error", None)
@@ -56,16 +62,23 @@ print(json.dumps(t))
 """
 
 
-# The lent machine's torch has no cached bytecode (profiled: ~7 s of each fresh process went to compiling the
-# sources of ~1,500 modules that torch.compile's machinery imports). An installed package keeps its .pyc files, so
-# the children cache theirs here, and the first (cold) run fills it.
+# The lent machine's torch has no cached bytecode and its environment sets PYTHONDONTWRITEBYTECODE (profiled: ~7 s
+# of each fresh process went to compiling the sources of ~1,500 modules that torch.compile's machinery imports). An
+# installed package keeps its .pyc files, so the children may write theirs, here; the first (cold) run fills it.
 PYCACHE = {"PYTHONPYCACHEPREFIX": os.environ.get("PYTHONPYCACHEPREFIX") or tempfile.mkdtemp(prefix="pycache-")}
+
+
+def child_env(extra: dict | None) -> dict:
+    env = {**os.environ, **PYCACHE, **(extra or {})}
+    if not os.environ.get("RELOAD_NO_PYC"):
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def fresh(art: Path, overrides: dict, env: dict | None = None) -> dict:
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", CHILD, str(art), json.dumps(overrides)], capture_output=True, text=True,
-                       timeout=400, env={**os.environ, **PYCACHE, **(env or {})})
+                       timeout=400, env=child_env(env))
     wall = time.perf_counter() - t0
     if r.returncode:
         return {"error": r.stderr[-800:], "wall_s": round(wall, 2)}
@@ -88,13 +101,16 @@ def main() -> None:
     rows: dict = {}
     wanted = os.environ.get("ARTS", "graph,compiled").split(",")
     for name, art in ((n, a) for n, a in arts.items() if n in wanted):
+        tp = {"RELOAD_THROUGHPUT": "1"}
         runs = [fresh(art, {}) for _ in range(int(os.environ.get("RUNS", "3")))]
         rows[name] = {"cold (first process)": runs[0], "warm": runs[1:]}
         print(name, json.dumps(rows[name]), flush=True)
-        # the cuDNN autotuning share: the same warm load with the autotuner off
-        rows[name]["warm, cudnn.benchmark off"] = fresh(art, {}, {"YOLOTUNE_CUDNN_BENCHMARK": "0"})
-        if name == "compiled":  # Inductor's compile workers (a pool of processes) started for nothing?
-            rows[name]["warm, one compile thread"] = fresh(art, {}, {"TORCHINDUCTOR_COMPILE_THREADS": "1"})
+        # the cuDNN autotuning share, and what the autotuner buys: warm loads with it on and off, alternating
+        for k in range(2):
+            rows[name][f"warm, cudnn.benchmark on, {k}"] = fresh(art, {}, tp)
+            rows[name][f"warm, cudnn.benchmark off, {k}"] = fresh(art, {}, {**tp, "YOLOTUNE_CUDNN_BENCHMARK": "0"})
+        if name == "compiled":  # Inductor's compile workers (a pool of processes): yolotune keeps them off at load
+            rows[name]["warm, a pool of 16 compile workers"] = fresh(art, {}, {"TORCHINDUCTOR_COMPILE_THREADS": "16"})
             rows[name]["warm, profiled"] = fresh(art, {}, {"RELOAD_PROFILE": "1"})
         print(name, json.dumps(rows[name]), flush=True)
         (out / "reload_diag.json").write_text(json.dumps(rows, indent=1))

@@ -10,7 +10,8 @@ runtime (its methods are wrapped here):
 - each thread's CPU seconds in this process (/proc/self/task), the decoder processes' CPU, and the machine's.
 Then: what the engine thread was doing while the slowest batches waited. POLICIES=turns,oldest runs the scheduler's
 earlier policy (one frame per stream in turn, the turn moving one stream per batch) and the current one (oldest
-frames first) alternately, REPEATS times each, in this one process. Environment: STREAMS (100), SECONDS (15),
+frames first) alternately, REPEATS times each, in this one process; LOCKED=driver,lookup likewise alternates how the
+engine thread tells a registered ring's frames (a driver query per frame, as before, or a lookup). Environment: STREAMS (100), SECONDS (15),
 BATCH (32), MODEL (default), COMPILE (none), DECODER_PROCS. Writes serve_stalls.json under $OUT.
 """
 
@@ -30,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment  # noqa: E402
 
 from yolotune import Detector  # noqa: E402
+from yolotune.pipeline import detector as detector_module  # noqa: E402
+from yolotune.pipeline.buffers import host_tensor  # noqa: E402
 from yolotune.pipeline.detector import Detector as _Det  # noqa: E402
 from yolotune.serve.plan import _clip, _verify  # noqa: E402
 from yolotune.serve.scheduler import BatchScheduler  # noqa: E402
@@ -239,8 +242,15 @@ def main() -> None:
         _verify(det, clip, 8, 30, 3, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)  # warm-up, not kept
         oldest = BatchScheduler._take
         policies = os.environ.get("POLICIES", "oldest").split(",")
-        for policy in [p for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies]:
+        # LOCKED=driver,lookup: how the engine thread learns that a frame is in a registered ring: by asking the
+        # driver per frame (Tensor.is_pinned, as before) or from the ranges register_host_memory recorded (now)
+        looked_up = detector_module.is_page_locked
+        asked = lambda f: host_tensor(f).is_pinned() if isinstance(f, np.ndarray) else f.is_pinned()  # noqa: E731
+        lookups = os.environ.get("LOCKED", "lookup").split(",")
+        trials = [(p, k) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies for k in lookups]
+        for policy, locked in trials:
             BatchScheduler._take = take_in_turns if policy == "turns" else oldest
+            detector_module.is_page_locked = asked if locked == "driver" else looked_up
             batches.clear()
             wakeups.clear()
             collections.clear()
@@ -256,7 +266,7 @@ def main() -> None:
             th.join()
             m1, wall = machine_cpu(), time.perf_counter() - t0
             gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
-            run = {"policy": policy, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
+            run = {"policy": policy, "page_locked_by": locked, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
                           "longest": sorted(gcs, key=lambda c: -c[2])[:8]},
                    "stalls": [dict(st, at=round(st["at"] - t0, 3)) for st in stalls],

@@ -527,3 +527,22 @@ def test_plan_steps_down_by_what_the_failed_run_says():
     assert next_trial(behind, 30, 50) == 57
     assert next_trial({**behind, "total_fps": 2900.0}, 30, 50) == 85  # at least 15% fewer
     assert next_trial({**ok, "streams": 1, "latency_p99_ms": 900.0}, 30, 50) == 1  # cannot go lower: plan stops
+
+
+def test_page_locked_frames_are_found_by_lookup_not_by_the_driver(monkeypatch):
+    """The engine asks per frame whether it may DMA straight from it: a numpy frame is page-locked only inside a
+    range register_host_memory recorded (a ring), wholly; asked without a driver call (no CUDA here)."""
+    from yolotune.pipeline import buffers
+
+    ring = np.zeros((4, 90, 160), np.uint8)
+    start = ring.ctypes.data
+    other = np.zeros((90, 160), np.uint8)
+    assert not buffers.is_page_locked(ring[1])
+    monkeypatch.setattr(buffers, "_registered", ((start - 10_000, start - 5_000), (start, start + ring.nbytes)))
+    assert all(buffers.is_page_locked(ring[i]) for i in range(4))
+    assert buffers.is_page_locked(ring[1:3])
+    assert not buffers.is_page_locked(other)
+    straddling = np.ndarray((2, 90, 160), np.uint8, buffer=np.zeros(ring.nbytes * 2, np.uint8))
+    monkeypatch.setattr(buffers, "_registered", ((start, start + ring.nbytes), (straddling.ctypes.data, straddling.ctypes.data + 100)))
+    assert not buffers.is_page_locked(straddling)  # only its first 100 bytes are in a range
+    assert not buffers.is_page_locked(torch.zeros(3))  # a tensor answers itself: not pinned

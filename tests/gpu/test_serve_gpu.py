@@ -93,14 +93,16 @@ def test_frames_in_a_registered_shared_memory_ring_upload_in_place(tmp_path):
         ring[:] = np.stack(i420)
         views = [ring[i] for i in range(16)]
         with Detector("default", device="cuda", batch=8) as det:
-            assert not is_page_locked(host_tensor(i420[0]))
+            assert not is_page_locked(i420[0]) and not is_page_locked(host_tensor(i420[0]))
             unpin = register_host_memory(shm.buf, det.device)
-            assert unpin is not None and is_page_locked(host_tensor(views[3]))
+            assert unpin is not None and is_page_locked(views[3])
+            assert host_tensor(views[3]).is_pinned()  # the lookup agrees with the driver
             want = det.detect(i420)
             got = det.detect(views)
             a, b = det.submit_frames(views[:8], 0), det.submit_frames(views[8:], 1)
             async_got = det.collect(a) + det.collect(b)
             unpin()
+            assert not is_page_locked(views[3])
         for w, g in zip(want, got):  # the same pixels through the same graph
             np.testing.assert_array_equal(g.boxes, w.boxes)
             np.testing.assert_array_equal(g.class_ids, w.class_ids)

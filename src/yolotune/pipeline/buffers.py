@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -131,10 +133,18 @@ def host_tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
+# Host ranges page-locked by register_host_memory, as sorted (start, end) pairs. Swapped whole on each change, so
+# readers (the engine thread, once per frame) need no lock; asking the driver instead (Tensor.is_pinned) per frame
+# stalled the engine thread for tens of ms while other threads were in the driver (serve_stalls on the H100).
+_registered: tuple[tuple[int, int], ...] = ()
+_registered_lock = threading.Lock()
+
+
 def register_host_memory(buffer, device: torch.device):
     """Page-lock an existing host buffer (a shared-memory ring) for DMA: frames in it upload straight to the device
     with no copy into pinned staging. Returns the function that unregisters it, or None where that is not possible
     (no CUDA, or the driver refused; uploads then go through staging as before)."""
+    global _registered
     if getattr(device, "type", "cpu") != "cuda":
         return None
     view = np.frombuffer(buffer, dtype=np.uint8)
@@ -147,12 +157,36 @@ def register_host_memory(buffer, device: torch.device):
         # CUDA also keeps the error as this host thread's "last error", which a later kernel launch on the same
         # thread would report: call this from a thread that launches no kernels (DecoderPool's pinner thread).
         return None
-    return lambda: cudart.cudaHostUnregister(ptr)
+    span = (ptr, ptr + view.nbytes)
+    with _registered_lock:
+        _registered = tuple(sorted((*_registered, span)))
+
+    def unregister() -> None:
+        global _registered
+        with _registered_lock:  # forgotten first: no upload may take the range for page-locked after this
+            _registered = tuple(s for s in _registered if s != span)
+        cudart.cudaHostUnregister(ptr)
+
+    return unregister
 
 
-def is_page_locked(t: torch.Tensor) -> bool:
-    """Whether a host tensor lives in page-locked memory (pinned or registered): the device can DMA from it."""
+def in_registered_memory(arr: np.ndarray) -> bool:
+    """Whether all of ``arr`` lies in a buffer page-locked by register_host_memory (no driver call)."""
+    spans = _registered
+    if not spans:
+        return False
+    start = arr.ctypes.data
+    i = bisect.bisect_right(spans, (start, float("inf"))) - 1
+    return i >= 0 and spans[i][0] <= start and start + arr.nbytes <= spans[i][1]
+
+
+def is_page_locked(frame: np.ndarray | torch.Tensor) -> bool:
+    """Whether a host frame lives in page-locked memory, so the device can DMA straight from it. A numpy array is
+    page-locked when it lies in a buffer registered by register_host_memory (the decoder processes' rings): a lookup,
+    not a driver query per frame. A tensor answers itself (pinned by torch, or registered)."""
+    if isinstance(frame, np.ndarray):
+        return in_registered_memory(frame)
     try:
-        return t.is_pinned()
+        return frame.is_pinned()
     except RuntimeError:  # no accelerator in this build
         return False

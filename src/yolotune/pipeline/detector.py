@@ -457,7 +457,7 @@ class Detector:
         if self.frame_upload == "pinned":
             for i, f in enumerate(frames):
                 src = host_tensor(f)
-                if self.device.type == "cuda" and is_page_locked(src):
+                if self.device.type == "cuda" and is_page_locked(f):
                     # already page-locked (a decoder process's registered ring): DMA straight from it, no host copy;
                     # the caller keeps the frame's memory untouched until collect() (serve/runtime.py does)
                     fb.frames[i].copy_(src, non_blocking=True)
