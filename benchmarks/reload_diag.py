@@ -48,6 +48,9 @@ if prof:
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(45)
     t["profile"] = buf.getvalue()[-9000:]
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+    t["profile, own time"] = buf.getvalue()[-7000:]
 d.detect(frames)
 mark("second detect")
 t["to first detections"] = round(sum(v for k, v in t.items() if k not in ("second detect", "profile")), 3)
@@ -102,15 +105,16 @@ def main() -> None:
     wanted = os.environ.get("ARTS", "graph,compiled").split(",")
     for name, art in ((n, a) for n, a in arts.items() if n in wanted):
         tp = {"RELOAD_THROUGHPUT": "1"}
-        runs = [fresh(art, {}) for _ in range(int(os.environ.get("RUNS", "3")))]
+        # PROFILE_FIRST_WARM=1: the first warm process profiled (it has been far slower than the next ones)
+        first_warm = {"RELOAD_PROFILE": "1"} if os.environ.get("PROFILE_FIRST_WARM") else {}
+        runs = [fresh(art, {}, first_warm if i == 1 else None) for i in range(int(os.environ.get("RUNS", "3")))]
         rows[name] = {"cold (first process)": runs[0], "warm": runs[1:]}
         print(name, json.dumps(rows[name]), flush=True)
         # the cuDNN autotuning share, and what the autotuner buys: warm loads with it on and off, alternating
-        for k in range(2):
+        for k in range(int(os.environ.get("CUDNN_ROWS", "2"))):
             rows[name][f"warm, cudnn.benchmark on, {k}"] = fresh(art, {}, tp)
             rows[name][f"warm, cudnn.benchmark off, {k}"] = fresh(art, {}, {**tp, "YOLOTUNE_CUDNN_BENCHMARK": "0"})
-        if name == "compiled":  # Inductor's compile workers (a pool of processes): yolotune keeps them off at load
-            rows[name]["warm, a pool of 16 compile workers"] = fresh(art, {}, {"TORCHINDUCTOR_COMPILE_THREADS": "16"})
+        if name == "compiled":
             rows[name]["warm, profiled"] = fresh(art, {}, {"RELOAD_PROFILE": "1"})
         print(name, json.dumps(rows[name]), flush=True)
         (out / "reload_diag.json").write_text(json.dumps(rows, indent=1))

@@ -97,3 +97,22 @@ def test_traceable_heads_are_put_back():
     with traceable_heads(head):
         assert head.dynamic is True and head.stride == [8.0]
     assert head.dynamic is False and isinstance(head.stride, torch.Tensor)
+
+
+def test_the_detectors_model_inputs_are_one_kind_of_tensor_whichever_path_makes_them(tmp_path):
+    """predict's producer runs in inference mode, serve's set-up does not: the model-input buffers they make must
+    be the same kind of tensor (normal), or a compiled engine needs a second function for the other kind."""
+    import numpy as np
+
+    from yolotune import Detector
+    from yolotune.pipeline.buffers import Slot
+
+    slot = Slot(4, 10, torch.device("cpu"), torch.float32, False)
+    with torch.inference_mode():
+        x = slot.input((64, 64))
+        x[:2].fill_(1.0)  # written in inference mode, as letterbox does
+    assert not x.is_inference() and not x[:2].is_inference() and float(x[:2].mean()) == 1.0
+    with Detector("default", device="cpu", batch=2, imgsz=160) as det:
+        det.detect([np.zeros((90, 160, 3), np.uint8)] * 2)  # in inference mode
+        slots = [det._direct_slot, *det._slots]
+        assert [t.is_inference() for s in slots for t in s.inputs.values()] == [False] * sum(len(s.inputs) for s in slots)

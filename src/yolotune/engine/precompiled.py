@@ -70,8 +70,7 @@ class PrecompiledRunner:
             fn = self._build(x, index=len(functions))
             functions.append(fn)
         self._chosen[(x.shape[0], group)] = fn
-        with _no_compile_workers():  # a loaded function's first call sets up its kernels: nothing to compile
-            return fn(self.module, x)
+        return fn(self.module, x)
 
     def _stem(self, x: torch.Tensor) -> str:
         tuned = "tuned" if self.options.get("coordinate_descent_tuning") else "untuned"  # other kernels, other file
@@ -82,7 +81,7 @@ class PrecompiledRunner:
         for path in sorted(self.cache.glob(f"{self._stem(x)}-*{SUFFIX}")):
             t0 = time.perf_counter()
             try:
-                with open(path, "rb") as f, _aot_enabled(), _no_compile_workers():
+                with open(path, "rb") as f, _aot_enabled():
                     fn = torch.compiler.load_compiled_function(f)
             except Exception as e:  # noqa: BLE001  (a file from another torch or GPU: compiled again instead)
                 self.loads.append({"file": path.name, "built": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
@@ -122,20 +121,6 @@ def _aot_enabled():
     """torch._dynamo.config.enable_aot_compile on for the duration, where this torch has the flag."""
     cfg = torch._dynamo.config
     return cfg.patch(enable_aot_compile=True) if hasattr(cfg, "enable_aot_compile") else contextlib.nullcontext()
-
-
-def _no_compile_workers():
-    """Inductor's compile threads at 1 for the duration, unless TORCHINDUCTOR_COMPILE_THREADS says otherwise.
-
-    Loading a saved function and its first call only set up kernels compiled before (the artifact's Inductor
-    cache), yet with more than one thread Inductor starts its pool of compile processes for them: each imports
-    torch, and on the H100 machine a warm reload spent 20.6 s in its first call with the pool, 10.5 s without it
-    (reload_diag_h100_precompiled_2.json)."""
-    if os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"):
-        return contextlib.nullcontext()
-    import torch._inductor.config as inductor_config
-
-    return inductor_config.patch(compile_threads=1)
 
 
 def _accepts(fn, module: torch.nn.Module, x: torch.Tensor) -> bool:

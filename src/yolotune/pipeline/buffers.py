@@ -36,9 +36,13 @@ class Slot:
         """The model-input buffer [batch, 3, H, W] for ``canvas`` (engine dtype and memory format)."""
         buf = self.inputs.get(canvas)
         if buf is None:
-            buf = torch.zeros(self.batch, 3, *canvas, dtype=self.dtype, device=self.device)
-            if self.channels_last:
-                buf = buf.contiguous(memory_format=torch.channels_last)
+            # Always a normal tensor, whichever path (predict's producer runs in inference mode, serve's set-up does
+            # not) asks first: a compiled function's guards check the input's dispatch keys, and an inference
+            # tensor would need a second function (a second ahead-of-time compile, ~12 s on the H100).
+            with torch.inference_mode(False):
+                buf = torch.zeros(self.batch, 3, *canvas, dtype=self.dtype, device=self.device)
+                if self.channels_last:
+                    buf = buf.contiguous(memory_format=torch.channels_last)
             self.inputs[canvas] = buf
         return buf
 
