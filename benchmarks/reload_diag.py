@@ -53,7 +53,7 @@ if prof:
     t["profile, own time"] = buf.getvalue()[-7000:]
 d.detect(frames)
 mark("second detect")
-t["to first detections"] = round(sum(v for k, v in t.items() if k not in ("second detect", "profile")), 3)
+t["to first detections"] = round(sum(v for k, v in t.items() if k != "second detect" and not k.startswith("profile")), 3)
 if os.environ.get("RELOAD_THROUGHPUT"):  # model + NMS at the artifact's batch: what the start-up choices cost later
     from yolotune.profile.sweep import _measure
     p = _measure(d, d.batch, *d.imgsz, repeats=5, min_seconds=0.3)

@@ -17,6 +17,7 @@ BATCH (32), MODEL (default), COMPILE (none), DECODER_PROCS. Writes serve_stalls.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -105,11 +106,25 @@ stalls: list[dict] = []  # where every thread was when the probe woke more than 
 _gc_started: list[float] = [0.0]
 
 
+_gen2_seen: list[dict] = []  # per full collection: objects walked, by kind
+
+
 def on_gc(phase: str, info: dict) -> None:
+    gen = info.get("generation", -1)
     if phase == "start":
+        if gen == 2:  # rare, and the ones that hurt: what a full collection walks (counted before its clock starts)
+            objs = gc.get_objects(generation=2)
+            kinds: dict[str, int] = {}
+            for o in objs:
+                kinds[type(o).__name__] = kinds.get(type(o).__name__, 0) + 1
+            _gen2_seen.append({"objects": len(objs), "frozen": gc.get_freeze_count(),
+                               "kinds": sorted(kinds.items(), key=lambda kv: -kv[1])[:12]})
+            del objs
         _gc_started[0] = time.perf_counter()
     else:
-        collections.append((_gc_started[0], info.get("generation", -1), (time.perf_counter() - _gc_started[0]) * 1e3))
+        collections.append((_gc_started[0], gen, (time.perf_counter() - _gc_started[0]) * 1e3))
+        if gen == 2 and _gen2_seen:
+            _gen2_seen[-1].update(ms=round(collections[-1][2], 2), collected=info.get("collected"))
 
 
 def where_threads_are() -> dict[str, list[str]]:
@@ -235,8 +250,6 @@ def main() -> None:
     opts = {"compile": os.environ["COMPILE"]} if os.environ.get("COMPILE", "none") != "none" else {}
     result: dict = {"env": environment(), "streams": STREAMS, "seconds": SECONDS, "batch": BATCH, "runs": []}
     instrument()
-    import gc
-
     gc.callbacks.append(on_gc)
     with Detector(os.environ.get("MODEL", "default"), device="auto", batch=BATCH, **opts) as det:
         _verify(det, clip, 8, 30, 3, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)  # warm-up, not kept
@@ -252,6 +265,7 @@ def main() -> None:
             BatchScheduler._take = take_in_turns if policy == "turns" else oldest
             detector_module.is_page_locked = asked if locked == "driver" else looked_up
             batches.clear()
+            _gen2_seen.clear()
             wakeups.clear()
             collections.clear()
             stalls.clear()
@@ -268,7 +282,7 @@ def main() -> None:
             gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
             run = {"policy": policy, "page_locked_by": locked, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
-                          "longest": sorted(gcs, key=lambda c: -c[2])[:8]},
+                          "longest": sorted(gcs, key=lambda c: -c[2])[:8], "full": list(_gen2_seen)},
                    "stalls": [dict(st, at=round(st["at"] - t0, 3)) for st in stalls],
                    "cpu_s": sampler.finish(), "machine_busy": round((m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 3)}
             result["runs"].append(run)
