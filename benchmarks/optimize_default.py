@@ -1,5 +1,6 @@
 """`yolotune optimize` with its defaults (120 s budget) on the default model, each step's start time printed; the
-report (without the artifact's model and caches) and the wall time go to $OUT/optimize_default/."""
+report (without the artifact's model and caches) and the wall time go to $OUT/optimize_default/. Then RELOADS (3)
+fresh processes load the artifact, step by step (benchmarks/reload_diag.py's child), the first right after optimize."""
 
 from __future__ import annotations
 
@@ -29,12 +30,19 @@ def main() -> None:
 
     report = optimize("default", out=art, progress=say)
     wall = time.perf_counter() - t0
+    # what production sees: the saved artifact loaded by fresh processes, the first right after optimize
+    from reload_diag import fresh
+
+    reloads = [fresh(art, {}) for _ in range(int(os.environ.get("RELOADS", "3")))]
+    for r in reloads:
+        print("fresh-process reload", json.dumps(r), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("report.json", "report.md"):
         shutil.copy(art / name, out / name)
     (out / "run.json").write_text(json.dumps({"env": environment(), "wall_s": round(wall, 1), "steps": steps,
                                               "search_s": report.get("search_s"), "reload_s": report.get("reload_s"),
-                                              "chosen": report.get("chosen", {}).get("name")}, indent=1))
+                                              "chosen": report.get("chosen", {}).get("name"),
+                                              "fresh_process_reloads": reloads}, indent=1))
     print(report.get("summary"), f"wall {wall:.1f} s, search {report.get('search_s')} s, reload {report.get('reload_s')} s")
 
 

@@ -100,6 +100,9 @@ def main() -> None:
         "graph": write_artifact(work / "graph", model, {"precision": "fp16", "cuda_graph": True, "batch": 64}, {}),
         "compiled": write_artifact(work / "compiled", model, {"precision": "fp16", "cuda_graph": True, "compile": True,
                                                               "rect": False, "batch": 128}, {}),
+        # what the default optimize (120 s budget) saves: kernels not tuned
+        "compiled-untuned": write_artifact(work / "compiled-untuned", model, {
+            "precision": "fp16", "cuda_graph": True, "compile": "inductor-untuned", "rect": False, "batch": 128}, {}),
     }
     rows: dict = {}
     wanted = os.environ.get("ARTS", "graph,compiled").split(",")
@@ -114,7 +117,7 @@ def main() -> None:
         for k in range(int(os.environ.get("CUDNN_ROWS", "2"))):
             rows[name][f"warm, cudnn.benchmark on, {k}"] = fresh(art, {}, tp)
             rows[name][f"warm, cudnn.benchmark off, {k}"] = fresh(art, {}, {**tp, "YOLOTUNE_CUDNN_BENCHMARK": "0"})
-        if name == "compiled":
+        if name == "compiled" and os.environ.get("PROFILED_ROW", "1") == "1":
             rows[name]["warm, profiled"] = fresh(art, {}, {"RELOAD_PROFILE": "1"})
         print(name, json.dumps(rows[name]), flush=True)
         (out / "reload_diag.json").write_text(json.dumps(rows, indent=1))

@@ -272,6 +272,7 @@ def main() -> None:
             stop = threading.Event()
             th = threading.Thread(target=probe, args=(stop,), name="probe", daemon=True)
             sampler = CpuSampler()
+            frozen_before = gc.get_freeze_count()  # the runtime freezes start-up objects for its run
             m0, t0 = machine_cpu(), time.perf_counter()
             sampler.start()
             th.start()
@@ -282,7 +283,8 @@ def main() -> None:
             gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
             run = {"policy": policy, "page_locked_by": locked, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
-                          "longest": sorted(gcs, key=lambda c: -c[2])[:8], "full": list(_gen2_seen)},
+                          "longest": sorted(gcs, key=lambda c: -c[2])[:8], "full": list(_gen2_seen),
+                          "frozen_before": frozen_before},
                    "stalls": [dict(st, at=round(st["at"] - t0, 3)) for st in stalls],
                    "cpu_s": sampler.finish(), "machine_busy": round((m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 3)}
             result["runs"].append(run)

@@ -19,9 +19,10 @@ def test_an_application_that_froze_objects_itself_keeps_its_freeze():
     gc.freeze()
     try:
         kept = gc.get_freeze_count()
-        assert freeze_startup_objects() is False
+        assert freeze_startup_objects() is False  # not ours to unfreeze
+        assert gc.get_freeze_count() >= kept  # frozen all the same: the run is protected
         with tuned_for_threads():
             pass
-        assert gc.get_freeze_count() == kept  # not unfrozen behind its back
+        assert gc.get_freeze_count() >= kept  # not unfrozen behind its back
     finally:
         gc.unfreeze()

@@ -1,7 +1,7 @@
 """The Python interpreter set up for a process whose threads (readers, producer, engine, receivers) share one GIL.
 
 Two settings, undone when the work ends: `yolotune predict` (whose process is ours) applies both; the serve
-runtime's run (a library call too) only the first, and only when the application has not frozen objects itself:
+runtime's run (a library call too) only the first (an application's own freeze is never undone):
 - objects alive after start-up (torch, the model: hundreds of thousands) frozen out of the garbage collector's
   sight, so a full collection does not walk them all while holding the GIL and every thread waits;
 - a 1 ms thread switch interval instead of 5 ms, so a thread back from a GPU wait or a file read gets the GIL
@@ -18,12 +18,14 @@ from typing import Iterator
 
 
 def freeze_startup_objects() -> bool:
-    """gc.collect() then gc.freeze(); False (nothing done) when something else froze objects already."""
-    if gc.get_freeze_count():  # the embedding application manages this itself
-        return False
+    """gc.collect() then gc.freeze(). Returns whether the caller may unfreeze afterwards: False when objects were
+    frozen already (by the application, say), as gc.unfreeze() would undo that freeze too; then what this call
+    froze stays frozen. It freezes either way: on the H100 a serve run that skipped it because 375 objects were
+    frozen had a 207 ms full collection over 320,000 objects (benchmarks/results/serve/README.md)."""
+    ours = gc.get_freeze_count() == 0
     gc.collect()
     gc.freeze()
-    return True
+    return ours
 
 
 @contextlib.contextmanager

@@ -81,8 +81,7 @@ class PrecompiledRunner:
         for path in sorted(self.cache.glob(f"{self._stem(x)}-*{SUFFIX}")):
             t0 = time.perf_counter()
             try:
-                with open(path, "rb") as f, _aot_enabled():
-                    fn = torch.compiler.load_compiled_function(f)
+                fn = _load(path)
             except Exception as e:  # noqa: BLE001  (a file from another torch or GPU: compiled again instead)
                 self.loads.append({"file": path.name, "built": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
                 continue
@@ -113,8 +112,22 @@ class PrecompiledRunner:
         part = path.with_name(f".{path.name}.{os.getpid()}")
         fn.save_compiled_function(str(part))
         os.replace(part, path)  # atomic: a half-written file is never found
+        # Run what the next process will load, not what was just compiled. The first call of tuned kernels tunes
+        # their block sizes and records the result beside the kernel's file; a loaded function's kernels live at
+        # other paths, so on the H100 the first process to load a fresh file tuned them all again (78 Triton
+        # compiles, first detections after 29 s against 7-12 s for the processes after it). Loaded here, that
+        # first call's tuning is recorded where later loads look.
+        try:
+            fn = _load(path)
+        except Exception:  # noqa: BLE001  (kept as compiled; a later process reports the load's error)
+            pass
         self.loads.append({"file": path.name, "built": True, "seconds": round(time.perf_counter() - t0, 3)})
         return fn
+
+
+def _load(path: Path) -> Callable:
+    with open(path, "rb") as f, _aot_enabled():
+        return torch.compiler.load_compiled_function(f)
 
 
 def _aot_enabled():
