@@ -43,6 +43,8 @@ def test_compiled_once_per_batch_group_then_loaded_by_a_new_runner(tmp_path, mon
             torch.testing.assert_close(first(x), eager(x), rtol=1e-4, atol=1e-4)
     assert [(r["file"].split("-")[1:], r["built"]) for r in first.loads] == [
         (["untuned", "inference", "00", f"bN{SUFFIX}"], True), (["untuned", "inference", "01", f"b1{SUFFIX}"], True)]
+    (why,) = first.loads[1]["others_rejected_because"]  # batch 1 is outside the first function's guards, in words
+    assert "unknown" not in why and why, why
     assert len(list(tmp_path.glob(f"*{SUFFIX}"))) == 2 and not list(tmp_path.glob(".*"))  # nothing half-written
 
     again = PrecompiledRunner(model)  # a new process would find the same files

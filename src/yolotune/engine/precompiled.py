@@ -67,8 +67,11 @@ class PrecompiledRunner:
             functions = self._functions[group] = self._load_all(x)
         fn = next((f for f in functions if _accepts(f, self.module, x)), None)
         if fn is None:
+            rejected = [_why_rejected(f, self.module, x) for f in functions]  # why the saved ones did not serve
             fn = self._build(x, index=len(functions))
             functions.append(fn)
+            if rejected:
+                self.loads[-1]["others_rejected_because"] = rejected
         self._chosen[(x.shape[0], group)] = fn
         return fn(self.module, x)
 
@@ -139,3 +142,13 @@ def _aot_enabled():
 def _accepts(fn, module: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether ``fn``'s guards accept this call (a batch size outside its range, another grad mode...)."""
     return bool(fn.guard_check(module, x))
+
+
+def _why_rejected(fn, module: torch.nn.Module, x: torch.Tensor) -> str:
+    """The first guard of ``fn`` that this call fails, in dynamo's words (for the report)."""
+    try:
+        info = fn._artifacts.guard_manager.check_verbose(fn.prepare_f_locals(module, x))
+        parts = getattr(info, "verbose_code_parts", None)
+        return (" / ".join(str(p) for p in parts) if parts else str(info))[:300]
+    except Exception as e:  # noqa: BLE001  (torch internals: a report detail, never a failure)
+        return f"unknown ({type(e).__name__})"
