@@ -118,3 +118,26 @@ def test_the_detectors_model_inputs_are_one_kind_of_tensor_whichever_path_makes_
         det.detect([np.zeros((90, 160, 3), np.uint8)] * 2)  # in inference mode
         slots = [det._direct_slot, *det._slots]
         assert [t.is_inference() for s in slots for t in s.inputs.values()] == [False] * sum(len(s.inputs) for s in slots)
+
+
+def test_a_function_compiled_with_another_cpu_thread_count_is_still_loaded(tmp_path, monkeypatch):
+    """dynamo guards on torch's CPU thread count; a library or the application may set it otherwise in the process
+    that loads the artifact. Only that differing must not cost a new compile."""
+    runner, model = _runner(tmp_path, monkeypatch)
+    x = torch.rand(2, 3, 16, 16)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    try:
+        with torch.inference_mode():
+            want = runner(x)
+        (saved,) = tmp_path.glob(f"*{SUFFIX}")
+        assert '"torch_threads": %d' % before in saved.with_name(saved.name + ".json").read_text()
+        torch.set_num_threads(other)
+        again = PrecompiledRunner(model)
+        with torch.inference_mode():
+            torch.testing.assert_close(again(x), want)
+            torch.testing.assert_close(again(x), want)  # the memoised call, its own guard check off
+        assert [r["built"] for r in again.loads] == [False]
+        assert torch.get_num_threads() == other  # the check put it back
+    finally:
+        torch.set_num_threads(before)

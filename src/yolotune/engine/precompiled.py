@@ -14,6 +14,7 @@ key as AOTInductor packages: weights, structure, input shape but batch, dtype, t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ class PrecompiledRunner:
         self.cache = cache_root()  # now: an artifact being loaded has just pointed the cache into itself
         self._functions: dict[tuple, list[Callable]] = {}
         self._chosen: dict[tuple, Callable] = {}  # by whole shape: which function took it (its own call checks again)
+        self._built_with_threads: dict[int, int] = {}  # id(function) -> torch's CPU thread count when it was compiled
         self.loads: list[dict] = []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,7 @@ class PrecompiledRunner:
         functions = self._functions.get(group)
         if functions is None:
             functions = self._functions[group] = self._load_all(x)
-        fn = next((f for f in functions if _accepts(f, self.module, x)), None)
+        fn = next((f for f in functions if self._accepts(f, x)), None)
         if fn is None:
             rejected = [_why_rejected(f, self.module, x) for f in functions]  # why the saved ones did not serve
             fn = self._build(x, index=len(functions))
@@ -90,7 +92,33 @@ class PrecompiledRunner:
                 continue
             self.loads.append({"file": path.name, "built": False, "seconds": round(time.perf_counter() - t0, 3)})
             out.append(fn)
+            threads = _read_threads(path)
+            if threads is not None:
+                self._built_with_threads[id(fn)] = threads
         return out
+
+    def _accepts(self, fn, x: torch.Tensor) -> bool:
+        """Whether ``fn``'s guards accept this call. Among them is torch's CPU thread count when it was compiled
+        (dynamo's global state), which an application or a library may set otherwise (optimize's process ran
+        with another count than a fresh one, and the first reload on the H100 compiled again, 4.6 s). It can
+        change the speed of CPU kernels, never a result, and not CUDA kernels at all: where only it differs, the
+        function is accepted and its own call stops checking guards (each new input shape is still checked here
+        first)."""
+        if fn.guard_check(self.module, x):
+            return True
+        threads = self._built_with_threads.get(id(fn))
+        if threads is None or threads == torch.get_num_threads():
+            return False
+        now = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            ok = bool(fn.guard_check(self.module, x))
+        finally:
+            torch.set_num_threads(now)
+        if ok and hasattr(fn, "disable_guard_check"):
+            fn.disable_guard_check()
+            return True
+        return False
 
     def _build(self, x: torch.Tensor, index: int) -> Callable:
         t0 = time.perf_counter()
@@ -114,6 +142,7 @@ class PrecompiledRunner:
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f".{path.name}.{os.getpid()}")
         fn.save_compiled_function(str(part))
+        path.with_name(path.name + ".json").write_text(json.dumps({"torch_threads": torch.get_num_threads()}))
         os.replace(part, path)  # atomic: a half-written file is never found
         # Run what the next process will load, not what was just compiled. The first call of tuned kernels tunes
         # their block sizes and records the result beside the kernel's file; a loaded function's kernels live at
@@ -124,8 +153,17 @@ class PrecompiledRunner:
             fn = _load(path)
         except Exception:  # noqa: BLE001  (kept as compiled; a later process reports the load's error)
             pass
+        self._built_with_threads[id(fn)] = torch.get_num_threads()
         self.loads.append({"file": path.name, "built": True, "seconds": round(time.perf_counter() - t0, 3)})
         return fn
+
+
+def _read_threads(path: Path) -> int | None:
+    """torch's CPU thread count recorded beside a saved function when it was compiled (None: not recorded)."""
+    try:
+        return int(json.loads(path.with_name(path.name + ".json").read_text())["torch_threads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _load(path: Path) -> Callable:
@@ -138,10 +176,6 @@ def _aot_enabled():
     cfg = torch._dynamo.config
     return cfg.patch(enable_aot_compile=True) if hasattr(cfg, "enable_aot_compile") else contextlib.nullcontext()
 
-
-def _accepts(fn, module: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``fn``'s guards accept this call (a batch size outside its range, another grad mode...)."""
-    return bool(fn.guard_check(module, x))
 
 
 def _why_rejected(fn, module: torch.nn.Module, x: torch.Tensor) -> str:
