@@ -11,7 +11,8 @@ runtime (its methods are wrapped here):
 Then: what the engine thread was doing while the slowest batches waited. POLICIES=turns,oldest runs the scheduler's
 earlier policy (one frame per stream in turn, the turn moving one stream per batch) and the current one (oldest
 frames first) alternately, REPEATS times each, in this one process; LOCKED=driver,lookup likewise alternates how the
-engine thread tells a registered ring's frames (a driver query per frame, as before, or a lookup). Environment: STREAMS (100), SECONDS (15),
+engine thread tells a registered ring's frames (a driver query per frame, as before, or a lookup), and NICE=0,5 the
+decoder processes' added niceness. Environment: STREAMS (100), SECONDS (15),
 BATCH (32), MODEL (default), COMPILE (none), DECODER_PROCS. Writes serve_stalls.json under $OUT.
 """
 
@@ -35,6 +36,7 @@ from yolotune import Detector  # noqa: E402
 from yolotune.pipeline import detector as detector_module  # noqa: E402
 from yolotune.pipeline.buffers import host_tensor  # noqa: E402
 from yolotune.pipeline.detector import Detector as _Det  # noqa: E402
+from yolotune.serve.decoders import DecoderPool  # noqa: E402
 from yolotune.serve.plan import _clip, _verify  # noqa: E402
 from yolotune.serve.scheduler import BatchScheduler  # noqa: E402
 
@@ -260,10 +262,20 @@ def main() -> None:
         looked_up = detector_module.is_page_locked
         asked = lambda f: host_tensor(f).is_pinned() if isinstance(f, np.ndarray) else f.is_pinned()  # noqa: E731
         lookups = os.environ.get("LOCKED", "lookup").split(",")
-        trials = [(p, k) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies for k in lookups]
-        for policy, locked in trials:
+        # NICE=0,5: the decoder processes' added niceness (DecoderOptions.nice), alternated the same way
+        nices = [int(v) for v in os.environ.get("NICE", "5").split(",")]
+        pool_init = DecoderPool.__init__
+        trials = [(p, k, n) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies for k in lookups
+                  for n in nices]
+        for policy, locked, nice in trials:
             BatchScheduler._take = take_in_turns if policy == "turns" else oldest
             detector_module.is_page_locked = asked if locked == "driver" else looked_up
+
+            def niced_pool(self, specs, queues, stop, opt, *a, _nice=nice, **k):
+                opt.nice = _nice
+                pool_init(self, specs, queues, stop, opt, *a, **k)
+
+            DecoderPool.__init__ = niced_pool
             batches.clear()
             _gen2_seen.clear()
             wakeups.clear()
@@ -281,7 +293,7 @@ def main() -> None:
             th.join()
             m1, wall = machine_cpu(), time.perf_counter() - t0
             gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
-            run = {"policy": policy, "page_locked_by": locked, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
+            run = {"policy": policy, "page_locked_by": locked, "decoder_nice": nice, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
                           "longest": sorted(gcs, key=lambda c: -c[2])[:8], "full": list(_gen2_seen),
                           "frozen_before": frozen_before},

@@ -2,6 +2,7 @@
 graceful shutdown, metrics, the scheduler's deadline and fairness."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -492,6 +493,9 @@ def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
                 got[i].append(f.slot[0])
                 pool.release([f])
         time.sleep(0.01)
+    import psutil  # the processes decode at a lower priority than the runtime (DecoderOptions.nice, 5)
+
+    assert [psutil.Process(p.pid).nice() for p in pool.procs] == [min(19, os.nice(0) + 5)] * 2
     stop.set()
     pool.join(5.0)
     assert len(got[0]) == 24 and set(got[0]) == {premade}  # every frame of the file in the runtime's ring

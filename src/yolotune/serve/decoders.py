@@ -43,6 +43,10 @@ class DecoderOptions:
     pixel_format: str
     slots: int  # ring slots per stream
     decoder_threads: int = 1  # FFmpeg threads per decoder (serve.sources.decoder_threads)
+    # Added to the decoder processes' niceness: with ~100 decoder threads on 16 cores, the ones decoding a frame
+    # all at once (real-time streams are due together) must not take the CPU from the engine thread. Decoders
+    # have slack (their rings); the engine's delay is every frame's latency.
+    nice: int = 5
 
 
 def decoder_processes(n_sources: int, cores: int | None = None) -> int:
@@ -119,6 +123,11 @@ class _SlotWriter:
 def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]], out_conn, in_conn,
                   opt: DecoderOptions) -> None:
     """A decoder process: one SourceWorker thread per assigned source until the runtime says stop."""
+    if opt.nice:
+        try:
+            os.nice(opt.nice)
+        except OSError:  # not allowed here: decode at the runtime's priority
+            pass
     send_lock = threading.Lock()
     stop = threading.Event()
 

@@ -46,6 +46,7 @@ class RunOptions:
     pixel_format: str = "auto"  # rgb24, yuv420p (converted on the device), auto: yuv420p on a GPU
     decoders: str = "auto"  # threads, processes (serve/decoders.py), auto: processes on a GPU with 8+ cores
     decoder_processes: int | None = None  # None: one per core but two, at most one per source
+    decoder_nice: int = 5  # niceness added to decoder processes: the engine thread comes first (serve/decoders.py)
 
 
 # a result's latency (decode end -> result) in parts: handing the frame over (a decoder process's pipe), waiting in
@@ -84,7 +85,8 @@ class StreamRuntime:
         if self.decoders == "processes":
             self.pool = DecoderPool(self.specs, self.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
-                self.opt.backoff_cap_s, self.pixel_format, slots, threads), self._on_event, self.opt.decoder_processes,
+                self.opt.backoff_cap_s, self.pixel_format, slots, threads, self.opt.decoder_nice), self._on_event,
+                self.opt.decoder_processes,
                 pin=_ring_pinner(detector))
             self.workers = self.pool.sources
         else:
