@@ -208,6 +208,21 @@ def machine_cpu() -> tuple[float, float]:
     return sum(v) - idle, sum(v)
 
 
+def cgroup_cpu() -> dict:
+    """This container's CPU limit and throttling counters (cgroup v2, else v1): a quota exceeded inside one period
+    stops every process of the group until the next, which would look like a process-wide stall."""
+    out: dict = {}
+    for stat, limit in (("/sys/fs/cgroup/cpu.stat", "/sys/fs/cgroup/cpu.max"),
+                        ("/sys/fs/cgroup/cpu/cpu.stat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us")):
+        try:
+            out.update(line.split() for line in Path(stat).read_text().splitlines() if line.strip())
+            out["limit"] = Path(limit).read_text().strip()
+            return out
+        except OSError:
+            continue
+    return out
+
+
 def analyse(rows: list[dict], t_start: float) -> dict:
     if not rows:
         return {}
@@ -285,20 +300,22 @@ def main() -> None:
             th = threading.Thread(target=probe, args=(stop,), name="probe", daemon=True)
             sampler = CpuSampler()
             frozen_before = gc.get_freeze_count()  # the runtime freezes start-up objects for its run
-            m0, t0 = machine_cpu(), time.perf_counter()
+            m0, t0, cg0 = machine_cpu(), time.perf_counter(), cgroup_cpu()
             sampler.start()
             th.start()
             row = _verify(det, clip, STREAMS, 30, SECONDS, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)
             stop.set()
             th.join()
-            m1, wall = machine_cpu(), time.perf_counter() - t0
+            m1, wall, cg1 = machine_cpu(), time.perf_counter() - t0, cgroup_cpu()
+            throttling = {k: int(cg1[k]) - int(cg0.get(k, 0)) for k in cg1 if "throttl" in k and cg1[k].isdigit()}
             gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
             run = {"policy": policy, "page_locked_by": locked, "decoder_nice": nice, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
                           "longest": sorted(gcs, key=lambda c: -c[2])[:8], "full": list(_gen2_seen),
                           "frozen_before": frozen_before},
                    "stalls": [dict(st, at=round(st["at"] - t0, 3)) for st in stalls],
-                   "cpu_s": sampler.finish(), "machine_busy": round((m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 3)}
+                   "cpu_s": sampler.finish(), "machine_busy": round((m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 3),
+                   "cgroup": {"limit": cg1.get("limit"), **throttling}}
             result["runs"].append(run)
             print(json.dumps(run, default=str)[:6000], flush=True)
             (out / "serve_stalls.json").write_text(json.dumps(result, indent=1, default=str))
