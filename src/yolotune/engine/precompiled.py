@@ -147,8 +147,8 @@ class PrecompiledRunner:
         # Run what the next process will load, not what was just compiled. The first call of tuned kernels tunes
         # their block sizes and records the result beside the kernel's file; a loaded function's kernels live at
         # other paths, so on the H100 the first process to load a fresh file tuned them all again (78 Triton
-        # compiles, first detections after 29 s against 7-12 s for the processes after it). Loaded here, that
-        # first call's tuning is recorded where later loads look.
+        # compiles, first detections after 24-29 s against 7-12 s for the processes after it). Loaded here, that
+        # first call's tuning is recorded where later loads look (that first load then took 20 s, once).
         try:
             fn = _load(path)
         except Exception:  # noqa: BLE001  (kept as compiled; a later process reports the load's error)
@@ -175,7 +175,6 @@ def _aot_enabled():
     """torch._dynamo.config.enable_aot_compile on for the duration, where this torch has the flag."""
     cfg = torch._dynamo.config
     return cfg.patch(enable_aot_compile=True) if hasattr(cfg, "enable_aot_compile") else contextlib.nullcontext()
-
 
 
 def _why_rejected(fn, module: torch.nn.Module, x: torch.Tensor) -> str:

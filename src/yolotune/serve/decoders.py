@@ -43,9 +43,9 @@ class DecoderOptions:
     pixel_format: str
     slots: int  # ring slots per stream
     decoder_threads: int = 1  # FFmpeg threads per decoder (serve.sources.decoder_threads)
-    # Added to the decoder processes' niceness: with ~100 decoder threads on 16 cores, the ones decoding a frame
-    # all at once (real-time streams are due together) must not take the CPU from the engine thread. Decoders
-    # have slack (their rings); the engine's delay is every frame's latency.
+    # Added to the decoder processes' niceness: ~100 decoder threads share 16 cores with the engine thread, whose
+    # delay lands on every frame, while a decoder has its ring's slack. (An A/B on the H100 showed no consistent
+    # p99 change: benchmarks/results/serve/README.md, fifth day.)
     nice: int = 5
 
 
