@@ -12,7 +12,8 @@ Then: what the engine thread was doing while the slowest batches waited. POLICIE
 earlier policy (one frame per stream in turn, the turn moving one stream per batch) and the current one (oldest
 frames first) alternately, REPEATS times each, in this one process; LOCKED=driver,lookup likewise alternates how the
 engine thread tells a registered ring's frames (a driver query per frame, as before, or a lookup), and NICE=0,5 the
-decoder processes' added niceness. Environment: STREAMS (100), SECONDS (15),
+decoder processes' added niceness, UPLOAD=loop,all how ring frames are DMA'd (a call each or one call), and
+SWITCH=5,1 the thread switch interval (ms). Environment: STREAMS (100), SECONDS (15),
 BATCH (32), MODEL (default), COMPILE (none), DECODER_PROCS. Writes serve_stalls.json under $OUT.
 """
 
@@ -279,10 +280,22 @@ def main() -> None:
         lookups = os.environ.get("LOCKED", "lookup").split(",")
         # NICE=0,5: the decoder processes' added niceness (DecoderOptions.nice), alternated the same way
         nices = [int(v) for v in os.environ.get("NICE", "5").split(",")]
+        # UPLOAD=loop,all: a registered ring's frames DMA'd by one copy_ call each (as before) or all in one call;
+        # SWITCH=5,1: the interpreter's thread switch interval in ms during the run (5 is Python's default)
+        uploads = os.environ.get("UPLOAD", "all").split(",")
+        switches = [float(v) for v in os.environ.get("SWITCH", "5").split(",")]
+        one_call = detector_module.copy_all
+
+        def one_by_one(dsts, srcs):
+            for d, s in zip(dsts, srcs):
+                d.copy_(s, non_blocking=True)
+
         pool_init = DecoderPool.__init__
-        trials = [(p, k, n) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies for k in lookups
-                  for n in nices]
-        for policy, locked, nice in trials:
+        trials = [(p, k, n, u, sw) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies
+                  for k in lookups for n in nices for u in uploads for sw in switches]
+        for policy, locked, nice, upload, switch in trials:
+            detector_module.copy_all = one_by_one if upload == "loop" else one_call
+            sys.setswitchinterval(switch / 1000)
             BatchScheduler._take = take_in_turns if policy == "turns" else oldest
             detector_module.is_page_locked = asked if locked == "driver" else looked_up
 
@@ -309,7 +322,8 @@ def main() -> None:
             m1, wall, cg1 = machine_cpu(), time.perf_counter() - t0, cgroup_cpu()
             throttling = {k: int(cg1[k]) - int(cg0.get(k, 0)) for k in cg1 if "throttl" in k and cg1[k].isdigit()}
             gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
-            run = {"policy": policy, "page_locked_by": locked, "decoder_nice": nice, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
+            run = {"policy": policy, "page_locked_by": locked, "decoder_nice": nice, "upload": upload,
+                   "switch_interval_ms": switch, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
                           "longest": sorted(gcs, key=lambda c: -c[2])[:8], "full": list(_gen2_seen),
                           "frozen_before": frozen_before},

@@ -550,3 +550,13 @@ def test_page_locked_frames_are_found_by_lookup_not_by_the_driver(monkeypatch):
     monkeypatch.setattr(buffers, "_registered", ((start, start + ring.nbytes), (straddling.ctypes.data, straddling.ctypes.data + 100)))
     assert not buffers.is_page_locked(straddling)  # only its first 100 bytes are in a range
     assert not buffers.is_page_locked(torch.zeros(3))  # a tensor answers itself: not pinned
+
+
+def test_frames_from_registered_rings_are_copied_in_one_call():
+    from yolotune.pipeline.buffers import copy_all
+
+    dsts = [torch.zeros(2, 3, dtype=torch.uint8) for _ in range(3)]
+    srcs = [torch.full((2, 3), i, dtype=torch.uint8) for i in range(3)]
+    copy_all(dsts, srcs)
+    copy_all([], [])  # a batch with no such frame
+    assert [int(d.float().mean()) for d in dsts] == [0, 1, 2]

@@ -184,6 +184,18 @@ def in_registered_memory(arr: np.ndarray) -> bool:
     return i >= 0 and spans[i][0] <= start and start + arr.nbytes <= spans[i][1]
 
 
+def copy_all(dsts: list[torch.Tensor], srcs: list[torch.Tensor]) -> None:
+    """``dsts[i].copy_(srcs[i], non_blocking=True)`` for all i in one call: the GIL is let go and taken back once,
+    not once per frame, while other threads (the decoder pool's receiver, the sinks) want it."""
+    if not dsts:
+        return
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(dsts, srcs, non_blocking=True)
+    else:
+        for d, s in zip(dsts, srcs):
+            d.copy_(s, non_blocking=True)
+
+
 def is_page_locked(frame: np.ndarray | torch.Tensor) -> bool:
     """Whether a host frame lives in page-locked memory, so the device can DMA straight from it. A numpy array is
     page-locked when it lies in a buffer registered by register_host_memory (the decoder processes' rings): a lookup,

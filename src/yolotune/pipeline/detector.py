@@ -28,7 +28,7 @@ from yolotune.ops.color import i420_to_rgb, is_i420
 from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch
 from yolotune.ops.nms import NMS_BACKENDS, triton_available
 from yolotune.ops.postprocess import PostprocessConfig, postprocess
-from yolotune.pipeline.buffers import (Batch, FrameBuffers, Slot, frame_layout, host_tensor, is_page_locked,
+from yolotune.pipeline.buffers import (Batch, FrameBuffers, Slot, copy_all, frame_layout, host_tensor, is_page_locked,
                                       picture_hw)
 from yolotune.pipeline.producer import BatchProducer
 from yolotune.tune.artifact import accepts_artifacts
@@ -455,18 +455,21 @@ class Detector:
         user's memory (the driver stages it; about 7 GB/s on the H100 machine, the single-thread memcpy rate).
         """
         if self.frame_upload == "pinned":
+            direct: tuple[list, list] = ([], [])
             for i, f in enumerate(frames):
                 src = host_tensor(f)
                 if self.device.type == "cuda" and is_page_locked(f):
                     # already page-locked (a decoder process's registered ring): DMA straight from it, no host copy;
                     # the caller keeps the frame's memory untouched until collect() (serve/runtime.py does)
-                    fb.frames[i].copy_(src, non_blocking=True)
+                    direct[0].append(fb.frames[i])
+                    direct[1].append(src)
                     continue
                 h = src.shape[0]
                 step = -(-h // chunks)
                 for r in range(0, h, step):
                     fb.staging[i, r : r + step].copy_(src[r : r + step])
                     fb.frames[i, r : r + step].copy_(fb.staging[i, r : r + step], non_blocking=True)
+            copy_all(*direct)
         else:
             for i, f in enumerate(frames):
                 fb.frames[i].copy_(host_tensor(f))
