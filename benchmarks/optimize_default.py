@@ -1,6 +1,7 @@
 """`yolotune optimize` with its defaults (120 s budget) on the default model, each step's start time printed; the
 report (without the artifact's model and caches) and the wall time go to $OUT/optimize_default/. Then RELOADS (3)
-fresh processes load the artifact, step by step (benchmarks/reload_diag.py's child), the first right after optimize."""
+fresh processes load the artifact, step by step (benchmarks/reload_diag.py's child), the first right after optimize.
+OBJECTIVE=latency runs the batch-1 objective instead."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def main() -> None:
         steps.append((round(time.perf_counter() - t0, 1), msg))
         print(f"[{steps[-1][0]:7.1f} s] {msg}", flush=True)
 
-    report = optimize("default", out=art, progress=say)
+    # OBJECTIVE=latency: the batch-1 objective instead of throughput (everything else default)
+    report = optimize("default", out=art, progress=say, objective=os.environ.get("OBJECTIVE", "throughput"))
     wall = time.perf_counter() - t0
     # what production sees: the saved artifact loaded by fresh processes, the first right after optimize
     from reload_diag import fresh
