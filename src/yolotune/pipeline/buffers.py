@@ -187,13 +187,8 @@ def in_registered_memory(arr: np.ndarray) -> bool:
 def copy_all(dsts: list[torch.Tensor], srcs: list[torch.Tensor]) -> None:
     """``dsts[i].copy_(srcs[i], non_blocking=True)`` for all i in one call: the GIL is let go and taken back once,
     not once per frame, while other threads (the decoder pool's receiver, the sinks) want it."""
-    if not dsts:
-        return
-    if hasattr(torch, "_foreach_copy_"):
-        torch._foreach_copy_(dsts, srcs, non_blocking=True)
-    else:
-        for d, s in zip(dsts, srcs):
-            d.copy_(s, non_blocking=True)
+    if dsts:
+        torch._foreach_copy_(dsts, srcs, non_blocking=True)  # torch >= 2.1; the project needs 2.4
 
 
 def is_page_locked(frame: np.ndarray | torch.Tensor) -> bool:
