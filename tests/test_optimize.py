@@ -75,16 +75,29 @@ def test_artifact_reloads_with_its_options(optimized, val):
     assert res.exit_code == 0, res.output
 
 
-def test_unlabelled_data_uses_the_reference_as_labels(tmp_path, val):
+def test_unlabelled_data_uses_the_reference_as_labels(tmp_path, val, monkeypatch):
+    from yolotune.data import validate
+
     images = tmp_path / "photos"
     images.mkdir()
     for p in sorted((val / "images").iterdir())[:6]:
         (images / p.name).write_bytes(p.read_bytes())
     (images / "broken.jpg").write_bytes(b"not a jpeg")
+    runs = []  # (rect canvases?,) of each pass over the validation set
+    real = validate.predict_coco
+
+    def predict_coco(detector, *args):
+        runs.append((detector.rect,))
+        return real(detector, *args)
+
+    monkeypatch.setattr(validate, "predict_coco", predict_coco)
     report = search.optimize("default", images, device="cpu", out=tmp_path / "a", int8=False, budget_s=300)
     ref, ort = report["candidates"][:2]
     assert ref["against"] == "reference pseudo-labels" and ref["map50_95"] == pytest.approx(1.0, abs=0.02)
     assert ort["status"] in ("passed", "rejected")
+    # one pass over the validation set per candidate, the reference's included; all on the same square canvas
+    guarded = [c for c in report["candidates"] if c["status"] in ("passed", "rejected")]
+    assert len(runs) == len(guarded) and not any(rect for rect, in runs)
 
 
 def test_bad_calibration_and_small_budget_are_reported_not_fatal(tmp_path, val):

@@ -72,24 +72,54 @@ class GuardResult:
     against: str  # "labels" or "reference pseudo-labels"
 
 
-def accuracy_guard(candidate, data: str | Path, reference=None, max_drop_points: float = 1.0, conf: float = 0.25) -> GuardResult:
-    """Does ``candidate`` keep accuracy within ``max_drop_points`` mAP50-95 points of ``reference``?
+@dataclass
+class GuardBaseline:
+    """What candidates are scored against, computed once: the ground truth (labels, or the reference's detections
+    as pseudo-labels), the reference's mAP50-95 on it (None: labels and no reference) and its own detections."""
 
-    With labels in ``data``, both are measured against them (the reference may be None: then the bar is the
-    candidate's own labelled mAP and the guard passes). Without labels (``annotations`` empty), the reference's
-    detections above ``conf`` are the pseudo-labels and the reference scores 1.0 by definition.
+    ground_truth: dict
+    images: Path
+    map50_95: float | None
+    against: str  # "labels" or "reference pseudo-labels"
+    reference_predictions: list[dict]
+
+
+def guard_baseline(reference, data: str | Path, conf: float = 0.25) -> GuardBaseline:
+    """Run ``reference`` over ``data`` once; an optimisation search then guards every candidate against it.
+
+    With labels, the reference is scored against them (a search used to run the reference again for each
+    candidate: ~200 images more per candidate, the slowest engine of all). Without labels (``annotations``
+    empty), the reference's detections above ``conf`` are the pseudo-labels and it scores 1.0 by definition.
     """
     gt, images = load_dataset(data)
     labelled = bool(gt.get("annotations"))
-    if not labelled:
-        if reference is None:
+    if reference is None:
+        if not labelled:
             raise ValueError("unlabelled data needs a reference detector for pseudo-labels")
-        categories = gt["categories"] or [{"id": int(i), "name": n} for i, n in reference.names.items()]
-        gt = detections_as_ground_truth(predict_coco(reference, gt, images), gt["images"], categories, conf)
-        ref_map = 1.0
+        return GuardBaseline(gt, images, None, "labels", [])
+    predictions = predict_coco(reference, gt, images)
+    if labelled:
+        return GuardBaseline(gt, images, coco_metrics(gt, predictions).map50_95, "labels", predictions)
+    categories = gt["categories"] or [{"id": int(i), "name": n} for i, n in reference.names.items()]
+    pseudo = detections_as_ground_truth(predictions, gt["images"], categories, conf)
+    return GuardBaseline(pseudo, images, 1.0, "reference pseudo-labels", predictions)
+
+
+def accuracy_guard(candidate, data: str | Path, reference=None, max_drop_points: float = 1.0, conf: float = 0.25,
+                   baseline: GuardBaseline | None = None) -> GuardResult:
+    """Does ``candidate`` keep accuracy within ``max_drop_points`` mAP50-95 points of ``reference``?
+
+    With labels in ``data``, both are measured against them (the reference may be None: then the bar is the
+    candidate's own labelled mAP and the guard passes). Without labels, the reference's detections are the
+    pseudo-labels (see ``guard_baseline``). Pass ``baseline`` to score against one computed before; the reference
+    itself (``candidate is reference``) then reuses its detections instead of running again.
+    """
+    base = baseline or guard_baseline(reference, data, conf)
+    if candidate is reference and base.reference_predictions:
+        predictions = base.reference_predictions
     else:
-        ref_map = coco_metrics(gt, predict_coco(reference, gt, images)).map50_95 if reference is not None else None
-    cand = coco_metrics(gt, predict_coco(candidate, gt, images), conf=conf)
-    ref_map = cand.map50_95 if ref_map is None else ref_map
+        predictions = predict_coco(candidate, base.ground_truth, base.images)
+    cand = coco_metrics(base.ground_truth, predictions, conf=conf)
+    ref_map = cand.map50_95 if base.map50_95 is None else base.map50_95
     drop = (ref_map - cand.map50_95) * 100
-    return GuardResult(cand, ref_map, drop, drop <= max_drop_points, "labels" if labelled else "reference pseudo-labels")
+    return GuardResult(cand, ref_map, drop, drop <= max_drop_points, base.against)

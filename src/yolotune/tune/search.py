@@ -86,7 +86,7 @@ def optimize(
 
     Returns the report dict (also written to ``out``/report.json and report.md).
     """
-    from yolotune.data.validate import accuracy_guard, load_dataset
+    from yolotune.data.validate import load_dataset
     from yolotune.pipeline.detector import Detector, resolve_device
 
     if objective not in OBJECTIVES:
@@ -131,7 +131,7 @@ def optimize(
             started = time.perf_counter()
             try:
                 file = files.for_candidate(cand)
-                cand.result = _evaluate(Detector, accuracy_guard, cand, file, dev, val, probe, reference, max_drop)
+                cand.result = _evaluate(Detector, cand, file, dev, val, probe, reference, max_drop)
                 cand.result["model_file"] = str(file)
             except CalibrationError as e:
                 cand.result = {"status": "skipped", "reason": f"calibration: {e}"}
@@ -201,30 +201,31 @@ def _clearly_better(a: Candidate, b: Candidate, objective: str) -> bool:
     return a.result["images_per_s"] >= REFINE_MARGIN * b.result["images_per_s"]
 
 
-def _evaluate(Detector, accuracy_guard, cand: Candidate, file: Path, dev, val: Path, probe: int, reference: Candidate,
+def _evaluate(Detector, cand: Candidate, file: Path, dev, val: Path, probe: int, reference: Candidate,
               max_drop: float) -> dict:
     """Speed (probe batch and batch 1), memory, and accuracy against labels or the reference."""
-    opts = dict(cand.options)
+    from yolotune.data.validate import accuracy_guard, guard_baseline
+
+    # Every candidate sees the same square canvas: the guard then compares engines and precisions on identical
+    # inputs, and an engine meets one input shape, not one per aspect ratio of the validation images (each new
+    # shape costs cuDNN autotuning and, for graph engines, a capture: the batch-1 reference took 37 s on the H100).
+    opts = {"rect": False, **cand.options}
     with Detector(str(file), device=str(dev), batch=probe, conf=0.001, **opts) as det:
         h, w = det.imgsz
         # CPU timings on shared machines swing widely: longer windows there (a median of three each way)
         window = 0.2 if dev.type == "cuda" else 0.8
         speed = _measure(det, det.engine.fixed_batch or probe, h, w, repeats=3, min_seconds=window)
         latency = _measure(det, 1, h, w, repeats=3, min_seconds=window) if probe != 1 else speed
-        ref_det = None
-        if not cand.reference:
-            ref_det = reference.result.get("_detector_factory", lambda: None)()
-        try:  # the reference is guarded against itself: labelled mAP, or 1.0 on its own pseudo-labels
-            guard = accuracy_guard(det, val, reference=ref_det or det, max_drop_points=max_drop)
-        finally:
-            if ref_det is not None:
-                ref_det.close()
+        # the reference runs over the validation set once; later candidates are scored against that run
+        baseline = guard_baseline(det, val) if cand.reference else reference.result["_guard_baseline"]
+        guard = accuracy_guard(det, val, reference=det if cand.reference else None, max_drop_points=max_drop,
+                               baseline=baseline)
     result = {"status": "passed" if guard.passed else "rejected", "images_per_s": speed.images_per_s,
               "probe_batch": speed.batch, "latency_ms_b1": latency.latency_ms, "memory_mib": speed.memory_mib,
               "map50_95": guard.candidate.map50_95, "reference_map50_95": guard.reference_map50_95,
               "drop_points": guard.drop_points, "against": guard.against}
-    if cand.reference:  # later candidates are guarded against this one
-        result["_detector_factory"] = lambda: Detector(str(file), device=str(dev), batch=probe, conf=0.001, **opts)
+    if cand.reference:
+        result["_guard_baseline"] = baseline
     if not guard.passed:
         result["reason"] = f"mAP50-95 drop {guard.drop_points:.2f} points > {max_drop}"
     return result
@@ -318,9 +319,9 @@ def _write_report(out: Path, report: dict) -> None:
     import json
 
     for c in report["candidates"]:
-        c.pop("_detector_factory", None)
+        c.pop("_guard_baseline", None)
     if report.get("chosen"):
-        report["chosen"].pop("_detector_factory", None)
+        report["chosen"].pop("_guard_baseline", None)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "report.md").write_text(report_markdown(report))
     from yolotune.report.optimize_html import write_optimize_report
