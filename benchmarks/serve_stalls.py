@@ -13,7 +13,9 @@ earlier policy (one frame per stream in turn, the turn moving one stream per bat
 frames first) alternately, REPEATS times each, in this one process; LOCKED=driver,lookup likewise alternates how the
 engine thread tells a registered ring's frames (a driver query per frame, as before, or a lookup), and NICE=0,5 the
 decoder processes' added niceness, UPLOAD=loop,all how ring frames are DMA'd (a call each or one call), and
-SWITCH=5,1 the thread switch interval (ms). Environment: STREAMS (100), SECONDS (15),
+SWITCH=5,1 the thread switch interval (ms), CORES=0,2 the cores kept free of decoder processes
+(RunOptions.runtime_cores), MAXBATCH=32,64 the scheduler's largest batch (the detector captures graphs up to the
+largest; a batch of 30 still runs in the graph of 32, so a larger cap only acts on a backlog). Environment: STREAMS (100), SECONDS (15),
 BATCH (32), MODEL (default), COMPILE (none), DECODER_PROCS. Writes serve_stalls.json under $OUT.
 """
 
@@ -37,13 +39,14 @@ from yolotune import Detector  # noqa: E402
 from yolotune.pipeline import detector as detector_module  # noqa: E402
 from yolotune.pipeline.buffers import host_tensor  # noqa: E402
 from yolotune.pipeline.detector import Detector as _Det  # noqa: E402
-from yolotune.serve.decoders import DecoderPool  # noqa: E402
+from yolotune.serve.decoders import DecoderPool, decoder_cpus  # noqa: E402
 from yolotune.serve.plan import _clip, _verify  # noqa: E402
 from yolotune.serve.scheduler import BatchScheduler  # noqa: E402
 
 STREAMS = int(os.environ.get("STREAMS", "100"))
 SECONDS = float(os.environ.get("SECONDS", "15"))
 BATCH = int(os.environ.get("BATCH", "32"))
+MAX_BATCHES = [int(v) for v in os.environ.get("MAXBATCH", str(BATCH)).split(",")]
 DECODER_PROCS = int(os.environ["DECODER_PROCS"]) if os.environ.get("DECODER_PROCS") else None
 
 batches: list[dict] = []
@@ -269,7 +272,7 @@ def main() -> None:
     result: dict = {"env": environment(), "streams": STREAMS, "seconds": SECONDS, "batch": BATCH, "runs": []}
     instrument()
     gc.callbacks.append(on_gc)
-    with Detector(os.environ.get("MODEL", "default"), device="auto", batch=BATCH, **opts) as det:
+    with Detector(os.environ.get("MODEL", "default"), device="auto", batch=max(BATCH, *MAX_BATCHES), **opts) as det:
         _verify(det, clip, 8, 30, 3, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)  # warm-up, not kept
         oldest = BatchScheduler._take
         policies = os.environ.get("POLICIES", "oldest").split(",")
@@ -284,6 +287,7 @@ def main() -> None:
         # SWITCH=5,1: the interpreter's thread switch interval in ms during the run (5 is Python's default)
         uploads = os.environ.get("UPLOAD", "all").split(",")
         switches = [float(v) for v in os.environ.get("SWITCH", "5").split(",")]
+        cores = [int(v) for v in os.environ.get("CORES", "0").split(",")]
         one_call = detector_module.copy_all
 
         def one_by_one(dsts, srcs):
@@ -291,16 +295,16 @@ def main() -> None:
                 d.copy_(s, non_blocking=True)
 
         pool_init = DecoderPool.__init__
-        trials = [(p, k, n, u, sw) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies
-                  for k in lookups for n in nices for u in uploads for sw in switches]
-        for policy, locked, nice, upload, switch in trials:
+        trials = [(p, k, n, u, sw, c, mb) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies
+                  for k in lookups for n in nices for u in uploads for sw in switches for c in cores for mb in MAX_BATCHES]
+        for policy, locked, nice, upload, switch, reserve, max_batch in trials:
             detector_module.copy_all = one_by_one if upload == "loop" else one_call
             sys.setswitchinterval(switch / 1000)
             BatchScheduler._take = take_in_turns if policy == "turns" else oldest
             detector_module.is_page_locked = asked if locked == "driver" else looked_up
 
-            def niced_pool(self, specs, queues, stop, opt, *a, _nice=nice, **k):
-                opt.nice = _nice
+            def niced_pool(self, specs, queues, stop, opt, *a, _nice=nice, _reserve=reserve, **k):
+                opt.nice, opt.cpus = _nice, decoder_cpus(_reserve)
                 pool_init(self, specs, queues, stop, opt, *a, **k)
 
             DecoderPool.__init__ = niced_pool
@@ -316,14 +320,15 @@ def main() -> None:
             m0, t0, cg0 = machine_cpu(), time.perf_counter(), cgroup_cpu()
             sampler.start()
             th.start()
-            row = _verify(det, clip, STREAMS, 30, SECONDS, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)
+            row = _verify(det, clip, STREAMS, 30, SECONDS, 4, None, max_batch, 50, decoder_processes=DECODER_PROCS)
             stop.set()
             th.join()
             m1, wall, cg1 = machine_cpu(), time.perf_counter() - t0, cgroup_cpu()
             throttling = {k: int(cg1[k]) - int(cg0.get(k, 0)) for k in cg1 if "throttl" in k and cg1[k].isdigit()}
             gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
             run = {"policy": policy, "page_locked_by": locked, "decoder_nice": nice, "upload": upload,
-                   "switch_interval_ms": switch, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
+                   "switch_interval_ms": switch, "runtime_cores": reserve, "decoder_cpus": decoder_cpus(reserve),
+                   "max_batch": max_batch, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
                           "longest": sorted(gcs, key=lambda c: -c[2])[:8], "full": list(_gen2_seen),
                           "frozen_before": frozen_before},

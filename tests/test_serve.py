@@ -473,7 +473,8 @@ def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
     specs = [SourceSpec(str(clips["a"]), "file", "f"), SourceSpec(str(clips["ts"]), "url", "live")]
     backlog, stop = Backlog(), threading.Event()
     queues = [FrameQueue(16, "block", backlog), FrameQueue(4, "drop_oldest", backlog)]
-    pool = DecoderPool(specs, queues, stop, DecoderOptions(5.0, 5.0, None, 0.1, 0.5, "yuv420p", 16, 1),
+    first_core = min(os.sched_getaffinity(0))
+    pool = DecoderPool(specs, queues, stop, DecoderOptions(5.0, 5.0, None, 0.1, 0.5, "yuv420p", 16, 1, cpus=(first_core,)),
                        on_event=lambda *a: None, processes=2, pin=pin)
     nbytes = frame_nbytes((96, 160), "yuv420p")
     assert nbytes == 144 * 160 and frame_nbytes((95, 160), "yuv420p") == 95 * 160 * 3
@@ -496,6 +497,9 @@ def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
     import psutil  # the processes decode at a lower priority than the runtime (DecoderOptions.nice, 5)
 
     assert [psutil.Process(p.pid).nice() for p in pool.procs] == [min(19, os.nice(0) + 5)] * 2
+    # and only on the cores they were given (DecoderOptions.cpus), their decoding threads included
+    assert all(psutil.Process(p.pid).cpu_affinity() == [first_core] for p in pool.procs)
+    assert all(t.id and os.sched_getaffinity(t.id) == {first_core} for p in pool.procs for t in psutil.Process(p.pid).threads())
     stop.set()
     pool.join(5.0)
     assert len(got[0]) == 24 and set(got[0]) == {premade}  # every frame of the file in the runtime's ring
@@ -506,6 +510,16 @@ def test_rings_made_before_the_run_are_used_pinned_and_removed_after(clips):
     with av.open(str(clips["a"])) as c:  # the planes went into the slots byte for byte
         want = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
     assert sorted(firsts) == list(range(24)) and all(np.array_equal(firsts[k], want[k]) for k in range(24))
+
+
+def test_decoders_leave_the_runtime_its_cores():
+    from yolotune.serve.decoders import decoder_cpus
+
+    sixteen = set(range(16))
+    assert decoder_cpus(2, sixteen) == tuple(range(2, 16))  # the runtime's threads keep cores 0 and 1
+    assert decoder_cpus(0, sixteen) is None  # 0: decoders share every core
+    assert decoder_cpus(2, {0, 1, 2, 3, 4}) is None  # too few left for decoders: no confinement
+    assert decoder_cpus(1, {3, 5, 7, 9, 11}) == (5, 7, 9, 11)  # the cores this process may use, not 0..n
 
 
 def test_latency_is_split_into_handover_queue_and_engine(clips, tmp_path):

@@ -47,12 +47,31 @@ class DecoderOptions:
     # delay lands on every frame, while a decoder has its ring's slack. (An A/B on the H100 showed no consistent
     # p99 change: benchmarks/results/serve/README.md, fifth day.)
     nice: int = 5
+    cpus: tuple[int, ...] | None = None  # the cores the decoder processes may run on (decoder_cpus); None: any
 
 
 def decoder_processes(n_sources: int, cores: int | None = None) -> int:
     """How many decoder processes for ``n_sources``: one per core but two (engine and sinks), at most one per source."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or _usable_cores() or 1
     return max(1, min(n_sources, cores - 2))
+
+
+def _usable_cores() -> int | None:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def decoder_cpus(reserve: int, allowed: set[int] | None = None) -> tuple[int, ...] | None:
+    """The cores decoder processes are confined to: all this process may use (``allowed``) but ``reserve`` of them,
+    kept for the runtime's own threads (engine, frame handover, sinks), which then never queue for a core behind
+    ~100 decoder threads. None (no confinement) where that would leave decoders fewer than 4 cores."""
+    if reserve <= 0:
+        return None
+    if allowed is None:
+        if not hasattr(os, "sched_getaffinity"):
+            return None
+        allowed = os.sched_getaffinity(0)
+    cores = sorted(allowed)
+    return tuple(cores[reserve:]) if len(cores) - reserve >= 4 else None
 
 
 # ------------------------------------------------------------------------------------------ in the decoder process
@@ -128,6 +147,14 @@ def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]]
             os.nice(opt.nice)
         except OSError:  # not allowed here: decode at the runtime's priority
             pass
+    if opt.cpus and hasattr(os, "sched_setaffinity"):
+        # every thread so far (numpy's BLAS pool starts its own at import); decoder threads started later inherit it
+        tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+        for tid in tasks:
+            try:
+                os.sched_setaffinity(tid, opt.cpus)
+            except OSError:  # cores gone, not allowed, or the thread ended: it runs anywhere
+                pass
     send_lock = threading.Lock()
     stop = threading.Event()
 

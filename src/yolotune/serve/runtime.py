@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from yolotune.interpreter import startup_objects_frozen
-from yolotune.serve.decoders import DecoderOptions, DecoderPool, frame_nbytes
+from yolotune.serve.decoders import DecoderOptions, DecoderPool, decoder_cpus, frame_nbytes
 from yolotune.serve.metrics import PrometheusMetrics, StreamStats
 from yolotune.serve.queues import Backlog, FrameQueue
 from yolotune.serve.scheduler import BatchScheduler
@@ -47,6 +47,7 @@ class RunOptions:
     decoders: str = "auto"  # threads, processes (serve/decoders.py), auto: processes on a GPU with 8+ cores
     decoder_processes: int | None = None  # None: one per core but two, at most one per source
     decoder_nice: int = 5  # niceness added to decoder processes: the engine thread comes first (serve/decoders.py)
+    runtime_cores: int = 0  # cores kept free of decoder processes for this process's threads (decoders.decoder_cpus)
 
 
 # a result's latency (decode end -> result) in parts: handing the frame over (a decoder process's pipe), waiting in
@@ -85,7 +86,8 @@ class StreamRuntime:
         if self.decoders == "processes":
             self.pool = DecoderPool(self.specs, self.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
-                self.opt.backoff_cap_s, self.pixel_format, slots, threads, self.opt.decoder_nice), self._on_event,
+                self.opt.backoff_cap_s, self.pixel_format, slots, threads, self.opt.decoder_nice,
+                decoder_cpus(self.opt.runtime_cores)), self._on_event,
                 self.opt.decoder_processes,
                 pin=_ring_pinner(detector))
             self.workers = self.pool.sources
