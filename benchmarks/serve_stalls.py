@@ -41,6 +41,7 @@ from yolotune.pipeline.buffers import host_tensor  # noqa: E402
 from yolotune.pipeline.detector import Detector as _Det  # noqa: E402
 from yolotune.serve.decoders import DecoderPool, decoder_cpus  # noqa: E402
 from yolotune.serve.plan import _clip, _verify  # noqa: E402
+from yolotune.serve.runtime import RunOptions  # noqa: E402
 from yolotune.serve.scheduler import BatchScheduler  # noqa: E402
 
 STREAMS = int(os.environ.get("STREAMS", "100"))
@@ -287,7 +288,7 @@ def main() -> None:
         # SWITCH=5,1: the interpreter's thread switch interval in ms during the run (5 is Python's default)
         uploads = os.environ.get("UPLOAD", "all").split(",")
         switches = [float(v) for v in os.environ.get("SWITCH", "5").split(",")]
-        cores = [int(v) for v in os.environ.get("CORES", "0").split(",")]
+        cores = [int(v) for v in os.environ.get("CORES", str(RunOptions().runtime_cores)).split(",")]
         one_call = detector_module.copy_all
 
         def one_by_one(dsts, srcs):

@@ -157,3 +157,15 @@ def test_a_failing_candidate_is_reported_and_its_fallback_runs(tmp_path, val, mo
     assert by["unexportable"]["status"] == "failed" and "compile must be" in by["unexportable"]["reason"]
     assert by["fallback"]["status"] == "passed" and by["spare"]["status"] == "not needed"
     assert report["chosen"]["name"] in ("torch fp32", "fallback")
+
+
+def test_candidates_are_timed_at_the_deployed_threshold():
+    """The guard validates at confidence 0.001; the timing runs at the threshold the artifact will run at."""
+    from types import SimpleNamespace
+
+    from yolotune.ops.postprocess import PostprocessConfig
+
+    det = SimpleNamespace(post=PostprocessConfig(conf=0.001, topk=512))
+    with search._as_deployed(det):
+        assert det.post.conf == 0.25 and det.post.topk == 512
+    assert det.post.conf == 0.001

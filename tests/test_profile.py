@@ -173,3 +173,33 @@ def test_report_renders_in_headless_chromium(cpu_profile, tmp_path):
     subprocess.run([str(script), str(out / "report.html"), str(tmp_path / "shot.png"), "1200x3000"], check=True, timeout=120)
     pixels = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=np.float32)
     assert pixels.shape == (3000, 1200) and pixels.std() > 20  # text and figures drawn, not a blank page
+
+
+def test_timing_runs_real_pictures_at_the_detectors_smallest_batch(tmp_path):
+    """The sweep's step is timed on letterboxed pictures where given (noise makes other NMS work), and a batch
+    smaller than the Detector's smallest runs padded to it, but batch 1 runs as 1 where the Detector has it."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from yolotune.profile.sweep import _measure, letterboxed_images
+
+    for i, size in enumerate([(64, 48), (40, 80)]):
+        Image.new("RGB", size, (30 * i, 200, 90)).save(tmp_path / f"{i}.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not a picture")
+    paths = [str(tmp_path / n) for n in ("bad.jpg", "0.jpg", "1.jpg")]
+    sample = letterboxed_images(paths, (32, 32), torch.device("cpu"))
+    assert sample.shape == (2, 3, 32, 32) and 0 <= float(sample.min()) and float(sample.max()) <= 1
+    assert letterboxed_images(paths[:1], (32, 32), torch.device("cpu")) is None
+    seen = []
+
+    def fake(buckets):
+        engine = SimpleNamespace(min_batch=2, input_dtype=torch.float32, channels_last=False)
+        return SimpleNamespace(device=torch.device("cpu"), engine=engine, buckets=buckets,
+                               _step=lambda x, g: seen.append(x.clone()))
+
+    _measure(fake([1]), 1, 32, 32, repeats=1, min_seconds=0.0, sample=sample)
+    assert {x.shape[0] for x in seen} == {1} and torch.equal(seen[0][0], sample[0])
+    seen.clear()
+    _measure(fake([2, 4]), 1, 32, 32, repeats=1, min_seconds=0.0, sample=sample)
+    assert {x.shape[0] for x in seen} == {2} and torch.equal(seen[0], sample)  # padded with the next picture

@@ -40,6 +40,9 @@ def run_command(
                                               "machine with 8+ cores)."),
     decoder_processes: Optional[int] = typer.Option(None, min=1, help="How many decoder processes (default: one per "
                                                                      "core but two, at most one per source)."),
+    runtime_cores: int = typer.Option(2, min=0, help="Cores kept free of decoder processes for the engine thread "
+                                                     "and sinks (0: decoders may use every core; ignored where fewer "
+                                                     "than 4 would be left to decoders)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run many streams through one model at once: batched across streams, per-stream outputs and metrics."""
@@ -63,7 +66,7 @@ def run_command(
     opts = RunOptions(out=out, formats=tuple(formats), max_batch=batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                       duration_s=duration, metrics_port=metrics_port, open_timeout_s=timeout, read_timeout_s=timeout,
                       max_retries=max_retries, pixel_format=pixel_format, decoders=decoders,
-                      decoder_processes=decoder_processes)
+                      decoder_processes=decoder_processes, runtime_cores=runtime_cores)
     try:
         runtime = StreamRuntime(detector, specs, opts)
     except ValueError as e:

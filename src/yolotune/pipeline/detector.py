@@ -34,6 +34,7 @@ from yolotune.pipeline.producer import BatchProducer
 from yolotune.tune.artifact import accepts_artifacts
 from yolotune.types import Detections, ErrorRecord, InputRef, Result, StageTiming
 
+DEFAULT_CONF = 0.25  # the confidence threshold detections are kept at unless the caller says otherwise
 _MAX_CANVASES = 8  # distinct rect canvases before new shapes fall back to the square canvas (bounds graph count)
 _MAX_COMPILED_CANVASES = 2  # the same for compiled engines: each canvas is one more compile
 
@@ -67,7 +68,7 @@ class Detector:
         precision: str | None = None,
         batch: int = 16,
         imgsz: int | tuple[int, int] | None = None,
-        conf: float = 0.25,
+        conf: float = DEFAULT_CONF,
         iou: float = 0.7,
         max_det: int = 300,
         topk: int = 2048,

@@ -55,12 +55,40 @@ def sweep_batches(detector, max_batch: int, repeats: int = 5, min_seconds: float
     return points, note
 
 
-def _measure(det, b: int, h: int, w: int, repeats: int, min_seconds: float) -> SweepPoint:
+def letterboxed_images(paths: list[str], hw: tuple[int, int], device: torch.device, limit: int = 8) -> torch.Tensor | None:
+    """Up to ``limit`` of the images at ``paths`` letterboxed to ``hw``, [k, 3, h, w] float in [0, 1] on ``device``;
+    None when none of them decodes. Timing on real pictures: noise makes a different number of NMS candidates."""
+    from yolotune.io.decode import decode_with_pil, read_file
+    from yolotune.ops.letterbox import letterbox_batch
+
+    images = []
+    for p in paths:
+        if len(images) == limit:
+            break
+        try:
+            images.append(torch.from_numpy(decode_with_pil(read_file(p))).permute(2, 0, 1).contiguous().to(device))
+        except Exception:  # an unreadable file is the accuracy guard's business, not the timing's
+            continue
+    if not images:
+        return None
+    out = torch.empty(len(images), 3, *hw, device=device)
+    letterbox_batch(images, out)
+    return out
+
+
+def _measure(det, b: int, h: int, w: int, repeats: int, min_seconds: float,
+             sample: torch.Tensor | None = None) -> SweepPoint:
+    """One b-image step timed back to back; on ``sample``'s pictures (repeated to fill the batch), else on noise."""
     cuda = det.device.type == "cuda"
-    # b images run as the engine's smallest batch where that is larger (padded, as the Detector pads them): the
-    # time is one b-image batch's, and images/s counts the b real images
-    n = max(b, getattr(det.engine, "min_batch", 1))
-    x = torch.rand(n, 3, h, w, device=det.device).to(det.engine.input_dtype)
+    # b images run as the Detector's smallest batch where that is larger (padded, as the Detector pads them: a
+    # compiled engine's batch 1 runs as 2 unless the Detector's batch is 1): the time is one b-image batch's, and
+    # images/s counts the b real images
+    buckets = getattr(det, "buckets", None)
+    n = max(b, buckets[0] if buckets else getattr(det.engine, "min_batch", 1))
+    if sample is not None and tuple(sample.shape[-2:]) == (h, w):
+        x = sample[torch.arange(n, device=sample.device) % len(sample)].to(det.device, det.engine.input_dtype)
+    else:
+        x = torch.rand(n, 3, h, w, device=det.device).to(det.engine.input_dtype)
     if det.engine.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     g = torch.tensor([[1.0, 1.0, 0.0, 0.0, float(h), float(w)]], device=det.device).repeat(n, 1)  # identity geometry

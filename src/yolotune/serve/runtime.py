@@ -47,7 +47,10 @@ class RunOptions:
     decoders: str = "auto"  # threads, processes (serve/decoders.py), auto: processes on a GPU with 8+ cores
     decoder_processes: int | None = None  # None: one per core but two, at most one per source
     decoder_nice: int = 5  # niceness added to decoder processes: the engine thread comes first (serve/decoders.py)
-    runtime_cores: int = 0  # cores kept free of decoder processes for this process's threads (decoders.decoder_cpus)
+    # Cores kept free of decoder processes for this process's threads (decoders.decoder_cpus; 0: decoders use every
+    # core). On the H100 machine, 100 x 720p30 streams: p99 37.6-39.1 ms with 2 kept against 66.7-75.4 ms without,
+    # in three A/B pairs in one process (benchmarks/results/serve/README.md, sixth day).
+    runtime_cores: int = 2
 
 
 # a result's latency (decode end -> result) in parts: handing the frame over (a decoder process's pipe), waiting in

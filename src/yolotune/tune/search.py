@@ -9,6 +9,7 @@ reported and skipped; Ctrl-C stops the search and still writes what was measured
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 import traceback
@@ -17,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from yolotune.profile.sweep import _measure, batch_sizes
+from yolotune.pipeline.detector import DEFAULT_CONF
+from yolotune.profile.sweep import _measure, batch_sizes, letterboxed_images
 from yolotune.tune.artifact import use_engine_cache, write_artifact
 from yolotune.tune.candidates import Candidate, refinements, search_space
 from yolotune.tune.files import CandidateFiles
@@ -180,7 +182,7 @@ def optimize(
             best = parent
         say(f"batch sizes for {best.name}")
         batch, sweep = _choose_batch(Detector, best, dev, objective, latency_ms, target_fps, memory_mib, max_batch,
-                                     budget_s - (time.perf_counter() - t0) if not interrupted else 0)
+                                     budget_s - (time.perf_counter() - t0) if not interrupted else 0, _images(val))
         options = {**best.options, "batch": batch}
         report["chosen"] = {"name": best.name, "options": options, **best.result}
         report["batch_sweep"] = sweep
@@ -214,8 +216,10 @@ def _evaluate(Detector, cand: Candidate, file: Path, dev, val: Path, probe: int,
         h, w = det.imgsz
         # CPU timings on shared machines swing widely: longer windows there (a median of three each way)
         window = 0.2 if dev.type == "cuda" else 0.8
-        speed = _measure(det, det.engine.fixed_batch or probe, h, w, repeats=3, min_seconds=window)
-        latency = _measure(det, 1, h, w, repeats=3, min_seconds=window) if probe != 1 else speed
+        with _as_deployed(det):
+            sample = letterboxed_images(_images(val), (h, w), det.device)
+            speed = _measure(det, det.engine.fixed_batch or probe, h, w, repeats=3, min_seconds=window, sample=sample)
+            latency = _measure(det, 1, h, w, repeats=3, min_seconds=window, sample=sample) if probe != 1 else speed
         # the reference runs over the validation set once; later candidates are scored against that run
         baseline = guard_baseline(det, val) if cand.reference else reference.result["_guard_baseline"]
         guard = accuracy_guard(det, val, reference=det if cand.reference else None, max_drop_points=max_drop,
@@ -231,7 +235,21 @@ def _evaluate(Detector, cand: Candidate, file: Path, dev, val: Path, probe: int,
     return result
 
 
-def _choose_batch(Detector, best: Candidate, dev, objective, latency_ms, target_fps, memory_mib, max_batch, left_s):
+@contextlib.contextmanager
+def _as_deployed(det):
+    """Time a candidate as it will run: the accuracy guard builds it with confidence 0.001 (the whole
+    precision-recall curve), which sends hundreds of candidates per image through NMS; the artifact runs at the
+    Detector's default threshold. Graphs are captured per input buffer, so the timing's own graphs get this one."""
+    validating = det.post
+    det.post = dataclasses.replace(validating, conf=DEFAULT_CONF)
+    try:
+        yield
+    finally:
+        det.post = validating
+
+
+def _choose_batch(Detector, best: Candidate, dev, objective, latency_ms, target_fps, memory_mib, max_batch, left_s,
+                  timing_images: list[str]):
     """Batch sizes for the winner; the pick honours the latency budget, FPS target and memory cap."""
     if objective == "latency":
         return 1, []
@@ -245,6 +263,7 @@ def _choose_batch(Detector, best: Candidate, dev, objective, latency_ms, target_
     sizes.sort(key=lambda b: (b < probe, abs(b.bit_length() - probe.bit_length())))
     with Detector(best.result["model_file"], device=str(dev), batch=cap, **best.options) as det:
         h, w = det.imgsz
+        sample = letterboxed_images(timing_images, (h, w), det.device)
         start = time.perf_counter()
         for b in sizes:
             if det.engine.fixed_batch not in (None, b):
@@ -252,7 +271,7 @@ def _choose_batch(Detector, best: Candidate, dev, objective, latency_ms, target_
             if rows and time.perf_counter() - start > max(15.0, left_s):
                 break
             try:
-                p = _measure(det, b, h, w, repeats=3, min_seconds=0.15)
+                p = _measure(det, b, h, w, repeats=3, min_seconds=0.15, sample=sample)
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 continue
