@@ -16,11 +16,12 @@ decoder processes' added niceness, UPLOAD=loop,all how ring frames are DMA'd (a 
 SWITCH=5,1 the thread switch interval (ms), CORES=0,2 the cores kept free of decoder processes
 (RunOptions.runtime_cores), MAXBATCH=32,64 the scheduler's largest batch (the detector captures graphs up to the
 largest; a batch of 30 still runs in the graph of 32, so a larger cap only acts on a backlog). Environment: STREAMS (100), SECONDS (15),
-BATCH (32), MODEL (default), COMPILE (none), DECODER_PROCS. Writes serve_stalls.json under $OUT.
+BATCH (32), MODEL (default), COMPILE (none), ENGINES (graph,compiled: both, alternated), DECODER_PROCS. Writes serve_stalls.json under $OUT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -269,12 +270,24 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     w, h = (int(v) for v in os.environ.get("RES", "1280x720").split("x"))
     clip = _clip(Path(tempfile.mkdtemp(prefix="serve-stalls-")), w, h, 30)
-    opts = {"compile": os.environ["COMPILE"]} if os.environ.get("COMPILE", "none") != "none" else {}
+    # ENGINES=graph,compiled: a CUDA-graph detector and a compiled one (inductor-untuned, as optimize's default
+    # picks), both built up front and alternated run by run; else the one COMPILE says
+    kinds = {"graph": {}, "compiled": {"compile": "inductor-untuned"}}
+    if os.environ.get("COMPILE", "none") != "none":
+        kinds["compile=" + os.environ["COMPILE"]] = {"compile": os.environ["COMPILE"]}
+    names = os.environ.get("ENGINES", "graph" if os.environ.get("COMPILE", "none") == "none"
+                           else "compile=" + os.environ["COMPILE"]).split(",")
     result: dict = {"env": environment(), "streams": STREAMS, "seconds": SECONDS, "batch": BATCH, "runs": []}
     instrument()
     gc.callbacks.append(on_gc)
-    with Detector(os.environ.get("MODEL", "default"), device="auto", batch=max(BATCH, *MAX_BATCHES), **opts) as det:
-        _verify(det, clip, 8, 30, 3, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)  # warm-up, not kept
+    with contextlib.ExitStack() as stack:
+        detectors = {}
+        for name in names:
+            t_build = time.perf_counter()
+            detectors[name] = stack.enter_context(Detector(os.environ.get("MODEL", "default"), device="auto",
+                                                           batch=max(BATCH, *MAX_BATCHES), **kinds[name]))
+            _verify(detectors[name], clip, 8, 30, 3, 4, None, BATCH, 50, decoder_processes=DECODER_PROCS)  # warm-up
+            result.setdefault("engines_ready_s", {})[name] = round(time.perf_counter() - t_build, 1)
         oldest = BatchScheduler._take
         policies = os.environ.get("POLICIES", "oldest").split(",")
         # LOCKED=driver,lookup: how the engine thread learns that a frame is in a registered ring: by asking the
@@ -296,9 +309,11 @@ def main() -> None:
                 d.copy_(s, non_blocking=True)
 
         pool_init = DecoderPool.__init__
-        trials = [(p, k, n, u, sw, c, mb) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies
-                  for k in lookups for n in nices for u in uploads for sw in switches for c in cores for mb in MAX_BATCHES]
-        for policy, locked, nice, upload, switch, reserve, max_batch in trials:
+        trials = [(p, k, n, u, sw, c, mb, e) for _ in range(int(os.environ.get("REPEATS", "2"))) for p in policies
+                  for k in lookups for n in nices for u in uploads for sw in switches for c in cores for mb in MAX_BATCHES
+                  for e in names]
+        for policy, locked, nice, upload, switch, reserve, max_batch, engine in trials:
+            det = detectors[engine]
             detector_module.copy_all = one_by_one if upload == "loop" else one_call
             sys.setswitchinterval(switch / 1000)
             BatchScheduler._take = take_in_turns if policy == "turns" else oldest
@@ -329,7 +344,7 @@ def main() -> None:
             gcs = [(round(t - t0, 3), g, round(ms, 2)) for t, g, ms in collections]
             run = {"policy": policy, "page_locked_by": locked, "decoder_nice": nice, "upload": upload,
                    "switch_interval_ms": switch, "runtime_cores": reserve, "decoder_cpus": decoder_cpus(reserve),
-                   "max_batch": max_batch, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
+                   "max_batch": max_batch, "engine": engine, "verify": row, "wall_s": round(wall, 1), "analysis": analyse(list(batches), t0),
                    "gc": {"count": len(gcs), "total_ms": round(sum(ms for *_, ms in gcs), 1),
                           "longest": sorted(gcs, key=lambda c: -c[2])[:8], "full": list(_gen2_seen),
                           "frozen_before": frozen_before},

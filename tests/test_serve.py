@@ -574,3 +574,30 @@ def test_frames_from_registered_rings_are_copied_in_one_call():
     copy_all(dsts, srcs)
     copy_all([], [])  # a batch with no such frame
     assert [int(d.float().mean()) for d in dsts] == [0, 1, 2]
+
+
+def test_plan_sweeps_frames_registered_like_the_rings(monkeypatch):
+    """plan's detect sweep uploads from memory registered the way the decoder processes' rings are, so it measures
+    the runtime's upload path, and unregisters it afterwards."""
+    from yolotune.serve import plan
+
+    registered, unregistered, seen = [], [], []
+
+    def register(buffer, device):
+        registered.append(buffer)
+        return lambda: unregistered.append(buffer)
+
+    class Fake:
+        device, batch = torch.device("cpu"), 2
+
+        def detect(self, frames):
+            seen.extend(frames)
+
+    monkeypatch.setattr(plan, "register_host_memory", register)
+    rows = plan._detect_sweep(Fake(), 4, 6, page_locked=True)
+    assert [r["batch"] for r in rows] == [1, 2] and len(registered) == 1 and unregistered == registered
+    assert seen and all(f.shape == (4, 6, 3) and np.shares_memory(f, registered[0]) for f in seen)
+    assert seen[0].any()  # the picture was copied in, not left blank
+    registered.clear()
+    plan._detect_sweep(Fake(), 4, 6, page_locked=False)
+    assert not registered
