@@ -5,7 +5,7 @@ Two artifacts of the default model: "graph" (FP16 CUDA graph, batch 64: what opt
 caches (a compile for "compiled"), the next ones are what a deployment sees. Steps timed in the child: import
 torch, CUDA context, import yolotune, import ultralytics, Detector(artifact), first detect (graph capture, cuDNN
 autotuning, compile-cache lookups), second detect; some rows then time model + NMS at the artifact's batch (what
-cuDNN autotuning buys). ARTS=graph,compiled picks. Children may write bytecode (RELOAD_NO_PYC=1: as the lent
+cuDNN autotuning buys). ARTS=graph,compiled picks (also compiled-untuned, compiled-b1: the latency objective's). Children may write bytecode (RELOAD_NO_PYC=1: as the lent
 machine's environment has it, none). Writes $OUT/reload_diag.json.
 """
 
@@ -103,6 +103,9 @@ def main() -> None:
         # what the default optimize (120 s budget) saves: kernels not tuned
         "compiled-untuned": write_artifact(work / "compiled-untuned", model, {
             "precision": "fp16", "cuda_graph": True, "compile": "inductor-untuned", "rect": False, "batch": 128}, {}),
+        # what the batch-1 (latency) objective saves
+        "compiled-b1": write_artifact(work / "compiled-b1", model, {
+            "precision": "fp16", "cuda_graph": True, "compile": "inductor-untuned", "rect": False, "batch": 1}, {}),
     }
     rows: dict = {}
     wanted = os.environ.get("ARTS", "graph,compiled").split(",")

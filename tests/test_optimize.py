@@ -63,6 +63,7 @@ def test_artifact_reloads_with_its_options(optimized, val):
     out, report, _ = optimized
     art = read_artifact(out)
     assert art.options["batch"] == report["chosen"]["options"]["batch"]
+    assert "cudnn_benchmark" not in art.options  # a GPU setting: CPU artifacts do not carry it
     assert report["reload_s"] > 0
     images = sorted(str(p) for p in (val / "images").iterdir())[:4]
     with Detector(str(out), device="cpu") as det:

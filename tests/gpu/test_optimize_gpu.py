@@ -18,8 +18,19 @@ def test_gpu_search_keeps_fp16_accuracy_and_saves_a_reloadable_artifact(tmp_path
     assert report["chosen"]["options"]["cuda_graph"] is True and report["reload_s"] > 0
     with Detector(str(tmp_path / "art")) as det:
         assert det.uses_cuda_graph and det.batch == report["chosen"]["options"]["batch"]
+        # cuDNN autotuning as the artifact says: on for batches above 1 (tune/search.py, cudnn_autotune)
+        assert report["chosen"]["options"]["cudnn_benchmark"] is (det.batch > 1) is det.describe()["cudnn_benchmark"]
         out = det.detect([np.zeros((720, 1280, 3), np.uint8)])
     assert len(out) == 1
+
+
+def test_batch_1_artifact_loads_without_cudnn_autotuning(tmp_path):
+    report = optimize("default", device="cuda", out=tmp_path / "art", objective="latency", compile=False,
+                      int8=False, refine=False, val_images=32, budget_s=90)
+    assert report["chosen"]["options"]["batch"] == 1 and report["chosen"]["options"]["cudnn_benchmark"] is False
+    with Detector(str(tmp_path / "art")) as det:
+        assert det.batch == 1 and det.describe()["cudnn_benchmark"] is False
+        assert len(det.detect([np.zeros((720, 1280, 3), np.uint8)])) == 1
 
 
 def test_aoti_engine_matches_eager_or_refuses_cleanly(tmp_path, monkeypatch):

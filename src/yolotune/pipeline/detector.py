@@ -78,6 +78,7 @@ class Detector:
         cuda_graph: bool = True,
         compile: bool | str = False,
         fuse: bool = True,
+        cudnn_benchmark: bool | None = None,
         gpu_decode: bool = True,
         preprocess: str = "auto",
         workers: int | None = None,
@@ -92,6 +93,10 @@ class Detector:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         self.engine = build_engine(self.model, self.device, precision, compile=compile, fuse=fuse)
+        if cudnn_benchmark is not None and self.engine.device.type == "cuda":
+            # cuDNN's autotuning of each convolution shape at the first call (process-wide; engines default to on,
+            # YOLOTUNE_CUDNN_BENCHMARK=0 turns it off): an artifact says which measured better (tune/search.py)
+            torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
         self.device = self.engine.device  # an ONNX Runtime CPU engine keeps preprocessing on the CPU too
         self.batch = max(1, int(batch))
         self.stride = spec.stride
@@ -158,6 +163,7 @@ class Detector:
             **self.engine.describe(),
             "cuda_graph": self.uses_cuda_graph,
             "compile": getattr(self.engine, "compile_mode", None) or False,
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if self.device.type == "cuda" else None,
             "batch": self.batch,
             "imgsz": list(self.imgsz),
             "rect": self.rect,
