@@ -148,10 +148,10 @@ def _detect_sweep(detector, height: int, width: int, page_locked: bool = False) 
 @contextlib.contextmanager
 def _registered_like_a_ring(frame: np.ndarray, device):
     """A copy of ``frame`` page-locked the way the decoder processes' rings are (register_host_memory), so the
-    sweep's uploads take the runtime's path: a DMA straight from the frame. (A view of torch-pinned memory would
-    not: the detector tells page-locked frames by the registered ranges and uploads the rest through staging; the
-    sweep then said 1,985 frames/s at batch 32 on the H100, where the runtime served 100 x 30 FPS.) Registered from a thread of its own: a refusal stays that thread's
-    CUDA error, not this one's."""
+    sweep's uploads take the runtime's path: a DMA straight from the frame. A view of torch-pinned memory would
+    not: the detector tells page-locked frames by the registered ranges and uploads the rest through staging (the
+    sweep then said 1,985 frames/s at batch 32 on the H100, where the runtime served 100 x 30 FPS). Registered from
+    a thread of its own: a refusal stays that thread's CUDA error, not this one's."""
     buffer = np.empty(frame.nbytes, np.uint8)
     got: list = []
     t = threading.Thread(target=lambda: got.append(register_host_memory(buffer, device)), name="yolotune-plan-pin")
