@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
@@ -55,7 +56,7 @@ def sweep_batches(detector, max_batch: int, repeats: int = 5, min_seconds: float
     return points, note
 
 
-def letterboxed_images(paths: list[str], hw: tuple[int, int], device: torch.device, limit: int = 8) -> torch.Tensor | None:
+def letterboxed_images(paths: Iterable[str], hw: tuple[int, int], device: torch.device, limit: int = 8) -> torch.Tensor | None:
     """Up to ``limit`` of the images at ``paths`` letterboxed to ``hw``, [k, 3, h, w] float in [0, 1] on ``device``;
     None when none of them decodes. Timing on real pictures: noise makes a different number of NMS candidates."""
     from yolotune.io.decode import decode_with_pil, read_file
@@ -67,7 +68,7 @@ def letterboxed_images(paths: list[str], hw: tuple[int, int], device: torch.devi
             break
         try:
             images.append(torch.from_numpy(decode_with_pil(read_file(p))).permute(2, 0, 1).contiguous().to(device))
-        except Exception:  # an unreadable file is the accuracy guard's business, not the timing's
+        except Exception:  # an unreadable file is skipped (the accuracy guard reports it)
             continue
     if not images:
         return None

@@ -52,12 +52,13 @@ class DecoderOptions:
 
 def decoder_processes(n_sources: int, cores: int | None = None) -> int:
     """How many decoder processes for ``n_sources``: one per core but two (engine and sinks), at most one per source."""
-    cores = cores or _usable_cores() or 1
+    cores = cores or usable_cores()
     return max(1, min(n_sources, cores - 2))
 
 
-def _usable_cores() -> int | None:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity, e.g. a container's cpuset), not all the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def decoder_cpus(reserve: int, allowed: set[int] | None = None) -> tuple[int, ...] | None:

@@ -12,7 +12,6 @@ The prediction is the smallest of the three; ``verify`` then runs that many loop
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from yolotune.pipeline.buffers import register_host_memory
-from yolotune.serve.decoders import decoder_processes, frame_nbytes
+from yolotune.serve.decoders import decoder_processes, frame_nbytes, usable_cores
 from yolotune.serve.runtime import RunOptions, StreamRuntime, _decoder_mode, _ring_pinner
 from yolotune.serve.sources import SourceSpec
 from yolotune.types import Detections, InputRef
@@ -52,7 +51,7 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
     clip = _clip(work, width, height, fps)
     pixel_format = "yuv420p" if dev.type == "cuda" and width % 2 == 0 and height % 2 == 0 else "rgb24"
     decode_fps = _decode_fps_one_core(clip, pixel_format)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     # decoder processes leave two cores to the engine and the sinks
     decode_cores = decoder_processes(10**6, cores) if decoders == "processes" else cores
     say("measuring the host side alone: decoding and handing frames over, many streams at once")

@@ -27,23 +27,12 @@ def calibration_batches(images: Iterable[str], imgsz: tuple[int, int], limit: in
     """[1, 3, H, W] float32 inputs letterboxed exactly as the pipeline does, from up to ``limit`` readable images."""
     import torch
 
-    from yolotune.io.decode import decode_with_pil
-    from yolotune.ops.letterbox import letterbox_batch
+    from yolotune.profile.sweep import letterboxed_images
 
-    out: list[np.ndarray] = []
-    for path in images:
-        if len(out) >= limit:
-            break
-        try:
-            tensor = torch.from_numpy(decode_with_pil(Path(path).read_bytes())).permute(2, 0, 1)
-        except Exception:
-            continue  # unreadable files are skipped; an empty result is an error below
-        buf = torch.zeros(1, 3, *imgsz, dtype=torch.float32)
-        letterbox_batch([tensor], buf)
-        out.append(buf.numpy())
-    if not out:
+    batch = letterboxed_images(images, imgsz, torch.device("cpu"), limit)  # unreadable files are skipped
+    if batch is None:
         raise CalibrationError("no readable calibration images (pass a folder of JPEG/PNG images)")
-    return out
+    return [batch[i : i + 1].numpy() for i in range(len(batch))]
 
 
 def _head_nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
