@@ -35,7 +35,7 @@ def main() -> None:
     # what production sees: the saved artifact loaded by fresh processes, the first right after optimize
     from reload_diag import fresh
 
-    reloads = [fresh(art, {}) for _ in range(int(os.environ.get("RELOADS", "3")))]
+    reloads = [fresh(art, {}, {"FULL_BATCH": "1"}) for _ in range(int(os.environ.get("RELOADS", "3")))]
     for r in reloads:
         print("fresh-process reload", json.dumps(r), flush=True)
     out.mkdir(parents=True, exist_ok=True)

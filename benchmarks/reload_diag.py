@@ -38,11 +38,16 @@ mark("import ultralytics")
 import cProfile, io, os, pstats
 prof = cProfile.Profile() if os.environ.get("RELOAD_PROFILE") else None
 prof and prof.enable()
+if os.environ.get("CUDNN_LIMIT"):  # how many algorithms cuDNN's autotuner tries per convolution (torch's default 10)
+    torch.backends.cudnn.benchmark_limit = int(os.environ["CUDNN_LIMIT"])
 d = Detector(sys.argv[1], **json.loads(sys.argv[2]))
 mark("Detector(artifact)")
 frames = [np.zeros((720, 1280, 3), np.uint8)] * min(d.batch, 4)
 d.detect(frames)
 mark("first detect")
+if os.environ.get("FULL_BATCH"):  # what a throughput deployment waits for: its first full batch
+    d.detect([frames[0]] * d.batch)
+    mark("first full batch")
 if prof:
     prof.disable()
     buf = io.StringIO()
@@ -53,7 +58,11 @@ if prof:
     t["profile, own time"] = buf.getvalue()[-7000:]
 d.detect(frames)
 mark("second detect")
-t["to first detections"] = round(sum(v for k, v in t.items() if k != "second detect" and not k.startswith("profile")), 3)
+t["to first detections"] = round(sum(v for k, v in t.items()
+                                    if k not in ("second detect", "first full batch") and not k.startswith("profile")), 3)
+if "first full batch" in t:
+    t["Detector(artifact) to first full batch"] = round(t["Detector(artifact)"] + t["first detect"] + t["first full batch"], 3)
+t["warm_started"] = getattr(d, "warm_started", None)
 if os.environ.get("RELOAD_THROUGHPUT"):  # model + NMS at the artifact's batch: what the start-up choices cost later
     from yolotune.profile.sweep import _measure
     p = _measure(d, d.batch, *d.imgsz, repeats=5, min_seconds=0.3)
@@ -120,6 +129,18 @@ def main() -> None:
         for k in range(int(os.environ.get("CUDNN_ROWS", "2"))):
             rows[name][f"warm, cudnn.benchmark on, {k}"] = fresh(art, {}, tp)
             rows[name][f"warm, cudnn.benchmark off, {k}"] = fresh(art, {}, {**tp, "YOLOTUNE_CUDNN_BENCHMARK": "0"})
+        # WARM_ROWS: the saved function loading while cuDNN autotunes the full batch (Detector's warm start) vs
+        # not, vs autotuning off; CUDNN_LIMITS=1,3: fewer algorithms tried per convolution
+        fb = {"FULL_BATCH": "1"}
+        for k in range(int(os.environ.get("WARM_ROWS", "0"))):
+            rows[name][f"warm start, {k}"] = fresh(art, {}, {**tp, **fb})
+            rows[name][f"no warm start, {k}"] = fresh(art, {}, {**tp, **fb, "YOLOTUNE_WARM_START": "0"})
+            rows[name][f"warm start, cudnn.benchmark off, {k}"] = fresh(art, {}, {**tp, **fb, "YOLOTUNE_CUDNN_BENCHMARK": "0"})
+            for limit in filter(None, os.environ.get("CUDNN_LIMITS", "").split(",")):
+                rows[name][f"warm start, cudnn limit {limit}, {k}"] = fresh(art, {}, {**tp, **fb, "CUDNN_LIMIT": limit})
+            print(name, json.dumps({r: v.get("Detector(artifact) to first full batch") for r, v in rows[name].items()
+                                    if isinstance(v, dict)}), flush=True)
+            (out / "reload_diag.json").write_text(json.dumps(rows, indent=1))
         if name == "compiled" and os.environ.get("PROFILED_ROW", "1") == "1":
             rows[name]["warm, profiled"] = fresh(art, {}, {"RELOAD_PROFILE": "1"})
         print(name, json.dumps(rows[name]), flush=True)

@@ -141,3 +141,35 @@ def test_a_function_compiled_with_another_cpu_thread_count_is_still_loaded(tmp_p
         assert torch.get_num_threads() == other  # the check put it back
     finally:
         torch.set_num_threads(before)
+
+
+def test_preload_loads_the_saved_function_in_the_background_and_the_first_call_uses_it(tmp_path, monkeypatch):
+    """engine.warm_start: a new process starts loading the saved function at Detector() time, in another thread,
+    while it autotunes convolutions; the first call then waits for that load instead of loading again."""
+    runner, model = _runner(tmp_path, monkeypatch)
+    with torch.inference_mode(False):  # normal tensors, as the Detector's buffers
+        x = torch.rand(4, 3, 16, 16)
+    assert runner.preload(x) is False  # nothing saved yet: a first compile has nothing to overlap
+    with torch.inference_mode():  # as the engine calls it
+        want = runner(x)
+    again = PrecompiledRunner(model)
+    threads = []
+    real_thread = precompiled.threading.Thread
+    monkeypatch.setattr(precompiled.threading, "Thread", lambda **kw: threads.append(real_thread(**kw)) or threads[-1])
+    assert again.preload(x) is True and len(threads) == 1
+    assert again.preload(x) is False  # already loading
+    threads[0].join()
+    assert [r["built"] for r in again.loads] == [False]  # loaded before any call
+    with torch.inference_mode():
+        torch.testing.assert_close(again(x[:2]), want[:2])  # another batch size of the same group
+    assert [r["built"] for r in again.loads] == [False] and not again._loading
+
+
+def test_warm_start_is_off_where_nothing_can_overlap(tmp_path, monkeypatch):
+    """The CPU, an eager engine, or no saved function: Detector() does no warm-up work."""
+    from yolotune import Detector
+
+    monkeypatch.setenv("YOLOTUNE_ENGINE_CACHE", str(tmp_path))
+    assert Detector("default", device="cpu", batch=2, imgsz=64).warm_started is False
+    det = Detector("default", device="cpu", compile="inductor", batch=2, imgsz=64)
+    assert det.warm_started is False and det.engine.precompiled is not None

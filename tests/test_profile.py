@@ -203,3 +203,41 @@ def test_timing_runs_real_pictures_at_the_detectors_smallest_batch(tmp_path):
     seen.clear()
     _measure(fake([2, 4]), 1, 32, 32, repeats=1, min_seconds=0.0, sample=sample)
     assert {x.shape[0] for x in seen} == {2} and torch.equal(seen[0], sample)  # padded with the next picture
+
+
+def test_cudnn_autotunes_only_the_detectors_batch_and_the_batches_the_sweep_times(monkeypatch):
+    """A padded bucket (4 frames first, a stream's partial batch) takes cuDNN's heuristics instead of stalling to
+    tune one more shape; a batch the sweep times is tuned, as it would be as a Detector's own batch."""
+    from yolotune import Detector
+    from yolotune.profile.sweep import _measure
+
+    det = Detector("default", device="cpu", batch=8, imgsz=64)
+    det.device = torch.device("cuda")  # only the flag's logic: nothing here runs a convolution on a GPU
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    seen = []
+
+    class Engine:  # records the flag as each convolution would read it
+        input_dtype, channels_last, min_batch = torch.float32, False, 1
+
+        def __call__(self, x):
+            seen.append(torch.backends.cudnn.benchmark)
+            return x
+
+    monkeypatch.setattr(det, "engine", Engine())
+    monkeypatch.setattr("yolotune.pipeline.detector.postprocess", lambda raw, g, post: (raw, g))
+    g = torch.zeros(8, 6)
+    for b in (8, 4, 8):
+        det._detect_step(torch.zeros(b, 3, 64, 64), g[:b])
+    assert seen == [True, False, True] and torch.backends.cudnn.benchmark is True
+    monkeypatch.setattr(det, "_step", lambda x, g: det._detect_step(x, g))
+    monkeypatch.setattr(det, "device", torch.device("cpu"))  # the sweep's own device handling: CPU
+    _measure(det, 2, 64, 64, repeats=1, min_seconds=0.0)
+    assert det.autotune_batches == {8, 2}
+    det.device = torch.device("cuda")
+    seen.clear()
+    det._detect_step(torch.zeros(2, 3, 64, 64), g[:2])
+    assert seen == [True]
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # off stays off at every batch
+    seen.clear()
+    det._detect_step(torch.zeros(4, 3, 64, 64), g[:4])
+    assert seen == [False] and torch.backends.cudnn.benchmark is False

@@ -80,6 +80,7 @@ def test_compiled_artifact_reloads_from_its_own_cache(tmp_path):
     assert list((tmp_path / "art" / "engines").glob("*.tcf"))  # compiled ahead of time, saved in the artifact
     with Detector(str(tmp_path / "art")) as det:
         assert det.describe()["compile"] == "inductor" and det.uses_cuda_graph
+        assert det.warm_started  # the saved function loaded while cuDNN tuned the artifact's batch (engine.warm_start)
         assert len(det.detect([np.zeros((720, 1280, 3), np.uint8)] * 2)) == 2
         aot = det.describe()["ahead_of_time"]  # loaded from the artifact's files, nothing compiled again
         assert aot and not any(r["built"] or r.get("error") for r in aot), det.describe()

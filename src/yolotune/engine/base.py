@@ -28,6 +28,11 @@ class Engine(ABC):
     @abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
+    def warm_start(self, batch: int, hw: tuple[int, int]) -> bool:
+        """Start-up work for the first call at ``batch`` on an ``hw`` canvas, done ahead (engines that load
+        compiled code). True when there was some."""
+        return False
+
     def describe(self) -> dict:
         return {
             "engine": self.name,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -52,23 +53,52 @@ class PrecompiledRunner:
         self.module = module
         self.options = dict(options or {})
         self.cache = cache_root()  # now: an artifact being loaded has just pointed the cache into itself
-        self._functions: dict[tuple, list[Callable]] = {}
+        self._functions: dict[tuple, list[Callable]] = {}  # by input group: the saved functions loaded so far
+        self._unloaded: dict[tuple, list[Path]] = {}  # by input group: saved files not loaded yet
         self._chosen: dict[tuple, Callable] = {}  # by whole shape: which function took it (its own call checks again)
         self._built_with_threads: dict[int, int] = {}  # id(function) -> torch's CPU thread count when it was compiled
+        self._loading: dict[tuple, threading.Thread] = {}  # by input group: a background load (preload)
         self.loads: list[dict] = []
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _group(x: torch.Tensor) -> tuple:
         # the guards also check the tensor's dispatch keys: an inference tensor and a normal one (the Detector's
         # static buffers are made outside inference mode) are two groups
-        group = (tuple(x.shape[1:]), x.dtype, x.device, x.is_inference())
+        return tuple(x.shape[1:]), x.dtype, x.device, x.is_inference()
+
+    def saved(self, x: torch.Tensor) -> list[Path]:
+        """The saved functions that may serve inputs like ``x``."""
+        return sorted(self.cache.glob(f"{self._stem(x)}-*{SUFFIX}"))
+
+    def preload(self, x: torch.Tensor) -> bool:
+        """Start loading, in a background thread, the saved function that serves ``x``; the first call waits for
+        it. Loading is mostly Python (2-3 s on the H100), so the caller can meanwhile run GPU work that releases
+        the interpreter (engine.warm_start: cuDNN's autotuning). False when nothing is saved."""
+        group = self._group(x)
+        if group in self._functions or group in self._loading or not self.saved(x):
+            return False
+
+        def load() -> None:
+            # as the engine calls: in inference mode, whose dispatch keys a loaded function's guards take from the
+            # thread that loads it (loaded outside it, every call was rejected and compiled again)
+            with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext(), torch.inference_mode():
+                self._find(x)
+
+        thread = self._loading[group] = threading.Thread(target=load, name="yolotune-preload", daemon=True)
+        thread.start()
+        return True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        group = self._group(x)
         chosen = self._chosen.get((x.shape[0], group))
         if chosen is not None:  # a function's own call checks its guards: not a second time here
             return chosen(self.module, x)
-        functions = self._functions.get(group)
-        if functions is None:
-            functions = self._functions[group] = self._load_all(x)
-        fn = next((f for f in functions if self._accepts(f, x)), None)
+        thread = self._loading.pop(group, None)
+        if thread is not None:
+            thread.join()
+        fn = self._find(x)
         if fn is None:
+            functions = self._functions[group]
             rejected = [_why_rejected(f, self.module, x) for f in functions]  # why the saved ones did not serve
             fn = self._build(x, index=len(functions))
             functions.append(fn)
@@ -81,21 +111,35 @@ class PrecompiledRunner:
         tuned = "tuned" if self.options.get("coordinate_descent_tuning") else "untuned"  # other kernels, other file
         return f"{package_key(self.module, x)}-{tuned}-{'inference' if x.is_inference() else 'normal'}"
 
-    def _load_all(self, x: torch.Tensor) -> list[Callable]:
-        out = []
-        for path in sorted(self.cache.glob(f"{self._stem(x)}-*{SUFFIX}")):
-            t0 = time.perf_counter()
-            try:
-                fn = _load(path)
-            except Exception as e:  # noqa: BLE001  (a file from another torch or GPU: compiled again instead)
-                self.loads.append({"file": path.name, "built": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
-                continue
-            self.loads.append({"file": path.name, "built": False, "seconds": round(time.perf_counter() - t0, 3)})
-            out.append(fn)
-            threads = _read_threads(path)
-            if threads is not None:
-                self._built_with_threads[id(fn)] = threads
-        return out
+    def _find(self, x: torch.Tensor) -> Callable | None:
+        """A loaded function that accepts ``x``, else the first saved one that does, loading files in order and
+        stopping there: each load costs 0.6-3 s on the H100, and an artifact may hold functions for other batch
+        sizes (batch 1's) that this process never needs."""
+        group = self._group(x)
+        functions = self._functions.setdefault(group, [])
+        fn = next((f for f in functions if self._accepts(f, x)), None)
+        if group not in self._unloaded:
+            self._unloaded[group] = self.saved(x)
+        unloaded = self._unloaded[group]
+        while fn is None and unloaded:
+            loaded = self._load(unloaded.pop(0))
+            if loaded is not None:
+                functions.append(loaded)
+                fn = loaded if self._accepts(loaded, x) else None
+        return fn
+
+    def _load(self, path: Path) -> Callable | None:
+        t0 = time.perf_counter()
+        try:
+            fn = _load(path)
+        except Exception as e:  # noqa: BLE001  (a file from another torch or GPU: compiled again instead)
+            self.loads.append({"file": path.name, "built": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            return None
+        self.loads.append({"file": path.name, "built": False, "seconds": round(time.perf_counter() - t0, 3)})
+        threads = _read_threads(path)
+        if threads is not None:
+            self._built_with_threads[id(fn)] = threads
+        return fn
 
     def _accepts(self, fn, x: torch.Tensor) -> bool:
         """Whether ``fn``'s guards accept this call. Among them is torch's CPU thread count when it was compiled

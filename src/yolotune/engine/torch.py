@@ -74,6 +74,27 @@ class TorchEngine(Engine):
             out["ahead_of_time_error"] = self.precompile_error
         return out
 
+    def warm_start(self, batch: int, hw: tuple[int, int]) -> bool:
+        """Before the first call at ``batch`` on an ``hw`` canvas: load the saved compiled function in a background
+        thread while cuDNN autotunes this batch's convolutions here, in eager mode (autotuning runs in C++ with the
+        interpreter released, loading is mostly Python, so the two overlap; the compiled code calls the same
+        convolutions, so its first call finds them tuned). Only where a saved function exists: a first compile
+        has nothing to overlap. YOLOTUNE_WARM_START=0 turns it off. True when it ran."""
+        if self.precompiled is None or self.device.type != "cuda" or os.environ.get("YOLOTUNE_WARM_START", "1") == "0":
+            return False
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        # a normal tensor, not an inference one: the Detector's input buffers are, and the guards tell them apart
+        x = torch.zeros(batch, 3, *hw, dtype=self.input_dtype, device=self.device).contiguous(memory_format=memory_format)
+        if not self.precompiled.preload(x):
+            return False
+        if torch.backends.cudnn.benchmark:
+            with torch.inference_mode():
+                self.module(x)
+            torch.cuda.synchronize(self.device)
+            del x
+            torch.cuda.empty_cache()  # the eager activations' memory: the CUDA graphs keep a pool of their own
+        return True
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.aoti is not None:

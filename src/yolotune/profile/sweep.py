@@ -86,6 +86,9 @@ def _measure(det, b: int, h: int, w: int, repeats: int, min_seconds: float,
     # images/s counts the b real images
     buckets = getattr(det, "buckets", None)
     n = max(b, buckets[0] if buckets else getattr(det.engine, "min_batch", 1))
+    tuned = getattr(det, "autotune_batches", None)
+    if tuned is not None:  # timed as this batch would run as a Detector's own: cuDNN autotuned (if on)
+        tuned.add(n)
     if sample is not None and tuple(sample.shape[-2:]) == (h, w):
         x = sample[torch.arange(n, device=sample.device) % len(sample)].to(det.device, det.engine.input_dtype)
     else:
