@@ -1,6 +1,7 @@
 """Issue 5's CPU evidence (2 cores): yolotune optimize on the default model with its held-out split (generator seed 1,
 the seed the training record validates on), then side by side in this process: ONNX Runtime FP32 (ours), the chosen
-INT8 models, and Ultralytics' own ONNX export run with ONNX Runtime, batch 1 at 640x640, timed in interleaved rounds.
+INT8 models, and Ultralytics' own ONNX export run with ONNX Runtime, batch 1 at 640x640, timed in interleaved rounds;
+then yolotune's ONNX Runtime engine at batches 1-8 with the batch split across the cores and not.
 Writes cpu_report.md / cpu_report.json / cpu_bench.json under $OUT (default benchmarks/results/optimize)."""
 
 from __future__ import annotations
@@ -42,6 +43,33 @@ def interleaved_ms(paths: dict[str, str], threads: int, x: np.ndarray, rounds: i
                 n += 1
             samples[key].append((time.perf_counter() - t0) / n * 1e3)
     return {k: {"min_ms": min(v), "median_ms": sorted(v)[len(v) // 2], "max_ms": max(v)} for k, v in samples.items()}
+
+
+def interleaved_engines(paths: dict[str, str], batches: tuple[int, ...], rounds: int = 3, window: float = 1.0) -> dict:
+    """images/s of yolotune's ONNX Runtime engine for each model and batch, the batch split across the cores (one
+    single-threaded run per part, the default) and not (one run on every core): rounds visiting every engine in
+    turn, the best round of each."""
+    import torch
+
+    from yolotune.engine.ort import OrtEngine
+    from yolotune.models.onnx import load_onnx
+
+    engines = {(k, split): OrtEngine(load_onnx(p, split_batch=split)) for k, p in paths.items() for split in (True, False)}
+    out: dict = {}
+    for b in batches:
+        x = torch.rand(b, 3, 640, 640)
+        samples: dict = {key: [] for key in engines}
+        for _ in range(rounds):
+            for key, e in engines.items():
+                e(x)
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < window:
+                    e(x)
+                    n += b
+                samples[key].append(n / (time.perf_counter() - t0))
+        for (k, split), v in samples.items():
+            out.setdefault(k, {}).setdefault("split" if split else "one run", {})[b] = round(max(v), 1)
+    return out
 
 
 def main() -> None:
@@ -90,6 +118,16 @@ def main() -> None:
         for method in ("minmax", "entropy", "percentile"):
             if f"int8_{method}" in tb:
                 rows[f"int8_{method}_vs_fp32_at_batch{b}"] = tb["yolotune_onnx_fp32"]["min_ms"] / tb[f"int8_{method}"]["min_ms"]
+    # the batch split across the cores (engine/ort.py) against one run on every core, batches 1-8
+    eng = interleaved_engines(paths, (1, 2, 4, 8))
+    rows["engine_images_per_s"] = eng
+    fp32 = eng["yolotune_onnx_fp32"]
+    for method in ("minmax", "entropy", "percentile"):
+        q = eng.get(f"int8_{method}")
+        if q:
+            rows[f"int8_{method}_split_vs_fp32_split_same_batch"] = {b: q["split"][b] / fp32["split"][b] for b in q["split"]}
+            rows[f"int8_{method}_best_vs_fp32_best"] = max(q["split"].values()) / max(max(fp32["split"].values()), max(fp32["one run"].values()))
+            rows[f"int8_{method}_best_vs_fp32_batch1"] = max(q["split"].values()) / fp32["one run"][1]
     rows["fp32_map50_95"] = by["onnxruntime fp32"]["map50_95"]
     rows["reference_torch_map50_95"] = by["torch fp32"]["map50_95"]
     (out / "cpu_bench.json").write_text(json.dumps(rows, indent=1))

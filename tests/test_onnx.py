@@ -113,3 +113,30 @@ def test_int8_keeps_the_heads_decoding_in_float_and_its_feature_layers_quantized
     kept = {n.name for n in head} - excluded
     assert kept and all(("/act/" in n) or n.endswith("Conv") for n in kept) and not any("/dfl/" in n for n in kept)
     assert sum("/act/" in n for n in kept) == 24  # SiLU (Sigmoid + Mul) after each of the 12 feature convolutions
+
+
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_cpu_batch_runs_split_across_cores_with_the_same_output(tmp_path, dynamic_batch):
+    """engine/ort.py: a batch runs as single-threaded parts in parallel (one per core), a lone image as one run on
+    every core; the output is the same as one run of the whole batch."""
+    import threading
+
+    import torch
+
+    from yolotune.engine.ort import OrtEngine
+
+    path = export_onnx(load_model("default"), tmp_path / "d.onnx", imgsz=(96, 96), dynamic_batch=dynamic_batch)
+    split = OrtEngine(load_model(str(path), threads=2))
+    whole = OrtEngine(load_model(str(path), threads=2, split_batch=False))
+    assert split.describe()["split_batch"] == 2 and whole.describe()["split_batch"] == 1
+    x = torch.rand(3, 3, 96, 96)
+    split(x[:1])
+    assert split._single is None  # one image: the multi-threaded session, no parts
+    callers = set()
+    single = split._parallel()[0]
+    run = single.run
+    split._single = type("Recorder", (), {"run": lambda self, *a: callers.add(threading.current_thread().name) or run(*a)})()
+    torch.testing.assert_close(split(x), whole(x), rtol=1e-4, atol=1e-3)
+    assert threading.current_thread().name in callers and any(n.startswith("yolotune-ort") for n in callers)
+    with Detector(str(path), device="cpu", batch=3, split_batch=False) as det:
+        assert det.describe()["split_batch"] == 1

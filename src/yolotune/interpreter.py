@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 from typing import Iterator
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity, e.g. a container's cpuset), not all the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def freeze_startup_objects() -> bool:

@@ -34,8 +34,11 @@ def detect_layout(output_shape: list, metadata: dict[str, str], nc_hint: int | N
 
 
 @register_loader(".onnx")
-def load_onnx(path: str, providers: list[str] | None = None, threads: int | None = None, **_: object) -> LoadedModel:
-    """Open an ONNX detection export with onnxruntime and describe it."""
+def load_onnx(path: str, providers: list[str] | None = None, threads: int | None = None, split_batch: bool = True,
+              **_: object) -> LoadedModel:
+    """Open an ONNX detection export with onnxruntime and describe it. ``threads``: ONNX Runtime's threads per run
+    (default: every core); ``split_batch``: on the CPU, a batch runs as one single-threaded part per core
+    (engine/ort.py)."""
     if not Path(path).is_file():
         raise ModelLoadError(f"{path}: no such model file")
     import onnxruntime as ort
@@ -88,7 +91,8 @@ def load_onnx(path: str, providers: list[str] | None = None, threads: int | None
         fixed_batch=_dim(in_shape[0]),
         fixed_hw=fixed_hw,
         input_dtype="float16" if "float16" in inputs[0].type else "float32",
-        extra={"input_name": inputs[0].name, "output_shape": list(out_shape), "metadata": meta},
+        extra={"input_name": inputs[0].name, "output_shape": list(out_shape), "metadata": meta, "threads": threads,
+               "split_batch": split_batch},
     )
     return LoadedModel(spec=spec, runnable=session)
 

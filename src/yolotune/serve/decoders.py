@@ -26,6 +26,7 @@ from multiprocessing import connection, shared_memory
 
 import numpy as np
 
+from yolotune.interpreter import usable_cores
 from yolotune.serve.queues import FrameQueue, StreamFrame
 from yolotune.serve.sources import Backoff, SourceSpec, SourceStatus, SourceWorker
 
@@ -54,11 +55,6 @@ def decoder_processes(n_sources: int, cores: int | None = None) -> int:
     """How many decoder processes for ``n_sources``: one per core but two (engine and sinks), at most one per source."""
     cores = cores or usable_cores()
     return max(1, min(n_sources, cores - 2))
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity, e.g. a container's cpuset), not all the machine has."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def decoder_cpus(reserve: int, allowed: set[int] | None = None) -> tuple[int, ...] | None:

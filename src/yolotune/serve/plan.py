@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from yolotune.pipeline.buffers import register_host_memory
-from yolotune.serve.decoders import decoder_processes, frame_nbytes, usable_cores
+from yolotune.interpreter import usable_cores
+from yolotune.serve.decoders import decoder_processes, frame_nbytes
 from yolotune.serve.runtime import RunOptions, StreamRuntime, _decoder_mode, _ring_pinner
 from yolotune.serve.sources import SourceSpec
 from yolotune.types import Detections, InputRef

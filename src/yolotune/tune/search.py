@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from yolotune.interpreter import usable_cores
 from yolotune.pipeline.detector import DEFAULT_CONF
 from yolotune.profile.sweep import _measure, batch_sizes, letterboxed_images
 from yolotune.tune.artifact import use_engine_cache, write_artifact
@@ -115,7 +116,8 @@ def optimize(
             load_dataset(val)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
-        probe = probe_batch or (1 if objective == "latency" or dev.type == "cpu" else 32)
+        # CPU: one image per core, which the ONNX Runtime engine runs in parallel (engine/ort.py)
+        probe = probe_batch or (1 if objective == "latency" else min(usable_cores(), 8) if dev.type == "cpu" else 32)
         candidates = search_space(dev.type, compile=compile, int8=int8, budget_s=budget_s)
         reference = candidates[0]
         files = CandidateFiles(model_file, work, lambda: _images(Path(calibration)) if calibration else
