@@ -1,11 +1,11 @@
 """ONNX Runtime engine (CPU execution provider, or CUDA when onnxruntime-gpu is installed).
 
 On the CPU a batch of several images is split across the cores, one single-threaded run per part, instead of one
-run that spreads each operator over the cores. An INT8 model is made of many small operators (quantize, lookup
-sigmoid, requantizing concat), and waking and joining the thread pool for each of them costs as much as the work:
-on 2 cores, yolov8n INT8 ran 21.5 ms per image on one thread and 13.8 ms on two (1.56x), FP32 38.1 and 21.3 ms
-(1.79x). Two images at once on one thread each: INT8 89.5-92.0 images/s against 71-74 (+24%), FP32 49-51 against
-47.9-48.3 (+5%) (benchmarks/optimize_cpu.py). A lone image still uses every core.
+run whose operators are each spread over the cores. An INT8 model is made of many small operators (quantize,
+lookup sigmoid, requantizing concat), and waking and joining ONNX Runtime's thread pool for each is a large share
+of their work. On 2 cores, batch 2: INT8 93 images/s split against 79 in one run, FP32 52 against 50
+(benchmarks/results/optimize/ort_threads_cpu.json); batches 2-8: INT8 +17-25%, FP32 +9-26% (cpu_bench.json).
+A lone image still uses every core.
 """
 
 from __future__ import annotations
