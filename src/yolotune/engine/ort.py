@@ -45,7 +45,7 @@ class OrtEngine(Engine):
         arr = np.ascontiguousarray(x.detach().cpu().numpy())
         n = arr.shape[0]
         # static-batch exports take `fixed_batch` images per run; a dynamic one takes a batch's share of the cores
-        step = self.fixed_batch or (-(-n // min(n, self.workers)))
+        step = self.fixed_batch or -(-n // max(1, min(n, self.workers)))
         parts = []
         for start in range(0, n, step):
             part = arr[start : start + step]
