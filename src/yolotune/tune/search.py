@@ -192,6 +192,8 @@ def optimize(
         report["batch_sweep"] = sweep
         report["summary"] = _summary(report, reference, best, batch, sweep)
         report["levers"] = _levers(candidates, sweep, probe)
+        if best.engine == "onnxruntime" and batch > 1 and not interrupted:
+            report["levers"].append(_split_lever(Detector, best, dev, batch, _images(val)))
         report["search_s"] = round(time.perf_counter() - t0, 1)
         write_artifact(out, best.result["model_file"], options,
                        {"tuned_on": report["device"], "objective": objective, "report": "report.json"})
@@ -334,6 +336,27 @@ def _levers(candidates: list[Candidate], sweep: list[dict], probe: int) -> list[
         out.append({"lever": f"batching ({first['batch']} -> {best['batch']})", "from": first["batch"], "to": best["batch"],
                     "speedup": best["images_per_s"] / first["images_per_s"], "drop_points": 0.0, "batch": best["batch"]})
     return out
+
+
+def _split_lever(Detector, best: Candidate, dev, batch: int, timing_images: list[str]) -> dict:
+    """The ONNX Runtime engine's batch split across the cores (engine/ort.py) against one run on every core, at
+    the chosen batch, measured in turns (three each way, the median)."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    dets = {split: Detector(best.result["model_file"], device=str(dev), batch=batch, split_batch=split, **best.options)
+            for split in (True, False)}
+    try:
+        h, w = dets[True].imgsz
+        sample = letterboxed_images(timing_images, (h, w), dets[True].device)
+        for _ in range(3):
+            for split, det in dets.items():
+                with _as_deployed(det):
+                    rates[split].append(_measure(det, batch, h, w, repeats=1, min_seconds=0.5, sample=sample).images_per_s)
+    finally:
+        for det in dets.values():
+            det.close()
+    on, off = (sorted(rates[k])[1] for k in (True, False))
+    return {"lever": f"batch split across the cores ({dets[True].engine.workers} single-threaded parts)",
+            "from": "one run", "to": "split", "speedup": on / off, "drop_points": 0.0, "batch": batch}
 
 
 def _reload_seconds(Detector, out: Path, dev) -> float:
