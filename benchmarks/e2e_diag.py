@@ -7,7 +7,9 @@ and drain do not dominate):
 - decode and model at the same time (decode in a thread, graph replays in this one): what each keeps;
 - Detector.predict end to end for: CUDA graph (rect canvas), compiled + graph (square canvas, as optimize chose
   it), compiled + graph on the rect canvas; with the producer's stage times and the decoder's counters;
-- eager FP16 (no graph, no compile) model + NMS at the same batch and canvas: the compiled row's ratio over it.
+- eager FP16 (no graph, no compile) model + NMS at the same batch and canvas: the compiled row's ratio over it;
+- CONFIGS=artifact-square:0,artifact-rect:0: the artifact of a default `optimize()` run here, as saved and with
+  rect=True (`yolotune predict ARTIFACT --rect`).
 Writes $OUT/e2e_diag.json.
 """
 
@@ -103,13 +105,25 @@ def main() -> None:
         rows["decode_only"][b] = round(decode_rate(datas, b), 1)
     print("decode only", rows["decode_only"], flush=True)
     (out / "e2e_diag.json").write_text(json.dumps(rows, indent=1))
+    artifact = None
+    if any(c.startswith("artifact") for c in CONFIGS):  # what `yolotune optimize` (defaults, 120 s) saves
+        from yolotune.tune.search import optimize
+
+        artifact = work / "artifact"
+        report = optimize("default", device="cuda", out=artifact)
+        rows["artifact"] = {"chosen": report["chosen"]["name"], "options": report["chosen"]["options"],
+                            "search_s": report["search_s"]}
     for cfg in CONFIGS:
         name, batch = cfg.split(":")
         batch = int(batch)
-        opts = dict(compile="inductor" if name.startswith("compiled") else False, rect="-rect" in name,
-                    cuda_graph=not name.startswith("eager"))
         t0 = time.perf_counter()
-        det = Detector("default", device="cuda", batch=batch, **opts)
+        if name.startswith("artifact"):  # artifact-square: as saved; artifact-rect: `predict ARTIFACT --rect`
+            det = Detector(str(artifact), **({"rect": True} if "-rect" in name else {}))
+            batch = det.batch
+        else:
+            opts = dict(compile="inductor" if name.startswith("compiled") else False, rect="-rect" in name,
+                        cuda_graph=not name.startswith("eager"))
+            det = Detector("default", device="cuda", batch=batch, **opts)
         for _ in det.predict(paths[: batch * 2]):  # compile, capture the batch's graph
             pass
         setup_s = time.perf_counter() - t0
