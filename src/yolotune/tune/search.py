@@ -186,6 +186,12 @@ def optimize(
         batch, sweep = _choose_batch(Detector, best, dev, objective, latency_ms, target_fps, memory_mib, max_batch,
                                      budget_s - (time.perf_counter() - t0) if not interrupted else 0, _images(val))
         options = {**best.options, "batch": batch}
+        if options.get("compile") and options.get("rect") is False:
+            report["notes"].append(
+                "the compiled engine was guarded and saved on the square canvas (one canvas, one compile); for inputs "
+                "of one aspect ratio, `yolotune predict ARTIFACT --rect` compiles their canvas once more and saves it "
+                "in the artifact (720p JPEGs on the H100: 6,507-6,709 against 5,263-5,455 images/s end to end, "
+                "benchmarks/results/e2e_diag_h100.md)")
         if dev.type == "cuda":
             options["cudnn_benchmark"] = cudnn_autotune(batch)
         report["chosen"] = {"name": best.name, "options": options, **best.result}
