@@ -76,6 +76,7 @@ def test_compiled_artifact_reloads_from_its_own_cache(tmp_path):
     by = {c["name"]: c for c in report["candidates"]}
     assert by["compiled+graph fp16"]["status"] == "passed", by["compiled+graph fp16"]
     assert report["chosen"]["options"]["compile"] == "inductor"
+    assert any("--rect" in n for n in report["notes"])  # saved on the square canvas: the report says when rect pays
     assert any((tmp_path / "art" / "inductor-cache").rglob("*"))  # the compiled kernels travel with the artifact
     assert list((tmp_path / "art" / "engines").glob("*.tcf"))  # compiled ahead of time, saved in the artifact
     with Detector(str(tmp_path / "art")) as det:
