@@ -139,13 +139,19 @@ def test_partial_batches_and_repeated_runs(checkpoint, images, exact_fp32):
 
 
 @pytest.mark.parametrize("half", [False, True])
-def test_gpu_matches_ultralytics_predict(checkpoint, images, half):
+def test_gpu_matches_ultralytics_predict(checkpoint, images, half, request):
     """Ultralytics-identical input pixels (preprocess="cpu"), model and NMS on the GPU, >= 99% of boxes matched.
+
+    FP32 on both sides without TF32 (exact_fp32): with it, which convolution algorithms cuDNN picked depended on the
+    autotuning state earlier tests left in the process, and agreement fell to 98.85% once (this test after the
+    optimize tests, seventh session).
 
     The default GPU input path (nvJPEG, device letterbox) differs from libjpeg/OpenCV by a grey level or two, which
     a random-init network turns into different boxes; benchmarks/e2e.py reports that agreement as a measurement,
     and the trained default model makes it checkable."""
     ultralytics = pytest.importorskip("ultralytics")
+    if not half:
+        request.getfixturevalue("exact_fp32")
     model = ultralytics.YOLO(str(checkpoint))
     ref = []
     for k in range(0, len(images), 4):
