@@ -65,3 +65,13 @@ def test_video_ground_truth_per_frame(tmp_path):
         decoded = sum(1 for _ in c.decode(video=0))
     assert decoded == len(truth["frames"]) == 12
     assert any(f["boxes"] for f in truth["frames"])
+
+
+def test_cli_size_gives_every_image_that_size(tmp_path):
+    res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "d"), "--n", "3", "--size", "320x180",
+                                   "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    coco = json.loads((tmp_path / "d" / "annotations.json").read_text())
+    assert {(im["width"], im["height"]) for im in coco["images"]} == {(320, 180)}
+    res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "e"), "--n", "1", "--size", "720p"])
+    assert res.exit_code == 2 and "--size must look like 1280x720" in res.output

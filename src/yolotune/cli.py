@@ -242,13 +242,25 @@ def data_synth(
     seed: int = typer.Option(0, help="Dataset seed: image i depends only on (seed, i)."),
     workers: Optional[int] = typer.Option(None, help="Processes."),
     video_frames: int = typer.Option(0, min=0, help="Also write video.mp4 (+ video.json ground truth) with this many frames."),
+    size: Optional[str] = typer.Option(None, help="WIDTHxHEIGHT of every image (a camera's frames, for `optimize "
+                                                  "--data`); default: five sizes mixed."),
 ) -> None:
     """Generate a detection dataset: 10 classes of objects on real photographs, YOLO and COCO labels."""
-    from yolotune.data.synth import write_dataset, write_video
+    from yolotune.data.synth import SynthConfig, write_dataset, write_video
 
+    cfg = SynthConfig()
+    if size is not None:
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+            if w < 32 or h < 32:
+                raise ValueError
+        except ValueError:
+            _fail(f"--size must look like 1280x720 (each side at least 32), not {size!r}")
+        cfg = SynthConfig(sizes=((h, w),))
     with _progress(disable=not err.is_terminal) as progress:
         task = progress.add_task("generating", total=n, rate="")
-        write_dataset(out, n, seed=seed, workers=workers, progress=lambda done, total: progress.update(task, completed=done))
+        write_dataset(out, n, seed=seed, cfg=cfg, workers=workers,
+                      progress=lambda done, total: progress.update(task, completed=done))
     if video_frames:
         write_video(out / "video.mp4", frames=video_frames, seed=seed)
     Console().print(f"wrote {n} images to {out.resolve()}" + (f" and a {video_frames}-frame clip" if video_frames else ""))

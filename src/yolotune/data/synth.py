@@ -31,6 +31,7 @@ class SynthConfig:
     max_objects: int = 10
     empty_fraction: float = 0.06
     min_visible: float = 0.4
+    sizes: tuple[tuple[int, int], ...] = SIZES  # (height, width) choices; one size for a camera's frames
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _clutter(rng: np.random.Generator, h: int, w: int) -> Image.Image:
 def render_scene(seed: int, index: int, cfg: SynthConfig = SynthConfig()) -> tuple[np.ndarray, list[Box]]:
     """Image ``index`` of dataset ``seed``: ([h, w, 3] uint8 RGB, visible boxes)."""
     rng = np.random.default_rng([seed, index])
-    h, w = SIZES[int(rng.integers(0, len(SIZES)))]
+    h, w = cfg.sizes[int(rng.integers(0, len(cfg.sizes)))]
     canvas = random_background(rng, h, w).astype(np.float32)
     _paste(canvas, _clutter(rng, h, w), 0, 0)  # clutter behind the objects
     n = 0 if rng.random() < cfg.empty_fraction else int(rng.integers(1, cfg.max_objects + 1))
