@@ -141,6 +141,8 @@ def test_interrupt_keeps_what_was_measured(tmp_path, val, monkeypatch):
 def test_cli_errors(tmp_path):
     res = CliRunner().invoke(app, ["optimize", "default", "--device", "cpu", "--objective", "fastest", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "objective must be one of" in res.output
+    res = CliRunner().invoke(app, ["optimize", "default", "--device", "cpu", "--canvas", "wide", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "canvas must be one of" in res.output
     res = CliRunner().invoke(app, ["optimize", "default", "--device", "cpu", "--data", str(tmp_path / "missing"),
                                    "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "annotations.json" in res.output
@@ -173,3 +175,32 @@ def test_candidates_are_timed_at_the_deployed_threshold():
     with search._as_deployed(det):
         assert det.post.conf == 0.25 and det.post.topk == 512
     assert det.post.conf == 0.001
+
+
+def test_camera_frames_are_tuned_on_their_own_canvas(tmp_path, val):
+    """Validation images all of one size (a camera's): every candidate runs on their least-padded canvas and the
+    artifact keeps it; mixed sizes keep the square canvas."""
+    from yolotune.data.synth import SynthConfig
+    from yolotune.data.validate import load_dataset
+    from yolotune.assets import resolve
+
+    model = Path(resolve("default"))
+    assert search._camera_canvas(load_dataset(val)[0], model) is None  # mixed sizes
+    frames = write_dataset(tmp_path / "cam", 4, seed=3, cfg=SynthConfig(sizes=((360, 640),)), workers=1)
+    assert search._camera_canvas(load_dataset(frames)[0], model) == ((360, 640), (384, 640))
+    square = write_dataset(tmp_path / "sq", 2, seed=3, cfg=SynthConfig(sizes=((640, 640),)), workers=1)
+    assert search._camera_canvas(load_dataset(square)[0], model) is None  # no smaller than the model's own
+
+    report = search.optimize("default", frames, device="cpu", out=tmp_path / "a", int8=False, budget_s=600,
+                             max_batch=1, refine=False)
+    assert report["canvas"] == {"images": [360, 640], "imgsz": [384, 640]}
+    assert any("all 640x360" in n for n in report["notes"])
+    assert all(c["options"]["imgsz"] == [384, 640] for c in report["candidates"])
+    assert read_artifact(tmp_path / "a").options["imgsz"] == [384, 640]
+    with Detector(str(tmp_path / "a"), device="cpu") as det:
+        assert det.imgsz == (384, 640)
+        results = list(det.predict(sorted(str(p) for p in (frames / "images").iterdir())))
+        assert len(results) == 4 and all(r.ok for r in results)
+    report = search.optimize("default", frames, device="cpu", out=tmp_path / "b", int8=False, budget_s=600,
+                             max_batch=1, refine=False, canvas="square")
+    assert "canvas" not in report and all("imgsz" not in c["options"] for c in report["candidates"])

@@ -30,6 +30,9 @@ def optimize_command(
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Then try the winner at smaller input sizes and top-k."),
     calibration: Optional[Path] = typer.Option(None, help="Folder of images for INT8 calibration (default: generated)."),
     val_images: Optional[int] = typer.Option(None, help="Generated validation images (default 200 GPU, 48 CPU)."),
+    canvas: str = typer.Option("auto", help="auto: when the --data images are all one size (a camera's frames), tune "
+                                            "on their least-padded canvas (384x640 for 720p) and keep it; square: "
+                                            "the model's square canvas."),
 ) -> None:
     """Find the fastest pipeline that keeps accuracy, save it as an artifact, and report before/after."""
     from yolotune.models import ModelLoadError
@@ -39,7 +42,7 @@ def optimize_command(
         with err.status("optimizing") as status:
             report = optimize(model, data, device=device, objective=objective, latency_ms=latency_ms, target_fps=target_fps,
                               memory_mib=memory_mib, budget_s=budget, max_drop=max_drop, out=out, compile=compile, refine=refine,
-                              int8=int8, calibration=calibration, val_images=val_images,
+                              int8=int8, calibration=calibration, val_images=val_images, canvas=canvas,
                               progress=lambda m: status.update(f"optimizing: {m}"))
     except (ModelLoadError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}")

@@ -27,6 +27,7 @@ from yolotune.tune.files import CandidateFiles
 from yolotune.tune.int8 import CalibrationError
 
 OBJECTIVES = ("throughput", "latency")
+CANVASES = ("auto", "square")
 REFINE_MARGIN = 1.05
 # kept for the winner's batch sizes (_choose_batch measures for at least 15 s): candidates that would eat into it
 # are skipped (the H100's default run otherwise ended at 128 s of its 120)
@@ -59,6 +60,26 @@ def _dataset(data, device_type: str, work: Path, n: int | None, seed: int) -> Pa
     return write_dataset(work / f"data-{seed}", n or (200 if device_type == "cuda" else 48), seed=seed)
 
 
+def _camera_canvas(ground_truth: dict, model_file: Path) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((h, w) of the validation images, the canvas every candidate runs on) when the images are all one size, as a
+    camera's frames are: that size letterboxed with the least padding (Ultralytics' rect), which is also what
+    ``yolotune predict --rect`` would feed the model (384x640 for 720p at 640: 40% fewer pixels than the square).
+    None: mixed sizes, or a model whose input size is fixed, or a canvas no smaller than the model's own."""
+    from yolotune.models import load_model
+    from yolotune.ops.letterbox import canvas_shape
+
+    images = ground_truth.get("images") or []
+    sizes = {(im.get("height"), im.get("width")) for im in images}
+    if len(sizes) != 1 or None in next(iter(sizes)):
+        return None
+    spec = load_model(str(model_file)).spec
+    if spec.fixed_hw is not None:
+        return None
+    size = next(iter(sizes))
+    hw = canvas_shape([size], tuple(spec.imgsz), spec.stride, rect=True)
+    return (size, hw) if hw != tuple(spec.imgsz) else None
+
+
 def _images(folder: Path) -> list[str]:
     root = folder / "images" if (folder / "images").is_dir() else folder
     return sorted(str(p) for p in root.iterdir() if p.is_file()) if root.is_dir() else []
@@ -82,10 +103,14 @@ def optimize(
     probe_batch: int | None = None,
     max_batch: int | None = None,
     val_images: int | None = None,
+    canvas: str = "auto",
     workdir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Search engines x precisions (then batch sizes) for ``objective`` within ``budget_s``; write an artifact.
+
+    ``canvas``: "auto" tunes on the validation images' own least-padded canvas when they are all one size (a
+    camera's frames), and the artifact keeps it; "square" always uses the model's square canvas.
 
     Returns the report dict (also written to ``out``/report.json and report.md).
     """
@@ -94,6 +119,8 @@ def optimize(
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+    if canvas not in CANVASES:
+        raise ValueError(f"canvas must be one of {CANVASES}, not {canvas!r}")
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -113,12 +140,22 @@ def optimize(
         say("preparing validation data")
         val = _dataset(data, dev.type, work, val_images, seed=101)
         try:
-            load_dataset(val)
+            ground_truth, _ = load_dataset(val)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from e
+        camera = _camera_canvas(ground_truth, model_file) if canvas == "auto" else None
         # CPU: one image per core, which the ONNX Runtime engine runs in parallel (engine/ort.py)
         probe = probe_batch or (1 if objective == "latency" else min(usable_cores(), 8) if dev.type == "cpu" else 32)
         candidates = search_space(dev.type, compile=compile, int8=int8, budget_s=budget_s)
+        if camera is not None:
+            (h, w), hw = camera
+            for cand in candidates:  # one canvas for all: the guard compares like with like, a compile is one shape
+                cand.options = {**cand.options, "imgsz": list(hw)}
+            report["canvas"] = {"images": [h, w], "imgsz": list(hw)}
+            report["notes"].append(
+                f"the validation images are all {w}x{h}: every candidate ran on their least-padded canvas, "
+                f"{hw[0]}x{hw[1]}, and the artifact keeps it (inputs of other shapes are letterboxed into it; "
+                f"--canvas square tunes on the model's square canvas)")
         reference = candidates[0]
         files = CandidateFiles(model_file, work, lambda: _images(Path(calibration)) if calibration else
                                _images(_dataset(None, "cpu", work, 32, seed=102)))
@@ -186,7 +223,7 @@ def optimize(
         batch, sweep = _choose_batch(Detector, best, dev, objective, latency_ms, target_fps, memory_mib, max_batch,
                                      budget_s - (time.perf_counter() - t0) if not interrupted else 0, _images(val))
         options = {**best.options, "batch": batch}
-        if options.get("compile") and options.get("rect") is False:
+        if options.get("compile") and options.get("rect") is False and camera is None:
             report["notes"].append(
                 "the compiled engine was guarded and saved on the square canvas (one canvas, one compile); for inputs "
                 "of one aspect ratio, `yolotune predict ARTIFACT --rect` compiles their canvas once more and saves it "
