@@ -9,7 +9,8 @@ and drain do not dominate):
   it), compiled + graph on the rect canvas; with the producer's stage times and the decoder's counters;
 - eager FP16 (no graph, no compile) model + NMS at the same batch and canvas: the compiled row's ratio over it;
 - CONFIGS=artifact-square:0,artifact-rect:0: the artifact of a default `optimize()` run here, as saved and with
-  rect=True (`yolotune predict ARTIFACT --rect`).
+  rect=True (`yolotune predict ARTIFACT --rect`); artifact-camera:0: the artifact of `optimize()` on generated
+  1280x720 scenes (it keeps their 384x640 canvas), as saved.
 Writes $OUT/e2e_diag.json.
 """
 
@@ -105,19 +106,32 @@ def main() -> None:
         rows["decode_only"][b] = round(decode_rate(datas, b), 1)
     print("decode only", rows["decode_only"], flush=True)
     (out / "e2e_diag.json").write_text(json.dumps(rows, indent=1))
-    artifact = None
-    if any(c.startswith("artifact") for c in CONFIGS):  # what `yolotune optimize` (defaults, 120 s) saves
-        from yolotune.tune.search import optimize
+    artifacts: dict[str, Path] = {}
 
-        artifact = work / "artifact"
-        report = optimize("default", device="cuda", out=artifact)
-        rows["artifact"] = {"chosen": report["chosen"]["name"], "options": report["chosen"]["options"],
-                            "search_s": report["search_s"]}
+    def artifact_for(kind: str) -> Path:
+        """What `yolotune optimize` (defaults, 120 s) saves: "default" tunes on the generated mixed-size scenes (square
+        canvas); "camera" on generated 1280x720 scenes, so the artifact keeps their 384x640 canvas (--canvas auto)."""
+        if kind not in artifacts:
+            from yolotune.data.synth import SynthConfig, write_dataset
+            from yolotune.tune.search import optimize
+
+            data = None
+            if kind == "camera":
+                data = write_dataset(work / "camera-scenes", 200, seed=101, cfg=SynthConfig(sizes=((720, 1280),)))
+            artifacts[kind] = work / f"artifact-{kind}"
+            report = optimize("default", data, device="cuda", out=artifacts[kind])
+            rows["artifact" if kind == "default" else f"artifact_{kind}"] = {
+                "chosen": report["chosen"]["name"], "options": report["chosen"]["options"],
+                "search_s": report["search_s"], "reload_s": report["reload_s"], "canvas": report.get("canvas"),
+                "summary": report["summary"]}
+        return artifacts[kind]
+
     for cfg in CONFIGS:
         name, batch = cfg.split(":")
         batch = int(batch)
         t0 = time.perf_counter()
-        if name.startswith("artifact"):  # artifact-square: as saved; artifact-rect: `predict ARTIFACT --rect`
+        if name.startswith("artifact"):  # -square: as saved; -rect: `predict ARTIFACT --rect`; -camera: as saved
+            artifact = artifact_for("camera" if name == "artifact-camera" else "default")
             det = Detector(str(artifact), **({"rect": True} if "-rect" in name else {}))
             batch = det.batch
         else:
