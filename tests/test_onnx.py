@@ -47,7 +47,7 @@ def test_layouts_detected(tmp_path):
         ({"logits": np.zeros((1, 1000))}, (1, 3, 64, 64), None, "classification"),
         ({"out": np.zeros((1, 116, 500)), "protos": np.zeros((1, 32, 16, 16))}, (1, 3, 64, 64), None, "segmentation"),
         ({"out": np.zeros((1, 7, 500))}, (1, 3, 64), None, "expected one image input"),
-        ({"out": np.zeros((1, 7, 500))}, (1, 3, 64, 64), {"task": "pose"}, "'pose' model"),
+        ({"out": np.zeros((1, 7, 500))}, (1, 3, 64, 64), {"task": "pose"}, "this is a pose model"),
     ],
 )
 def test_clear_errors_for_non_detection_models(tmp_path, outputs, input_shape, metadata, message):

@@ -16,14 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from yolotune.cli_shared import EXIT_FAILURES as EXIT_INPUT_FAILURES
+from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, trust_models
+from yolotune.cli_shared import fail as _fail
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="yolotune: YOLO detection as fast as the hardware allows.")
-err = Console(stderr=True)
-EXIT_OK, EXIT_USAGE, EXIT_INPUT_FAILURES = 0, 2, 3
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(EXIT_USAGE)
 
 
 def _progress(disable: bool) -> Progress:
@@ -121,11 +118,13 @@ def predict(
     seed: int = typer.Option(0, help="Seed for random weights of .yaml models."),
     class_bias: Optional[float] = typer.Option(None, help="Random-init models only: classification bias (e.g. -4) so they emit boxes."),
     json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Detect objects in images and videos; write JSONL / COCO / annotated images."""
     from yolotune import Detector, ModelLoadError
     from yolotune.io.sinks import sink_names
 
+    trust_models(trust_model)
     bad = [f for f in formats if f not in sink_names()]
     if bad:
         _fail(f"unknown --format {', '.join(bad)}; choose from {', '.join(sink_names())}")
@@ -177,11 +176,13 @@ def val(
     conf: float = typer.Option(0.25, help="Operating threshold for precision/recall (mAP uses all detections >= 0.001)."),
     half: Optional[bool] = typer.Option(None, "--half/--no-half"),
     json_output: bool = typer.Option(False, "--json"),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """COCO mAP50-95, mAP50, per-class AP, precision and recall of a model on a labelled dataset."""
     from yolotune import Detector, ModelLoadError
     from yolotune.data.validate import validate
 
+    trust_models(trust_model)
     try:
         det = Detector(model, device=device, batch=batch, imgsz=imgsz, half=half, conf=0.001, max_det=300)
         metrics = validate(det, data, conf=conf)
@@ -211,11 +212,13 @@ def export(
     end2end: bool = typer.Option(False, "--end2end/--raw", help="Put box decoding and NMS in the graph: [B, max_det, 6] out."),
     iou: float = typer.Option(0.7, help="NMS IoU threshold (with --end2end)."),
     max_det: int = typer.Option(300, help="Detections per image (with --end2end)."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Export a model to ONNX (with Ultralytics-style metadata) for onnxruntime."""
     from yolotune import ModelLoadError, load_model
     from yolotune.models.export import export_onnx
 
+    trust_models(trust_model)
     try:
         loaded = load_model(model)
     except ModelLoadError as e:

@@ -9,13 +9,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-EXIT_USAGE = 2
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(EXIT_USAGE)
+from yolotune.cli_shared import TRUST_MODEL, err, trust_models
+from yolotune.cli_shared import fail as _fail
 
 
 def profile_command(
@@ -35,8 +30,10 @@ def profile_command(
     verify: bool = typer.Option(False, "--verify", help="Apply each recommendation and measure its real gain."),
     out: Path = typer.Option(Path("yolotune-profile"), help="Directory for profile.json, trace.json, report.html."),
     as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout instead of the summary."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Profile a pipeline stage by stage, find its bottlenecks, recommend (and with --verify measure) fixes."""
+    trust_models(trust_model)
     from yolotune.models import ModelLoadError
     from yolotune.profile import profile
     from yolotune.profile.trace import write_trace
@@ -67,8 +64,10 @@ def diagram_command(
     out: Path = typer.Option(Path("model.svg"), help="Output .svg or .png."),
     profile_json: Optional[Path] = typer.Option(None, "--profile", help="A profile.json whose layer times paint the blocks."),
     imgsz: int = typer.Option(640, help="Input size for the tensor shapes."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Architecture diagram of the model: backbone, neck and head blocks with tensor shapes (and latency)."""
+    trust_models(trust_model)
     from yolotune.models import ModelLoadError
     from yolotune.report.diagram import write_diagram
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-err = Console(stderr=True)
+from yolotune.cli_shared import TRUST_MODEL, err, fail, trust_models
 
 
 def optimize_command(
@@ -33,8 +33,10 @@ def optimize_command(
     canvas: str = typer.Option("auto", help="auto: when the --data images are all one size (a camera's frames), tune "
                                             "on their least-padded canvas (384x640 for 720p) and keep it; square: "
                                             "the model's square canvas."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Find the fastest pipeline that keeps accuracy, save it as an artifact, and report before/after."""
+    trust_models(trust_model)
     from yolotune.models import ModelLoadError
     from yolotune.tune.search import optimize
 
@@ -45,8 +47,7 @@ def optimize_command(
                               int8=int8, calibration=calibration, val_images=val_images, canvas=canvas,
                               progress=lambda m: status.update(f"optimizing: {m}"))
     except (ModelLoadError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2)
+        fail(str(e))
     console = Console()
     table = Table(title=f"candidates on {report['device']}")
     for col in ("candidate", "status", "images/s", "b1 ms", "mAP50-95", "drop", "note"):

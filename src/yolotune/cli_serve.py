@@ -10,8 +10,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-err = Console(stderr=True)
-EXIT_OK, EXIT_USAGE, EXIT_STREAM_FAILURES = 0, 2, 3
+from yolotune.cli_shared import EXIT_FAILURES as EXIT_STREAM_FAILURES
+from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, trust_models
+from yolotune.cli_shared import fail as _fail
 
 
 def run_command(
@@ -44,8 +45,10 @@ def run_command(
                                                      "and sinks (0: decoders may use every core; ignored where fewer "
                                                      "than 4 would be left to decoders)."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Run many streams through one model at once: batched across streams, per-stream outputs and metrics."""
+    trust_models(trust_model)
     from yolotune import Detector, ModelLoadError
     from yolotune.serve.runtime import RunOptions, StreamRuntime
     from yolotune.serve.sources import parse_source, read_source_list
@@ -116,11 +119,6 @@ def latency_parts_line(parts: dict) -> str:
     return ", ".join(f"{k} {v['p50']:.1f} / {v['p99']:.1f} ms" for k, v in parts.items())
 
 
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(EXIT_USAGE)
-
-
 def plan_command(
     model: str = typer.Argument(..., help="Model or artifact directory."),
     fps: float = typer.Option(30.0, min=0.1, help="Frame rate of each stream."),
@@ -134,11 +132,13 @@ def plan_command(
     max_streams: Optional[int] = typer.Option(None, help="Verify at most this many streams."),
     out: Optional[Path] = typer.Option(None, help="Write the plan as JSON here."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""
     from yolotune import Detector, ModelLoadError
     from yolotune.serve.plan import plan
 
+    trust_models(trust_model)
     try:
         w, h = (int(v) for v in resolution.lower().split("x"))
     except ValueError:

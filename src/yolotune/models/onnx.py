@@ -53,7 +53,7 @@ def load_onnx(path: str, providers: list[str] | None = None, threads: int | None
     meta = dict(session.get_modelmeta().custom_metadata_map)
     task = meta.get("task")
     if task in _UNSUPPORTED_TASKS:
-        raise ModelLoadError(f"{path}: is a '{task}' model (from its metadata); yolotune runs detection models only")
+        raise ModelLoadError(f"{path}: yolotune runs detection models only; this is a {task} model (from its metadata)")
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         found = [(i.name, i.shape) for i in inputs]
@@ -76,6 +76,8 @@ def load_onnx(path: str, providers: list[str] | None = None, threads: int | None
         layout, nc = detect_layout(out_shape, meta, len(names) if names else None)
     except ValueError as e:
         raise ModelLoadError(f"{path}: {e}") from e
+    if task is None:  # no word of the task: a pose or other head would pass for detection with odd class counts
+        _check_scores_are_probabilities(session, in_shape, _parse_imgsz(meta.get("imgsz")), layout, path)
     if not names:
         names = {i: str(i) for i in range(nc or 0)}
     fixed_hw = (_dim(in_shape[2]), _dim(in_shape[3]))
@@ -110,6 +112,29 @@ def _probe_output_shape(session, in_shape: list, imgsz: tuple[int, int] | None, 
     except Exception as e:
         raise ModelLoadError(f"{path}: could not run a {h}x{w} test input to learn its output shape ({str(e)[:200]})") from e
     return list(out.shape)
+
+
+def _check_scores_are_probabilities(session, in_shape: list, imgsz: tuple[int, int] | None, layout: str, path: str) -> None:
+    """A detection head's scores are probabilities; a pose head's keypoints (or a segmentation head's mask
+    coefficients) in the same places are pixels or unbounded: refuse an export whose "scores" leave [0, 1] on a
+    test picture."""
+    import numpy as np
+
+    b = _dim(in_shape[0]) or 1
+    h = _dim(in_shape[2]) or (imgsz or (640, 640))[0]
+    w = _dim(in_shape[3]) or (imgsz or (640, 640))[1]
+    dtype = np.float16 if "float16" in session.get_inputs()[0].type else np.float32
+    picture = np.random.default_rng(0).random((b, 3, h, w)).astype(dtype)
+    try:
+        out = np.asarray(session.run(None, {session.get_inputs()[0].name: picture})[0], np.float32)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: could not run a {h}x{w} test input ({str(e)[:200]})") from e
+    scores = {"v8": out[:, 4:, :], "v5": out[:, :, 4:], "end2end": out[:, :, 4]}[layout]
+    low, high = float(scores.min()), float(scores.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ModelLoadError(f"{path}: yolotune runs detection models only; this export's class scores range "
+                             f"{low:.1f} to {high:.1f} on a test picture, where a detection head gives probabilities "
+                             "(a pose, segmentation or other head exported without metadata?)")
 
 
 def _parse_names(text: str | None) -> dict[int, str]:

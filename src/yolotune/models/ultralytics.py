@@ -42,9 +42,29 @@ def _import_yolo():
     return YOLO
 
 
+# Heads of the other tasks, all subclasses of Detect (or not detection at all): by class name, whatever the version.
+_OTHER_TASK_HEADS = {"Segment": "segment", "Pose": "pose", "OBB": "obb", "Classify": "classify",
+                     "RTDETRDecoder": "rtdetr"}
+
+
+def _other_task(yolo) -> str | None:
+    """The task of a model that is not plain detection (None for detection), from Ultralytics' task and the head's
+    class (YOLO26's heads carry a number: Pose26)."""
+    task = getattr(yolo, "task", None)
+    if task not in (None, "detect"):
+        return str(task)
+    head = yolo.model.model[-1] if hasattr(yolo.model, "model") else None
+    for base in type(head).__mro__ if head is not None else ():
+        kind = _OTHER_TASK_HEADS.get(base.__name__.rstrip("0123456789"))
+        if kind is not None:
+            return kind
+    return None
+
+
 @register_loader(".pt", ".yaml")
 def load_ultralytics(
-    path: str, seed: int = 0, class_bias: float | None = None, end2end: bool | None = None, **_: object
+    path: str, seed: int = 0, class_bias: float | None = None, end2end: bool | None = None, trust_model: bool = False,
+    **_: object
 ) -> LoadedModel:
     """Load an Ultralytics detection model.
 
@@ -54,20 +74,25 @@ def load_ultralytics(
     anchors above the threshold, which makes NMS and agreement checks meaningful without trained weights.
     ``end2end``: for heads with an NMS-free one-to-one branch (YOLOv10, YOLO26), True selects it (output
     [B, max_det, 6], no NMS), False the one-to-many branch + NMS; None keeps the checkpoint's choice.
+    A .pt is first read by the weights-only unpickler (models/safe_load.py) unless ``trust_model``.
     """
     suffix = Path(path).suffix.lower()
     if suffix == ".pt" and not Path(path).is_file():
         # Never let Ultralytics treat a missing .pt as a hub name to download.
         raise ModelLoadError(f"{path}: no such model file")
     YOLO = _import_yolo()
+    if suffix == ".pt" and not (trust_model or os.environ.get("YOLOTUNE_TRUST_MODEL") == "1"):
+        from yolotune.models.safe_load import check_checkpoint
+
+        check_checkpoint(path)
     torch.manual_seed(seed)
     try:
-        yolo = YOLO(path, task="detect" if suffix == ".yaml" else None)
+        yolo = YOLO(path)  # the task comes from the file: a pose or segmentation config is not detection
     except Exception as e:  # Ultralytics raises many types for bad files; report them all the same way
         raise ModelLoadError(f"{path}: not a loadable Ultralytics model ({type(e).__name__}: {e})") from e
-    task = getattr(yolo, "task", None)
-    if task != "detect":
-        raise ModelLoadError(f"{path}: is an Ultralytics '{task}' model; yolotune runs detection models only")
+    other = _other_task(yolo)
+    if other is not None:
+        raise ModelLoadError(f"{path}: yolotune runs detection models only; this is a {other} model")
     model = yolo.model.float().eval()
     head = model.model[-1]
     if suffix == ".yaml":
