@@ -1,6 +1,7 @@
 """Every awkward input comes back as detections or an error record; the rest of the batch is unaffected."""
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -51,3 +52,26 @@ def test_cli_usage_and_model_errors(tmp_path):
     assert res.exit_code == 2 and "unsupported model format" in res.output
     res = runner.invoke(app, ["predict", "yolov8n.yaml", str(tmp_path), "--format", "xml", "--device", "cpu"])
     assert res.exit_code == 2 and "unknown --format" in res.output
+
+
+def test_image_pixel_limit_is_an_option(tmp_path):
+    """Pillow's decompression-bomb limit (89.5 megapixels) is the default; --max-image-pixels moves it, 0 lifts it."""
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (9600, 9400), (90, 120, 150)).save(big)  # 90.2 megapixels, a few hundred KB as PNG
+    small = tmp_path / "small.jpg"
+    Image.new("RGB", (120, 100), (200, 10, 10)).save(small)
+    runner = CliRunner()
+
+    def run(*extra):
+        res = runner.invoke(app, ["predict", "default", str(big), str(small), "--device", "cpu", "--json",
+                                  "--out", str(tmp_path / "o"), *extra])
+        return res.exit_code, {Path(e["path"]).name: e["error"] for e in json.loads(res.stdout)["errors"]}
+
+    code, errors = run()
+    assert code == 3 and list(errors) == ["big.png"] and "90,240,000 pixels" in errors["big.png"]
+    assert "--max-image-pixels" in errors["big.png"]
+    assert run("--max-image-pixels", "0") == (0, {})
+    code, errors = run("--max-image-pixels", "10000")
+    assert code == 3 and sorted(errors) == ["big.png", "small.jpg"] and "above the limit of 10,000" in errors["small.jpg"]

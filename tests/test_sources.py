@@ -66,3 +66,31 @@ def test_i420_pictures_copy_into_a_slot_exactly_as_to_ndarray_lays_them_out(tmp_
         pic.write_into(dst)
         want = f.to_ndarray(format="yuv420p")
         assert pic.shape == want.shape and pic.nbytes == want.nbytes and np.array_equal(dst, want)
+
+
+def test_recursive_globs_follow_each_real_file_once_through_symlink_loops(tmp_path):
+    import os
+    import time
+
+    root = tmp_path / "photos"
+    a = touch(root / "a.jpg")
+    b = touch(root / "sub" / "b.jpg")
+    os.symlink(".", root / "self")  # a loop: photos/self/self/self/...
+    os.symlink("..", root / "sub" / "up")  # a second loop through the parent
+    os.symlink("a.jpg", root / "alias.jpg")  # the same real file by another name
+    t0 = time.perf_counter()
+    out = expand_sources([str(root / "**" / "*.jpg")])
+    assert time.perf_counter() - t0 < 5  # loops are not walked 40 levels deep (two loops: 2^40 paths)
+    got = sorted(os.path.realpath(i.path) for i in out.items)
+    assert got == sorted([os.path.realpath(a), os.path.realpath(b)]) and all(i.kind == "image" for i in out.items)
+    assert [os.path.realpath(i.path) for i in expand_sources([root]).items].count(os.path.realpath(a)) == 1
+
+
+def test_broken_and_looping_symlinks_say_what_they_are(tmp_path):
+    import os
+
+    os.symlink("loop.jpg", tmp_path / "loop.jpg")
+    os.symlink("gone.jpg", tmp_path / "dangling.jpg")
+    loop, dangling = expand_sources([tmp_path / "loop.jpg", tmp_path / "dangling.jpg"]).items
+    assert loop.kind == "error" and "symbolic link loop" in loop.error
+    assert dangling.kind == "error" and "broken symbolic link" in dangling.error and "gone.jpg" in dangling.error

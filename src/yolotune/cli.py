@@ -117,6 +117,8 @@ def predict(
     end2end: Optional[bool] = typer.Option(None, "--end2end/--no-end2end", help="NMS-free head of YOLOv10/YOLO26 models (default: as the checkpoint says)."),
     seed: int = typer.Option(0, help="Seed for random weights of .yaml models."),
     class_bias: Optional[float] = typer.Option(None, help="Random-init models only: classification bias (e.g. -4) so they emit boxes."),
+    max_image_pixels: Optional[int] = typer.Option(None, min=0, help="Largest picture decoded, in pixels (default: "
+                                                   "Pillow's decompression-bomb limit, 89,478,485; 0: no limit)."),
     json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
@@ -135,6 +137,7 @@ def predict(
         detector = Detector(
             model, device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode,
             preprocess=preprocess, agnostic=agnostic, return_images="images" in formats, seed=seed,
+            max_image_pixels=max_image_pixels,
             **{k: v for k, v in unset.items() if v is not None},
         )
     except (ModelLoadError, ValueError) as e:

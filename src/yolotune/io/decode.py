@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import time
 import warnings
@@ -71,14 +72,37 @@ def _pillow_open():
     return opener
 
 
-def decode_with_pil(data: bytes | bytearray) -> np.ndarray:
-    """Decode any format Pillow reads, applying EXIF orientation. Raises ValueError with a readable reason."""
+# Pillow's decompression-bomb limit (89.5 megapixels) unless a Detector is given another (--max-image-pixels)
+DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 0)
+
+
+def pixel_limit_problem(width: int, height: int, max_pixels: int | None) -> str | None:
+    """Why a picture of this size is refused (None when it is not): a decompression bomb guard with a way out."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    if limit and width * height > limit:
+        return (f"image too large: {width}x{height} = {width * height:,} pixels, above the limit of {limit:,} "
+                "(raise it with --max-image-pixels N, or 0 for none)")
+    return None
+
+
+def allow_images_up_to(max_pixels: int | None) -> None:
+    """A limit above Pillow's own: Pillow's process-wide check steps aside (yolotune checks each image itself)."""
+    if max_pixels is not None and (max_pixels == 0 or max_pixels > DEFAULT_MAX_PIXELS):
+        Image.MAX_IMAGE_PIXELS = None
+
+
+def decode_with_pil(data: bytes | bytearray, max_pixels: int | None = None) -> np.ndarray:
+    """Decode any format Pillow reads, applying EXIF orientation. Raises ValueError with a readable reason.
+    ``max_pixels``: the largest picture decoded (None: Pillow's default, 0: no limit)."""
     if len(data) == 0:
         raise ValueError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
             with _pillow_open()(io.BytesIO(data)) as im:
+                problem = pixel_limit_problem(*im.size, max_pixels)
+                if problem:
+                    raise _TooLarge(problem)
                 im.load()
                 try:
                     im = ImageOps.exif_transpose(im)
@@ -87,8 +111,12 @@ def decode_with_pil(data: bytes | bytearray) -> np.ndarray:
                 arr = pil_to_rgb_array(im)
     except UnidentifiedImageError:
         raise ValueError("not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"image too large: {e}") from None
+    except _TooLarge as e:
+        raise ValueError(str(e)) from None
+    except Image.DecompressionBombError as e:  # over twice Pillow's own limit: refused while opening
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        raise ValueError(f"image too large: {int(size.group(1)):,} pixels, above the limit of {DEFAULT_MAX_PIXELS:,} "
+                         "(raise it with --max-image-pixels N, or 0 for none)" if size else f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"corrupt or truncated image: {e}") from None
     except Exception as e:  # a decoder surprise is still a bad input, never a crash
@@ -96,6 +124,10 @@ def decode_with_pil(data: bytes | bytearray) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError("image has zero width or height")
     return np.ascontiguousarray(arr)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def apply_exif_orientation(t: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -120,8 +152,11 @@ def apply_exif_orientation(t: torch.Tensor, orientation: int) -> torch.Tensor:
 class ImageDecoder:
     """Decodes a batch of inputs to device tensors; GPU nvJPEG for what it handles, Pillow threads for the rest."""
 
-    def __init__(self, device: torch.device, workers: int | None = None, gpu_decode: bool = True, keep_host: bool = False):
+    def __init__(self, device: torch.device, workers: int | None = None, gpu_decode: bool = True, keep_host: bool = False,
+                 max_pixels: int | None = None):
         self.device = device
+        self.max_pixels = max_pixels  # None: Pillow's default limit; 0: none
+        allow_images_up_to(max_pixels)
         self.gpu_decode = gpu_decode and device.type == "cuda"
         self.keep_host = keep_host
         self.workers = workers or min(16, os.cpu_count() or 2)
@@ -184,7 +219,12 @@ class ImageDecoder:
                 return ref, ErrorRecord(ref, "is a directory, not an image file", "read"), None
             except OSError as e:
                 return ref, ErrorRecord(ref, f"cannot read file: {e.strerror or e}", "read"), None
-        return ref, payload, read_jpeg_header(payload)
+        header = read_jpeg_header(payload)
+        if header is not None and header.width and header.height:
+            problem = pixel_limit_problem(header.width, header.height, self.max_pixels)
+            if problem:  # before nvJPEG or Pillow allocate it
+                return ref, ErrorRecord(ref, problem, "decode"), None
+        return ref, payload, header
 
     def _decode_on_gpu(self, datas: list) -> list[torch.Tensor | None]:
         from torchvision.io import decode_jpeg
@@ -208,7 +248,7 @@ class ImageDecoder:
             self.stats["errors"] += 1
             return payload
         try:
-            arr = payload if isinstance(payload, np.ndarray) else decode_with_pil(payload)
+            arr = payload if isinstance(payload, np.ndarray) else decode_with_pil(payload, self.max_pixels)
         except ValueError as e:
             self.stats["errors"] += 1
             return ErrorRecord(ref, str(e), "decode")

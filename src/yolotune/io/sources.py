@@ -6,7 +6,9 @@ becomes an error item in its place; files that a directory holds but that are no
 
 from __future__ import annotations
 
+import fnmatch
 import glob
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,24 @@ def _classify_file(path: Path) -> SourceItem:
     return SourceItem(str(path), "video" if suffix in VIDEO_SUFFIXES else "image")
 
 
+def _real(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _missing_reason(path: Path) -> str:
+    """Why a named path cannot be read: absent, a symlink to nothing, or a symlink loop."""
+    if not path.is_symlink():
+        return "no such file or directory"
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == 40:  # ELOOP
+            return "symbolic link loop (it points back to itself)"
+    return f"broken symbolic link (points to {os.readlink(path)}, which does not exist)"
+
+
 def _expand_directory(path: Path, out: SourceList) -> None:
+    seen: set[str] = set()  # each real file once, however many names point to it
     for entry in sorted(path.iterdir(), key=_natural_key):
         suffix = entry.suffix.lower()
         media = suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES
@@ -54,7 +73,11 @@ def _expand_directory(path: Path, out: SourceList) -> None:
                 out.items.append(SourceItem(str(entry), "error", "is a directory, not an image or video file"))
             continue
         if media:
-            out.items.append(_classify_file(entry))
+            if not entry.exists():
+                out.items.append(SourceItem(str(entry), "error", _missing_reason(entry)))
+            elif _real(entry) not in seen:
+                seen.add(_real(entry))
+                out.items.append(_classify_file(entry))
         else:
             out.skipped.append(str(entry))
 
@@ -69,18 +92,63 @@ def _expand_one(source: str, out: SourceList, depth: int = 0) -> None:
         else:
             out.items.append(_classify_file(path))
     elif any(ch in source for ch in "*?["):
-        matches = sorted(glob.glob(source, recursive=True))
+        matches = sorted(_glob(source))
         if not matches:
             out.items.append(SourceItem(source, "error", "glob pattern matched no files"))
+        seen: set[str] = set()
         for m in matches:
             mp = Path(m)
             if mp.is_dir():
                 if mp.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
                     out.items.append(SourceItem(m, "error", "is a directory, not an image or video file"))
                 continue
-            out.items.append(_classify_file(mp))
+            if _real(mp) not in seen:
+                seen.add(_real(mp))
+                out.items.append(_classify_file(mp))
     else:
-        out.items.append(SourceItem(source, "error", "no such file or directory"))
+        out.items.append(SourceItem(source, "error", _missing_reason(path)))
+
+
+def _glob(pattern: str) -> list[str]:
+    """Paths matching ``pattern``. ``**`` walks directories following symlinks, but each real directory once:
+    glob.glob would follow a symlink loop 40 levels deep (and two loops 2^40 ways)."""
+    if "**" not in pattern:
+        return glob.glob(pattern)
+    parts = Path(pattern).parts
+    fixed = next(i for i, p in enumerate(parts) if any(ch in p for ch in "*?["))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    rest = parts[fixed:]
+    found: list[str] = []
+    visited: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(top)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:  # reached again through a link: already walked
+            dirs[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        rel_top = os.path.relpath(top, root)
+        for name in dirs + files:
+            rel = name if rel_top == "." else os.path.join(rel_top, name)
+            if _matches(rest, Path(rel).parts):
+                found.append(os.path.join(str(root), rel) if fixed else rel)
+    return found
+
+
+def _matches(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """glob's rules on path parts: ``**`` spans any number of directories (none included), the others match one
+    name each (fnmatch); hidden names match only a pattern that starts with a dot."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_matches(rest, parts[i:]) for i in range(len(parts) + 1))
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], head) and _matches(rest, parts[1:])
 
 
 def _expand_list_file(path: Path, out: SourceList, depth: int) -> None:

@@ -83,6 +83,7 @@ class Detector:
         preprocess: str = "auto",
         workers: int | None = None,
         return_images: bool = False,
+        max_image_pixels: int | None = None,
         **model_options,
     ):
         self.device = resolve_device(device)
@@ -117,7 +118,9 @@ class Detector:
         # the GPU then only runs the model and NMS. "gpu": nvJPEG decode and batched letterbox on the device.
         self.preprocess = "cpu" if preprocess == "cpu" or self.device.type == "cpu" else "gpu"
         decode_device = self.device if self.preprocess == "gpu" else torch.device("cpu")
-        self.decoder = ImageDecoder(decode_device, workers=workers, gpu_decode=gpu_decode, keep_host=return_images)
+        # max_image_pixels: the largest picture decoded (None: Pillow's 89.5-megapixel bomb limit; 0: no limit)
+        self.decoder = ImageDecoder(decode_device, workers=workers, gpu_decode=gpu_decode, keep_host=return_images,
+                                    max_pixels=max_image_pixels)
         self.return_images = return_images
         cuda = self.device.type == "cuda"
         # The graph holds NMS too, which needs the fixed-shape Triton kernels (torchvision's NMS is dynamic).

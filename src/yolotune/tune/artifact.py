@@ -113,6 +113,8 @@ OPTION_SCHEMA = {
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "class_bias": (_optional(_number(-1e6, 1e6)), "a number or null"),
     "end2end": (_optional(_boolean), "true, false or null"),
+    "max_image_pixels": (_optional(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                         "a non-negative integer or null"),
 }
 RECORD_FIELDS = {"version", "created", "model", "options", "tuned_on", "objective", "report"}
 
