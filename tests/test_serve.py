@@ -104,9 +104,9 @@ def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path, 
     loop = summary["engine_thread_s"]  # where the engine thread's time went
     assert loop["submitting"] > 0 and 0 < sum(loop.values()) <= summary["seconds"] + 0.5
     by = {s["name"]: s for s in summary["streams"]}
-    assert set(by) == {"a", "b", "a-1"} and summary["failed"] == [] and summary["dropped"] == 0
+    assert set(by) == {"a", "b", "a-2"} and summary["failed"] == [] and summary["dropped"] == 0  # "a" was given
     depth = 2 if decoders == "threads" else 8  # in processes, the frames in a stream's ring slots (4 x queue)
-    for name, n in (("a", 24), ("b", 17), ("a-1", 24)):
+    for name, n in (("a", 24), ("b", 17), ("a-2", 24)):
         assert by[name]["state"] == "finished" and by[name]["processed"] == n and by[name]["max_queue_depth"] <= depth
         rows = [r for r in read_jsonl(tmp_path / name / "detections.jsonl") if "frame" in r]
         assert [r["frame"] for r in rows] == list(range(n))  # every frame, in order, none dropped
@@ -412,7 +412,7 @@ def test_http_stream_source(clips, tmp_path):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{clips['ts'].name}"
         spec = parse_source(url)
-        assert spec.kind == "url" and spec.name == "live"
+        assert spec.kind == "url" and spec.name == f"127.0.0.1-{server.server_address[1]}-live.ts"
         summary = StreamRuntime(SlowDetector(0.0), [spec], RunOptions(out=None, duration_s=2.0, backoff_base_s=0.05)).run()
     finally:
         server.shutdown()
@@ -601,3 +601,40 @@ def test_plan_sweeps_frames_registered_like_the_rings(monkeypatch):
     registered.clear()
     plan._detect_sweep(Fake(), 4, 6, page_locked=False)
     assert not registered
+
+
+@pytest.mark.parametrize("resolution", ["0x0", "-640x480", "1x1", "641x480", "100000x720", "big"])
+def test_plan_refuses_impossible_resolutions_and_leaves_nothing_behind(tmp_path, monkeypatch, resolution):
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--resolution", resolution, "--batch", "1"])
+    assert res.exit_code == 2 and "--resolution" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not list(tmp_path.glob("yolotune-plan-*"))
+
+
+def test_plan_removes_its_work_folder_on_every_exit_path(tmp_path, monkeypatch):
+    import tempfile
+
+    from yolotune import Detector
+    from yolotune.serve import plan as plan_module
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with Detector("default", device="cpu", batch=1) as det:
+        report = plan_module.plan(det, 2, (160, 96), verify=False)
+        assert report["predicted_streams"] >= 1 and not list(tmp_path.glob("yolotune-plan-*"))
+
+        def interrupted(*_a, **_k):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(plan_module, "_verify", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            plan_module.plan(det, 2, (160, 96), verify=True, verify_seconds=1)
+        assert not list(tmp_path.glob("yolotune-plan-*"))
+        with pytest.raises(ValueError, match="resolution"):
+            plan_module.plan(det, 2, (0, 0))

@@ -18,8 +18,10 @@ from yolotune.cli_shared import fail as _fail
 def run_command(
     model: str = typer.Argument(..., help="Model: default, .pt / .yaml, .onnx, or an artifact from yolotune optimize."),
     source: list[str] = typer.Option([], "--source", "-s", help="Video file, rtsp/rtmp/http URL, /dev/videoN or "
-                                                                "v4l2:N, or a folder watched for new images. Repeat."),
-    sources_file: Optional[Path] = typer.Option(None, help="A text file of sources, one per line."),
+                                                                "v4l2:N, or a folder watched for new images; "
+                                                                "NAME=SOURCE names the stream. Repeat."),
+    sources_file: Optional[Path] = typer.Option(None, help="A text file of sources, one per line (SOURCE, NAME=SOURCE "
+                                                           "or NAME<tab>SOURCE)."),
     out: Path = typer.Option(Path("yolotune-run"), help="Output folder: <out>/<stream>/detections.jsonl, videos/."),
     formats: list[str] = typer.Option(["jsonl"], "--format", "-f", help="jsonl, video (repeat for both)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
@@ -30,6 +32,7 @@ def run_command(
     loop: bool = typer.Option(False, help="Play video files again from the start when they end."),
     realtime: bool = typer.Option(False, help="Deliver video files at their frame rate, like cameras."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on this port (/metrics)."),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address /metrics listens on (0.0.0.0: every interface)."),
     dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard", help="Live table (default: on a terminal)."),
     conf: float = typer.Option(0.25, min=0.0, max=1.0),
     max_retries: Optional[int] = typer.Option(None, help="Reconnect attempts for live sources (default: no limit)."),
@@ -51,7 +54,7 @@ def run_command(
     trust_models(trust_model)
     from yolotune import Detector, ModelLoadError
     from yolotune.serve.runtime import RunOptions, StreamRuntime
-    from yolotune.serve.sources import parse_source, read_source_list
+    from yolotune.serve.sources import name_streams, parse_source, read_source_list
 
     texts = list(source)
     if sources_file is not None:
@@ -61,13 +64,17 @@ def run_command(
             _fail(f"cannot read --sources-file: {e}")
     if not texts:
         _fail("no sources: pass --source (repeatable) or --sources-file")
-    specs = [parse_source(t, loop=loop, realtime=realtime) for t in texts]
+    try:
+        specs = name_streams([parse_source(t, loop=loop, realtime=realtime) for t in texts])
+    except ValueError as e:
+        _fail(str(e))
     try:
         detector = Detector(model, device=device, batch=batch, conf=conf)
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
     opts = RunOptions(out=out, formats=tuple(formats), max_batch=batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                      duration_s=duration, metrics_port=metrics_port, open_timeout_s=timeout, read_timeout_s=timeout,
+                      duration_s=duration, metrics_port=metrics_port, metrics_host=metrics_host,
+                      open_timeout_s=timeout, read_timeout_s=timeout,
                       max_retries=max_retries, pixel_format=pixel_format, decoders=decoders,
                       decoder_processes=decoder_processes, runtime_cores=runtime_cores)
     try:
@@ -136,13 +143,15 @@ def plan_command(
 ) -> None:
     """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""
     from yolotune import Detector, ModelLoadError
-    from yolotune.serve.plan import plan
+    from yolotune.serve.plan import plan, resolution_problem
 
     trust_models(trust_model)
     try:
         w, h = (int(v) for v in resolution.lower().split("x"))
     except ValueError:
         _fail(f"--resolution must look like 1280x720, not {resolution!r}")
+    if resolution_problem(w, h):
+        _fail(f"--{resolution_problem(w, h)}")
     try:
         opts = {"batch": batch} if batch else {}
         detector = Detector(model, device=device, **opts)

@@ -65,12 +65,21 @@ class PrometheusMetrics:
         self._seen_drops = [0] * len(names)
         self._seen_reconnects = [0] * len(names)
         self.port: int | None = None
+        self._server = None
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """/metrics on ``addr``:``port``; loopback unless asked, so a camera wall's numbers stay on this machine."""
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr=addr, registry=self.registry)
+        started = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = started[0] if isinstance(started, tuple) else None
         self.port = port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def observe(self, stream: int, latency_s: float) -> None:
         name = self._names[stream]

@@ -29,6 +29,14 @@ from yolotune.types import Detections, InputRef
 
 MAX_TRIALS = 6  # verification runs before plan gives up (each runs its streams for verify_seconds)
 RESERVE = 0.2
+MIN_SIDE, MAX_SIDE = 32, 8192  # the stream sizes plan encodes a test clip at (H.264, 4:2:0: even sides)
+
+
+def resolution_problem(width, height) -> str | None:
+    """Why (width, height) is not a stream size plan can measure, or None."""
+    ok = all(isinstance(v, int) and MIN_SIDE <= v <= MAX_SIDE and v % 2 == 0 for v in (width, height))
+    return None if ok else (f"resolution must be WIDTHxHEIGHT with even sides from {MIN_SIDE} to {MAX_SIDE} "
+                            f"(a camera's frame size), not {width}x{height}")
 
 
 def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verify: bool = True,
@@ -36,8 +44,18 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
          latency_budget_ms: float | None = None, max_streams: int | None = None, progress=None) -> dict:
     """``resolution`` is (width, height). Returns the plan: measurements, per-resource limits, prediction, and
     (with ``verify``) the verified stream count with its measurements."""
-    say = progress or (lambda _m: None)
     width, height = resolution
+    problem = resolution_problem(width, height)
+    if problem:
+        raise ValueError(problem)
+    with tempfile.TemporaryDirectory(prefix="yolotune-plan-") as work:  # removed on every way out
+        return _plan(detector, fps, width, height, Path(work), gpus, verify, verify_seconds, queue_size, max_wait_ms,
+                     latency_budget_ms, max_streams, progress or (lambda _m: None))
+
+
+def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, verify: bool, verify_seconds: float,
+          queue_size: int, max_wait_ms: float | None, latency_budget_ms: float | None, max_streams: int | None,
+          say) -> dict:
     dev = detector.device
     say("measuring the detect step at each batch size")
     decoders = _decoder_mode("auto", detector, 2)  # what the runtime uses for many streams
@@ -48,7 +66,6 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
     # 720p frames spends ~25 ms in the engine on the H100, and the next batch waits behind it.
     chosen = knee if latency_budget_ms is not None else best
     say("measuring decode speed and per-stream memory")
-    work = Path(tempfile.mkdtemp(prefix="yolotune-plan-"))
     clip = _clip(work, width, height, fps)
     pixel_format = "yuv420p" if dev.type == "cuda" and width % 2 == 0 and height % 2 == 0 else "rgb24"
     decode_fps = _decode_fps_one_core(clip, pixel_format)

@@ -26,7 +26,7 @@ from yolotune.serve.metrics import PrometheusMetrics, StreamStats
 from yolotune.serve.queues import Backlog, FrameQueue
 from yolotune.serve.scheduler import BatchScheduler
 from yolotune.serve.sinks import StreamSinks
-from yolotune.serve.sources import Backoff, SourceSpec, SourceWorker, decoder_threads
+from yolotune.serve.sources import Backoff, SourceSpec, SourceWorker, decoder_threads, name_streams
 
 
 @dataclass
@@ -38,6 +38,7 @@ class RunOptions:
     queue_size: int = 8  # frames per stream
     duration_s: float | None = None  # stop after this long (live sources never end by themselves)
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # where /metrics listens: this machine only, unless asked (0.0.0.0: everywhere)
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
     max_retries: int | None = None  # live sources: None retries for the whole run
@@ -63,7 +64,7 @@ class StreamRuntime:
         if not specs:
             raise ValueError("no sources given")
         self.detector = detector
-        self.specs = _unique_names(specs)
+        self.specs = name_streams(specs)
         self.opt = options or RunOptions()
         self.pixel_format = _pixel_format(self.opt.pixel_format, detector)
         self.stop = threading.Event()
@@ -122,7 +123,7 @@ class StreamRuntime:
         """Run until every source is done, ``duration_s`` passes, or SIGINT/SIGTERM; flush sinks; the summary."""
         restore = self._install_signal_handlers()
         if self.opt.metrics_port is not None:
-            self.metrics.serve(self.opt.metrics_port)
+            self.metrics.serve(self.opt.metrics_port, self.opt.metrics_host)
         self.warmup_s = self._prepare()
         with startup_objects_frozen():  # a full collection would hold the GIL while frames wait
             self._run_started(on_tick, restore)
@@ -429,16 +430,6 @@ def _ring_pinner(detector):
     from yolotune.pipeline.buffers import register_host_memory
 
     return lambda buffer: register_host_memory(buffer, device)
-
-
-def _unique_names(specs: list[SourceSpec]) -> list[SourceSpec]:
-    seen: dict[str, int] = {}
-    for s in specs:
-        n = seen.get(s.name, 0)
-        seen[s.name] = n + 1
-        if n:
-            s.name = f"{s.name}-{n}"
-    return specs
 
 
 def _picture_size(spec: SourceSpec) -> tuple[int, int] | None:

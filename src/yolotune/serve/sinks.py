@@ -19,8 +19,13 @@ class StreamSinks:
         bad = [f for f in formats if f not in STREAM_FORMATS]
         if bad:
             raise ValueError(f"unknown stream output {', '.join(bad)}; choose from {', '.join(STREAM_FORMATS)}")
+        from yolotune.serve.sources import STREAM_NAME
+
         self.name = name
         self.dir = out / name
+        # a name is one plain folder under --out: nothing a source is called may write anywhere else
+        if not STREAM_NAME.fullmatch(name or "") or self.dir.resolve().parent != out.resolve():
+            raise ValueError(f"stream name {name!r} is not a plain folder name under {out}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(self.dir / "detections.jsonl", "w", encoding="utf-8") if "jsonl" in formats else None
         self.video = AnnotatedVideoSink(self.dir, fps=max(1, round(fps))) if "video" in formats else None
