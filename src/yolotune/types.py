@@ -13,7 +13,8 @@ class InputRef:
     """Where one input comes from: a file, or one frame of a video."""
 
     path: str
-    frame: int | None = None  # frame index for video inputs, None for still images
+    frame: int | None = None  # frame number for video inputs (from the stream's timestamps), None for still images
+    time: float | None = None  # seconds into the video of that frame
 
     @property
     def label(self) -> str:
@@ -34,6 +35,8 @@ class ErrorRecord:
         d: dict[str, Any] = {"path": self.source.path, "ok": False, "stage": self.stage, "error": self.reason}
         if self.source.frame is not None:
             d["frame"] = self.source.frame
+        if self.source.time is not None:
+            d["time"] = round(self.source.time, 4)
         return d
 
 
@@ -74,6 +77,8 @@ class Detections:
         }
         if self.source.frame is not None:
             d["frame"] = self.source.frame
+        if self.source.time is not None:
+            d["time"] = round(self.source.time, 4)
         return d
 
     def to_coco(self, image_id: int, category_offset: int = 0) -> list[dict[str, Any]]:

@@ -1,48 +1,278 @@
-"""Video files through PyAV: frames as RGB arrays, one InputRef per frame, errors as records."""
+"""Video through PyAV, for ``predict`` and ``run`` alike.
+
+Packets are demuxed and each is decoded on its own, so a damaged packet costs its own frames, not the rest of the
+file (``container.decode`` stops at the first one): the frames lost are reported as a gap, first to last. Frames are
+numbered from the stream's timestamps, so frames after a gap keep their numbers, and a file that ends before the
+frames its index declares is reported as truncated.
+
+A live source can decode on demand (``demand``): every packet is still read as it arrives, so the source never
+falls behind, but a packet is decoded only while the consumer has room for a frame. When room comes back, the held
+packets are decoded from the newest keyframe among them, and the newest frames that fit are delivered; when that
+would take more than ``catch_up`` decodes, only a keyframe is decoded and the rest skipped to the next one. Past
+its capacity a pipeline so spends no CPU on frames it would drop (benchmarks/results/serve/live_overload_cpu.json).
+"""
 
 from __future__ import annotations
 
-from typing import Iterator
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
 
 import numpy as np
 
 from yolotune.types import ErrorRecord, InputRef
 
+CATCH_UP = 8  # decodes spent to reach the newest frame after a hold, before skipping to a keyframe instead
+
+
+@dataclass
+class VideoFrame:
+    index: int  # frame number in this opening of the stream, from its timestamps (the first frame is 0)
+    time: float | None  # seconds since the stream's first frame
+    picture: object  # av.VideoFrame, not converted yet (the consumer picks RGB or I420)
+    due: float | None = None  # perf_counter when it was due (a paced file) or arrived (live); lag is measured from it
+
+
+@dataclass
+class FrameGap:
+    """Frames ``first`` to ``last`` that could not be had: damaged packets, a jump in the timestamps, an early end."""
+
+    first: int
+    last: int
+    reason: str
+
+    @property
+    def frames(self) -> int:
+        return self.last - self.first + 1
+
+    @property
+    def message(self) -> str:
+        span = f"frame {self.first}" if self.first == self.last else f"frames {self.first}-{self.last}"
+        return f"{span} lost ({self.frames}): {self.reason}"
+
+
+class NoVideoStream(Exception):
+    pass
+
+
+class Demand(Protocol):
+    def room(self) -> int:
+        """Frames the consumer would take now (0: hold)."""
+
+
+@dataclass
+class VideoStats:
+    packets: int = 0  # video packets read
+    decoded: int = 0  # frames out of the decoder
+    skipped: int = 0  # packets never decoded: the consumer had no room (on demand)
+    discarded: int = 0  # frames decoded while catching up, older than the newest that fit
+    errors: int = 0  # packets the decoder refused
+    late: int = 0  # frames that came out behind later ones (after damage): left out, so frames stay in order
+    first_error: str | None = None
+    gaps: list[FrameGap] = field(default_factory=list)
+
+
+class VideoReader:
+    """One opened video: a file, a URL or a device. Raises what PyAV raises when it cannot be opened."""
+
+    def __init__(self, uri: str, format: str | None = None, options: dict | None = None,
+                 timeout: tuple[float, float] | None = None, threads: int = 0, live: bool = False):
+        import av
+
+        self.uri, self.live = uri, live
+        self.container = av.open(uri, format=format, options=options or {}, timeout=timeout)
+        try:
+            if not self.container.streams.video:
+                raise NoVideoStream("file has no video stream")
+            self.stream = self.container.streams.video[0]
+        except Exception:
+            self.container.close()
+            raise
+        self.stream.thread_type = "AUTO"  # FFmpeg frame threads; PyAV releases the GIL while decoding
+        if threads > 0:
+            self.stream.codec_context.thread_count = threads
+        self.rate = float(self.stream.average_rate or self.stream.guessed_rate or 30)
+        self.expected_frames = None if live else (int(self.stream.frames) or None)
+        self.stats = VideoStats()
+        self.duration_s = 0.0  # from the first frame to the end of the last one (for the next pass of a loop)
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------ frames
+    def frames(self, demand: Demand | None = None, pace_from: float | None = None,
+               stop: threading.Event | None = None, catch_up: int = CATCH_UP) -> Iterator[VideoFrame | FrameGap]:
+        """Frames in order, and gaps where frames were lost. ``pace_from``: deliver each packet at pace_from + its
+        time, as a camera would (a file played in real time). ``demand``: decode only what the consumer has room
+        for (see the module's docstring); None decodes every frame."""
+        import av
+
+        stream, codec = self.stream, self.stream.codec_context
+        tb = float(stream.time_base or 0) or 1 / 90000
+        self._origin = None  # pts of the first frame: frame times count from it
+        self._next = 0  # the frame number expected next
+        self._errors_since = 0
+        self._on_demand = demand is not None
+        first_dts = None
+        held: list = []  # on demand: packets read but not yet decoded, oldest first
+        need_keyframe = False
+        arrivals: dict[int, float] = {}  # packet pts -> when it arrived or was due (frames come out by pts)
+        try:
+            for packet in self.container.demux(stream):
+                if stop is not None and stop.is_set():
+                    return
+                if packet.size == 0:  # the demuxer's end-of-stream marker
+                    continue
+                self.stats.packets += 1
+                arrived = time.perf_counter()
+                stamp = packet.dts if packet.dts is not None else packet.pts
+                if pace_from is not None and stamp is not None:
+                    first_dts = stamp if first_dts is None else first_dts
+                    arrived = pace_from + (stamp - first_dts) * tb
+                    wait = arrived - time.perf_counter()
+                    if wait > 0 and (stop.wait(wait) if stop is not None else time.sleep(wait)):
+                        return
+                if packet.pts is not None:
+                    arrivals[packet.pts] = arrived
+                    if len(arrivals) > 512:
+                        arrivals.pop(next(iter(arrivals)))
+                if demand is None:
+                    yield from self._decoded([packet], tb, arrivals, deliver=None)
+                    continue
+                if packet.is_keyframe:  # a fresh start: what was held before it is not needed to decode on
+                    self.stats.skipped += len(held)
+                    held.clear()
+                    need_keyframe = False
+                elif need_keyframe:
+                    self.stats.skipped += 1
+                    continue
+                held.append(packet)
+                room = demand.room()
+                if room <= 0:
+                    continue  # hold: decoding it now would only feed a drop
+                if len(held) > catch_up:  # too far behind to catch up: a keyframe alone, or wait for the next one
+                    keep = held[:1] if held[0].is_keyframe else []
+                    self.stats.skipped += len(held) - len(keep)
+                    held, need_keyframe = keep, True
+                    if not held:
+                        continue
+                batch, held = held, []
+                yield from self._decoded(batch, tb, arrivals, deliver=room)
+            yield from self._decoded([None], tb, arrivals, deliver=None if demand is None else 1)  # flush
+        except av.FFmpegError as e:
+            if self.live or stop is not None and stop.is_set():
+                raise  # a live stream that breaks is reconnected by its caller
+            yield self._gap_to_end(f"the file is damaged past here ({_reason(e)})")
+            return
+        if self.expected_frames and self._next < self.expected_frames:
+            yield self._gap_to_end(f"the file ends early (truncated): {self._next} of {self.expected_frames} "
+                                   "frames in its index")
+        elif self._errors_since:
+            gap = FrameGap(self._next, self._next + self._errors_since - 1, f"undecodable packets ({self.stats.first_error})")
+            self.stats.gaps.append(gap)
+            yield gap
+
+    def _gap_to_end(self, reason: str) -> FrameGap:
+        last = max(self._next, (self.expected_frames or self._next + 1) - 1)
+        gap = FrameGap(self._next, last, reason)
+        self.stats.gaps.append(gap)
+        return gap
+
+    def _decoded(self, packets: list, tb: float, arrivals: dict, deliver: int | None) -> Iterator[VideoFrame | FrameGap]:
+        """Decode ``packets`` (None flushes); with ``deliver``, only the newest ``deliver`` frames come out."""
+        import av
+
+        out: list[VideoFrame | FrameGap] = []
+        codec = self.stream.codec_context
+        for packet in packets:
+            try:
+                pictures = codec.decode(packet)
+            except av.FFmpegError as e:
+                if self.live and not isinstance(e, av.error.InvalidDataError):
+                    raise
+                self.stats.errors += 1
+                self._errors_since += 1
+                self.stats.first_error = self.stats.first_error or _reason(e)
+                continue
+            for picture in pictures:
+                self.stats.decoded += 1
+                out.extend(self._numbered(picture, tb, arrivals))
+        if deliver is not None:
+            frames = [f for f in out if isinstance(f, VideoFrame)]
+            keep = {id(f) for f in frames[-deliver:]}
+            self.stats.discarded += len(frames) - len(keep)
+            out = [f for f in out if not isinstance(f, VideoFrame) or id(f) in keep]
+        yield from out
+
+    def _numbered(self, picture, tb: float, arrivals: dict) -> list[VideoFrame | FrameGap]:
+        pts = picture.pts
+        if pts is None:
+            index, t = self._next, None
+        else:
+            self._origin = pts if self._origin is None else self._origin
+            t = (pts - self._origin) * tb
+            index = int(round(t * self.rate))
+            if index < self._next - 1:  # out of order, behind frames already given: a damaged stream's leftover
+                self.stats.late += 1
+                return []
+            index = max(self._next, index)  # one behind: timestamp jitter or a variable frame rate
+        out: list[VideoFrame | FrameGap] = []
+        missing = index - self._next
+        # a file's timestamps are exact: any jump is a loss; a live source's jitter by a frame is not; on demand,
+        # frames left out on purpose are drops (counted as such), not gaps
+        jump = missing > (1 if self.live else 0) and not self._on_demand
+        if missing > 0 and (self._errors_since or jump):
+            reason = (f"damaged packets ({self.stats.first_error})" if self.stats.errors
+                      else "missing from the stream (its timestamps jump)")
+            gap = FrameGap(self._next, index - 1, reason)
+            self.stats.gaps.append(gap)
+            out.append(gap)
+        self._errors_since = 0
+        self._next = index + 1
+        if t is not None:
+            self.duration_s = max(self.duration_s, t + 1 / self.rate)
+        out.append(VideoFrame(index, t, picture, arrivals.get(pts) if pts is not None else None))
+        return out
+
+def _reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return str(text).split(": '")[0][:200]
+
 
 def video_frame_count(path: str) -> int | None:
     """Frames the container declares (None when it does not say or cannot be opened)."""
-    import av
-
     try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            return int(stream.frames) or None
-    except Exception:
+        with VideoReader(path) as reader:
+            return reader.expected_frames
+    except Exception:  # noqa: BLE001
         return None
 
 
 def iter_video_frames(path: str) -> Iterator[tuple[InputRef, np.ndarray] | ErrorRecord]:
-    """Decoded frames of the first video stream; an unreadable file or a decode failure yields an ErrorRecord."""
-    import av
-
+    """Decoded RGB frames of the first video stream, numbered by their timestamps; frames that could not be decoded
+    (damage, truncation) come back as ErrorRecords in their place, and the frames after them still come."""
     try:
-        container = av.open(path)
-    except Exception as e:
+        reader = VideoReader(path)
+    except NoVideoStream as e:
+        yield ErrorRecord(InputRef(path), str(e), "read")
+        return
+    except Exception as e:  # noqa: BLE001  (PyAV raises many kinds for files it cannot open)
         yield ErrorRecord(InputRef(path), f"cannot open video: {e}", "read")
         return
-    index = 0
-    try:
-        if not container.streams.video:
-            yield ErrorRecord(InputRef(path), "file has no video stream", "read")
-            return
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # FFmpeg frame threads; PyAV releases the GIL while decoding
-        for frame in container.decode(stream):
-            yield InputRef(path, index), frame.to_ndarray(format="rgb24")
-            index += 1
-        if index == 0:
-            yield ErrorRecord(InputRef(path), "video has no decodable frames", "decode")
-    except Exception as e:  # corrupt or truncated stream: report where it broke, keep what came before
-        yield ErrorRecord(InputRef(path, index), f"video decode failed at frame {index}: {e}", "decode")
-    finally:
-        container.close()
+    delivered = 0
+    with reader:
+        for item in reader.frames():
+            if isinstance(item, FrameGap):
+                yield ErrorRecord(InputRef(path, item.first), item.message, "decode")
+                continue
+            delivered += 1
+            yield InputRef(path, item.index, item.time), item.picture.to_ndarray(format="rgb24")
+    if not delivered and not reader.stats.gaps:
+        yield ErrorRecord(InputRef(path), "video has no decodable frames", "decode")
