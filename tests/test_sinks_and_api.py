@@ -79,3 +79,50 @@ def test_nms_free_head_on_cpu(rng):
     assert all(np.all(np.diff(r.scores) <= 0) for r in out)
     with pytest.raises(Exception, match="no NMS-free"):
         Detector("yolov8n.yaml", device="cpu", end2end=True)
+
+
+def test_output_names_never_collide_and_show_where_inputs_came_from(tmp_path):
+    import av
+
+    for d in ("v1", "v2"):
+        write_video(tmp_path / "in" / d / "cam.mp4", frames=4, size=(96, 128), seed=3 if d == "v1" else 5)
+    photo = photo_like(np.random.default_rng(0), 96, 128)
+    Image.fromarray(photo).save(tmp_path / "in" / "a.jpg")
+    Image.fromarray(photo[::-1].copy()).save(tmp_path / "in" / "a.png")
+    Image.fromarray(photo).save(tmp_path / "in" / "v1" / "a.jpg")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["predict", "default", str(tmp_path / "in"), str(tmp_path / "in" / "v1"),
+                                   str(tmp_path / "in" / "v2"), "--device", "cpu", "--out", str(out), "-f", "jsonl",
+                                   "-f", "images", "-f", "video", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    videos = sorted(p.relative_to(out / "videos").as_posix() for p in (out / "videos").rglob("*.mp4"))
+    assert videos == ["v1/cam.mp4", "v2/cam.mp4"]
+    assert len(summary["outputs"]) == len(set(summary["outputs"]))  # each listed once
+    for v in videos:
+        with av.open(str(out / "videos" / v)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 4  # neither video lost its frames to the other
+    images = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.jpg"))
+    assert {"a.jpg", "a.png.jpg", "v1/a.jpg"} <= set(images)
+    assert "v1/cam.mp4_000003.jpg" in images and "v2/cam.mp4_000003.jpg" in images
+    assert len(images) == 3 + 8
+
+
+def test_annotated_video_follows_a_change_of_resolution(tmp_path):
+    import av
+
+    from yolotune.io.sinks import AnnotatedVideoSink
+    from yolotune.types import InputRef
+
+    sink = AnnotatedVideoSink(tmp_path)
+    empty = dict(boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32), class_ids=np.zeros(0, np.int64))
+    for k, (h, w) in enumerate([(96, 160)] * 3 + [(192, 320)] * 2):
+        image = np.zeros((h, w, 3), np.uint8)
+        image[-8:, -8:] = 255  # a mark in the bottom-right corner: cropping would lose it
+        sink.write(Detections(InputRef("cam.ts", k), (h, w), image=image, **empty))
+    paths = sink.close()
+    assert [p.split("/")[-1] for p in paths] == ["cam.ts.mp4", "cam.ts_part2.mp4"]
+    for path, (h, w, n) in zip(paths, [(96, 160, 3), (192, 320, 2)]):
+        with av.open(path) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert len(frames) == n and frames[0].shape[:2] == (h, w) and frames[-1][-4:, -4:].mean() > 200

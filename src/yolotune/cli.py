@@ -32,11 +32,12 @@ def _progress(disable: bool) -> Progress:
 
 def run_predict(detector, sources: list[str], out: Path, formats: list[str], quiet: bool = False) -> dict:
     """Run ``detector`` over ``sources`` into the sinks; returns the run summary."""
-    from yolotune.io.sinks import make_sink
+    from yolotune.io.sinks import OutputNames, make_sink
     from yolotune.io.sources import expand_sources
 
     source_list = expand_sources(sources)
-    sinks = [make_sink(f, out) for f in formats]
+    names = OutputNames(i.path for i in source_list.items if i.kind != "error")
+    sinks = [make_sink(f, out, names) for f in formats]
     total = detector.count_inputs(source_list)
     errors: list[dict] = []
     n = n_dets = 0
@@ -102,7 +103,7 @@ def predict(
     max_det: int = typer.Option(300, min=1, help="Maximum detections per image."),
     imgsz: Optional[int] = typer.Option(None, help="Input size (default: the model's)."),
     out: Path = typer.Option(Path("yolotune-out"), help="Output directory."),
-    formats: list[str] = typer.Option(["jsonl"], "--format", "-f", help="jsonl, coco, images (repeat for several)."),
+    formats: list[str] = typer.Option(["jsonl"], "--format", "-f", help="jsonl, coco, images, video (repeat for several)."),
     half: Optional[bool] = typer.Option(None, "--half/--no-half", help="FP16 on CUDA (default on)."),
     rect: Optional[bool] = typer.Option(None, "--rect/--no-rect", help="Minimal stride padding for same-size batches "
                                         "(default: on, except for compiled engines, where each canvas is a compile)."),
@@ -136,7 +137,7 @@ def predict(
                      end2end=end2end, compile=compile, rect=rect)
         detector = Detector(
             model, device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode,
-            preprocess=preprocess, agnostic=agnostic, return_images="images" in formats, seed=seed,
+            preprocess=preprocess, agnostic=agnostic, return_images=bool({"images", "video"} & set(formats)), seed=seed,
             max_image_pixels=max_image_pixels,
             **{k: v for k, v in unset.items() if v is not None},
         )

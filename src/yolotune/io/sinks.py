@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import colorsys
 import json
+import os
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -32,7 +33,38 @@ class Sink(ABC):
         self.close()
 
 
-_SINKS: dict[str, Callable[[Path], Sink]] = {}
+class OutputNames:
+    """Where each input's annotated output goes under a sink's folder: its path relative to the folder all inputs
+    share, with its file name kept whole (``v1/cam.mp4`` and ``v2/cam.mp4``, ``a.jpg`` and ``a.png`` never meet), and
+    ``-2``, ``-3`` for anything that still would."""
+
+    def __init__(self, paths: Iterable[str] = ()):
+        parents = [os.path.dirname(os.path.abspath(p)) for p in paths]
+        try:
+            self.root = os.path.commonpath(parents) if parents else None
+        except ValueError:  # different drives
+            self.root = None
+        self._used: set[str] = set()
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the inputs' shared folder, as a safe relative path (never leaving the sink's)."""
+        full = os.path.abspath(path)
+        rel = os.path.relpath(full, self.root) if self.root else os.path.basename(full)
+        parts = [re.sub(r"[\x00-\x1f]", "_", p) for p in Path(rel).parts if p not in ("", ".", "..", os.sep)]
+        return "/".join(parts) or "input"
+
+    def claim(self, name: str) -> str:
+        """``name`` (a relative path), or with -2, -3 before its extension when already given out."""
+        stem, ext = os.path.splitext(name)
+        candidate, k = name, 1
+        while candidate.lower() in self._used:
+            k += 1
+            candidate = f"{stem}-{k}{ext}"
+        self._used.add(candidate.lower())
+        return candidate
+
+
+_SINKS: dict[str, Callable[..., Sink]] = {}
 
 
 def register_sink(name: str):
@@ -48,17 +80,18 @@ def sink_names() -> list[str]:
     return sorted(_SINKS)
 
 
-def make_sink(name: str, out_dir: Path) -> Sink:
+def make_sink(name: str, out_dir: Path, names: OutputNames | None = None) -> Sink:
+    """The sink registered as ``name``, writing under ``out_dir``; ``names`` places per-input files (images, videos)."""
     if name not in _SINKS:
         raise ValueError(f"unknown output format {name!r}; choose from {', '.join(sink_names())}")
-    return _SINKS[name](out_dir)
+    return _SINKS[name](out_dir, names=names or OutputNames())
 
 
 @register_sink("jsonl")
 class JsonlSink(Sink):
     """``detections.jsonl``: one JSON object per input, detections or ``{"ok": false, "error": ...}``."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, names: OutputNames | None = None):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "detections.jsonl"
         self._f = open(self.path, "w", encoding="utf-8")
@@ -79,7 +112,7 @@ class CocoSink(Sink):
     Image ids are the file stem when it is a number (COCO's own naming), else the input's position.
     """
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, names: OutputNames | None = None):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.results_path = out_dir / "coco_results.json"
         self.images_path = out_dir / "coco_images.json"
@@ -130,25 +163,25 @@ def draw_detections(image: np.ndarray, det: Detections) -> "Image.Image":
 
 @register_sink("images")
 class AnnotatedImageSink(Sink):
-    """``images/``: each input drawn with its boxes (needs results carrying their pixels: Detector(return_images=True))."""
+    """``images/``: each input drawn with its boxes, at its place among the inputs (``images/v1/a.png.jpg``, video
+    frames ``images/v1/cam.mp4_000012.jpg``); needs results carrying their pixels (Detector(return_images=True))."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, names: OutputNames | None = None):
         self.dir = out_dir / "images"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.names = names or OutputNames()
         self.written: list[str] = []
-        self._used: set[str] = set()
 
     def write(self, result: Result) -> None:
         if isinstance(result, ErrorRecord) or result.image is None:
             return
-        stem = re.sub(r"[^\w.-]+", "_", Path(result.source.path).stem, flags=re.UNICODE)
-        name = stem if result.source.frame is None else f"{stem}_{result.source.frame:06d}"
-        base, k = name, 1
-        while name in self._used:  # two inputs with the same stem from different folders
-            k += 1
-            name = f"{base}_{k}"
-        self._used.add(name)
-        path = self.dir / f"{name}.jpg"
+        rel = self.names.relative(result.source.path)
+        if result.source.frame is not None:
+            rel = f"{rel}_{result.source.frame:06d}.jpg"
+        elif not rel.lower().endswith((".jpg", ".jpeg")):
+            rel = f"{rel}.jpg"
+        path = self.dir / self.names.claim(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
         draw_detections(result.image, result).save(path, quality=90)
         self.written.append(str(path))
 
@@ -158,38 +191,67 @@ class AnnotatedImageSink(Sink):
 
 @register_sink("video")
 class AnnotatedVideoSink(Sink):
-    """``videos/<stem>.mp4``: the frames of each video input drawn with their boxes (needs return_images=True)."""
+    """``videos/``: the frames of each video input drawn with their boxes, at its place among the inputs
+    (``videos/v1/cam.mp4``); needs return_images=True. A change of frame size starts a new part
+    (``cam_part2.mp4``), so every frame is kept whole."""
 
-    def __init__(self, out_dir: Path, fps: int = 25):
+    def __init__(self, out_dir: Path, names: OutputNames | None = None, fps: int = 25):
         self.dir = out_dir / "videos"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.names = names or OutputNames()
         self.fps = fps
-        self._open: dict[str, tuple] = {}
+        self._open: dict[str, list] = {}  # input -> [container, stream, path, base name, part]
+        self._done: list[str] = []
 
     def write(self, result: Result) -> None:
         if isinstance(result, ErrorRecord) or result.image is None or result.source.frame is None:
             return
+        self.write_frame(result.source.path, result.image, result)
+
+    def write_frame(self, key: str, image: np.ndarray, det: Detections) -> str | None:
+        """Draw ``det`` on ``image`` into the video of ``key`` (an input path, or a stream's name); returns the new
+        file's path when this frame started one (the first, or a new frame size)."""
         import av
 
-        entry = self._open.get(result.source.path)
-        if entry is None:
-            path = self.dir / f"{Path(result.source.path).stem}.mp4"
-            container = av.open(str(path), "w")
-            stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=self.fps)
-            h, w = result.image_size
-            stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
-            entry = self._open[result.source.path] = (container, stream, path)
-        container, stream, _ = entry
-        frame = np.asarray(draw_detections(result.image, result))[: stream.height, : stream.width]
+        h, w = image.shape[:2]
+        entry = self._open.get(key)
+        started = None
+        if entry is not None and (entry[1].height, entry[1].width) != (h - h % 2, w - w % 2):
+            self._finish(entry)
+            entry = self._open[key] = self._start(key, h, w, entry[3], entry[4] + 1)
+            started = str(entry[2])
+        elif entry is None:
+            rel = self.names.relative(key)
+            base = self.names.claim(rel if rel.lower().endswith(".mp4") else f"{rel}.mp4")
+            entry = self._open[key] = self._start(key, h, w, base, 1)
+            started = str(entry[2])
+        container, stream = entry[0], entry[1]
+        frame = np.asarray(draw_detections(image, det))[: stream.height, : stream.width]
         for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
             container.mux(packet)
+        return started
+
+    def _start(self, key: str, h: int, w: int, base: str, part: int) -> list:
+        import av
+
+        name = base if part == 1 else self.names.claim(f"{base[:-4]}_part{part}.mp4")
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        container = av.open(str(path), "w")
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=self.fps)
+        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        return [container, stream, path, base, part]
+
+    def _finish(self, entry: list) -> None:
+        container, stream, path = entry[:3]
+        for packet in stream.encode():
+            container.mux(packet)
+        container.close()
+        self._done.append(str(path))
 
     def close(self) -> list[str]:
-        paths = []
-        for container, stream, path in self._open.values():
-            for packet in stream.encode():
-                container.mux(packet)
-            container.close()
-            paths.append(str(path))
+        for entry in self._open.values():
+            self._finish(entry)
         self._open.clear()
+        paths, self._done = self._done, []
         return paths

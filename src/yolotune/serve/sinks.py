@@ -9,7 +9,7 @@ from pathlib import Path
 
 from yolotune.io.sinks import AnnotatedVideoSink
 from yolotune.serve.queues import StreamFrame
-from yolotune.types import Detections, InputRef
+from yolotune.types import Detections
 
 STREAM_FORMATS = ("jsonl", "video")
 
@@ -38,10 +38,9 @@ class StreamSinks:
             row.pop("path", None)
             self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
         if self.video is not None:
-            det.source = InputRef(self.name, frame.index)
-            det.image = _rgb(frame.image)
-            self.video.write(det)
-            det.image = None
+            started = self.video.write_frame(self.name, _rgb(frame.image), det)
+            if started and frame.index > 0:  # a new frame size (after a reconnect): a new part, frames kept whole
+                self.event("video-part", f"frame size {frame.image.shape[1]}x{_height(frame.image)}: {started}")
 
     def event(self, state: str, message: str) -> None:
         """A source event as a record in the stream's output: errors travel with the results."""
@@ -59,6 +58,12 @@ class StreamSinks:
         if self.video is not None:
             paths += self.video.close()
         return paths
+
+
+def _height(image) -> int:
+    from yolotune.ops.color import is_i420
+
+    return image.shape[0] * 2 // 3 if is_i420(image) else image.shape[0]
 
 
 def _rgb(image):
