@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from yolotune import Detector, load_model  # noqa: E402
 from yolotune.serve.plan import _clip, _verify, plan  # noqa: E402
 from yolotune.serve.runtime import RunOptions, StreamRuntime  # noqa: E402
-from yolotune.serve.sources import SourceSpec  # noqa: E402
+from yolotune.serve.specs import SourceSpec  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 W, H = (int(v) for v in os.environ.get("RES", "1280x720" if CUDA else "640x360").split("x"))

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from yolotune import Detector  # noqa: E402
 from yolotune.serve.plan import _clip  # noqa: E402
 from yolotune.serve.runtime import RunOptions, StreamRuntime  # noqa: E402
-from yolotune.serve.sources import SourceSpec  # noqa: E402
+from yolotune.serve.specs import SourceSpec  # noqa: E402
 
 
 def step(rows: dict, name: str, fn) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from yolotune.data.synth import write_video
 from yolotune.serve.runtime import RunOptions, StreamRuntime
-from yolotune.serve.sources import SourceSpec
+from yolotune.serve.specs import SourceSpec
 from yolotune.types import Detections, InputRef
 
 clip = write_video(Path(tempfile.mkdtemp()) / "tiny.mp4", frames=60, size=(64, 96), seed=1)

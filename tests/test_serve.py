@@ -20,7 +20,8 @@ from yolotune.data.synth import write_video
 from yolotune.serve.queues import Backlog, FrameQueue, StreamFrame
 from yolotune.serve.runtime import RunOptions, StreamRuntime
 from yolotune.serve.scheduler import BatchScheduler
-from yolotune.serve.sources import Backoff, SourceSpec, parse_source, read_source_list
+from yolotune.serve.sources import Backoff
+from yolotune.serve.specs import SourceSpec, parse_source, read_source_list
 from yolotune.types import Detections, InputRef
 
 
@@ -124,7 +125,10 @@ def test_overload_drops_oldest_on_live_sources_and_memory_stays_bounded(clips, t
     summary = rt.run()
     s = summary["streams"][0]
     assert s["dropped"] > 0 and s["max_queue_depth"] <= 3
-    assert s["decoded"] == s["processed"] + s["dropped"] + s["unprocessed_at_stop"]
+    queue_drops = s["dropped"] - s["dropped_before_decode"]
+    assert s["decoded"] == s["processed"] + queue_drops + s["unprocessed_at_stop"]  # every frame delivered accounted
+    assert s["dropped_before_decode"] > queue_drops  # most drops cost no decoding: held back, not decoded to be dropped
+    assert s["received"] >= s["processed"] + s["dropped"]
     frames = [r["frame"] for r in read_jsonl(tmp_path / "cam" / "detections.jsonl") if "frame" in r]
     assert frames == sorted(frames) and len(set(frames)) == len(frames)  # in order, with gaps where frames dropped
     assert "yolotune_frames_dropped_total{stream=\"cam\"}" in rt.metrics.text()
@@ -196,7 +200,9 @@ def test_a_url_that_never_answers_times_out_with_a_clear_error(clips, tmp_path):
     finally:
         silent.close()
     dead, other = summary["streams"]
-    assert dead["state"] == "failed" and "gave up after 1 retries" in dead["error"] and dead["reconnects"] == 1
+    assert dead["state"] == "failed" and "gave up after 1 attempts" in dead["error"]
+    assert dead["error"].startswith("never connected: timed out: no answer within 0.5 s of opening")
+    assert dead["reconnect_attempts"] == 1 and dead["reconnects"] == 0 and dead["outages"] == 0
     assert summary["failed"] == ["dead"] and other["state"] == "finished" and other["processed"] == 17
     assert elapsed < 30  # the run ended: a dead source does not hang it
 
@@ -345,7 +351,7 @@ def test_plan_predicts_from_measurements_and_verifies_by_running(tmp_path):
     r = json.loads((tmp_path / "plan.json").read_text())
     assert set(r["limits"]) == {"compute", "decode", "host_memory"}  # no device memory on the CPU
     assert r["binding"] == min(r["limits"], key=r["limits"].get)
-    assert r["limits"]["compute"] == pytest.approx(r["frames_per_s"] / 2, rel=0.01)
+    assert r["limits"]["compute"] == pytest.approx(r["frames_per_s"] / 2, abs=0.051)  # reported to 0.1
     assert [p["batch"] for p in r["sweep"]] == [1, 2] and r["predicted_streams"] == min(3, int(r["limits"][r["binding"]]))
     v = r["verification"][0]
     assert v["streams"] == r["predicted_streams"] and v["frames"] > 0 and v["dropped"] == 0

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from yolotune.cli import app
-from yolotune.serve.sources import name_streams, parse_source, read_source_list
+from yolotune.serve.specs import name_streams, parse_source, read_source_list
 
 
 def names(*texts):

@@ -30,7 +30,10 @@ def run_command(
     queue_size: int = typer.Option(8, min=1, help="Frames buffered per stream (live sources drop the oldest beyond)."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
     loop: bool = typer.Option(False, help="Play video files again from the start when they end."),
-    realtime: bool = typer.Option(False, help="Deliver video files at their frame rate, like cameras."),
+    realtime: bool = typer.Option(False, help="Deliver video files at their frame rate, like cameras: frames the "
+                                              "pipeline cannot take in time are dropped and counted."),
+    lossless: bool = typer.Option(False, help="With --realtime: deliver every frame, late if need be (the lag "
+                                              "behind real time grows), instead of dropping like a camera."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on this port (/metrics)."),
     metrics_host: str = typer.Option("127.0.0.1", help="Address /metrics listens on (0.0.0.0: every interface)."),
     dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard", help="Live table (default: on a terminal)."),
@@ -54,7 +57,7 @@ def run_command(
     trust_models(trust_model)
     from yolotune import Detector, ModelLoadError
     from yolotune.serve.runtime import RunOptions, StreamRuntime
-    from yolotune.serve.sources import name_streams, parse_source, read_source_list
+    from yolotune.serve.specs import name_streams, parse_source, read_source_list
 
     texts = list(source)
     if sources_file is not None:
@@ -65,7 +68,7 @@ def run_command(
     if not texts:
         _fail("no sources: pass --source (repeatable) or --sources-file")
     try:
-        specs = name_streams([parse_source(t, loop=loop, realtime=realtime) for t in texts])
+        specs = name_streams([parse_source(t, loop=loop, realtime=realtime, lossless=lossless) for t in texts])
     except ValueError as e:
         _fail(str(e))
     try:
@@ -96,7 +99,7 @@ def run_command(
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
     else:
         print_run_summary(summary, Console())
-    failed = summary["failed"] or summary["engine_errors"] or summary["sink_errors"]
+    failed = summary["failed"] or summary["damaged"] or summary["engine_errors"] or summary["sink_errors"]
     raise typer.Exit(EXIT_STREAM_FAILURES if failed else EXIT_OK)
 
 
@@ -105,12 +108,14 @@ def print_run_summary(s: dict, console: Console) -> None:
 
     t = Table(title=f"{len(s['streams'])} streams, {s['frames']} frames in {s['seconds']} s ({s['fps']:.1f} frames/s, "
                     f"mean batch {s['mean_batch']:.1f}) on {s['device']}")
-    for col in ("stream", "state", "processed", "dropped", "reconnects", "fps", "p50 ms", "p99 ms", "error"):
+    for col in ("stream", "state", "processed", "dropped", "lost", "outages", "fps", "p50 ms", "p99 ms", "max lag s",
+                "error"):
         t.add_column(col)
     f = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
     for r in s["streams"]:
-        t.add_row(r["name"], r["state"], str(r["processed"]), str(r["dropped"]), str(r["reconnects"]), f(r["fps"]),
-                  f(r["latency_p50_ms"]), f(r["latency_p99_ms"]), (r["error"] or "")[:70])
+        t.add_row(r["name"], r["state"], str(r["processed"]), str(r["dropped"]), str(r["frames_lost"]),
+                  str(r["outages"]), f(r["fps"]), f(r["latency_p50_ms"]), f(r["latency_p99_ms"]), f(r["max_lag_s"]),
+                  (r["error"] or r["last_error"] or "")[:70])
     console.print(t)
     if s.get("latency_parts_ms"):
         console.print(f"where the latency goes (p50 / p99): {latency_parts_line(s['latency_parts_ms'])}; "

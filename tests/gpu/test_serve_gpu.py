@@ -11,7 +11,7 @@ from yolotune import Detector
 from yolotune.data.synth import write_video
 from yolotune.serve.plan import plan
 from yolotune.serve.runtime import RunOptions, StreamRuntime
-from yolotune.serve.sources import parse_source
+from yolotune.serve.specs import parse_source
 
 pytestmark = pytest.mark.gpu
 

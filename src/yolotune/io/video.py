@@ -8,8 +8,9 @@ frames its index declares is reported as truncated.
 A live source can decode on demand (``demand``): every packet is still read as it arrives, so the source never
 falls behind, but a packet is decoded only while the consumer has room for a frame. When room comes back, the held
 packets are decoded from the newest keyframe among them, and the newest frames that fit are delivered; when that
-would take more than ``catch_up`` decodes, only a keyframe is decoded and the rest skipped to the next one. Past
-its capacity a pipeline so spends no CPU on frames it would drop (benchmarks/results/serve/live_overload_cpu.json).
+would take more than ``catch_up`` decodes, only a keyframe (if under a second old) is decoded and the rest skipped to
+the next one. Past its capacity a pipeline so spends no CPU on frames it would drop, and delivers none much older
+than the stream: a stream whose keyframes are far apart gives, deep in overload, about one frame per keyframe (benchmarks/results/serve/live_overload_cpu.json).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from yolotune.types import ErrorRecord, InputRef
 
 CATCH_UP = 8  # decodes spent to reach the newest frame after a hold, before skipping to a keyframe instead
+MAX_FRAME_AGE_S = 1.0  # on demand, a frame whose packet came longer ago than this is not delivered: it is stale
 
 
 @dataclass
@@ -133,8 +135,11 @@ class VideoReader:
                 self.stats.packets += 1
                 arrived = time.perf_counter()
                 stamp = packet.dts if packet.dts is not None else packet.pts
-                if pace_from is not None and stamp is not None:
+                if stamp is not None:
                     first_dts = stamp if first_dts is None else first_dts
+                    # the clip's length by its packets (frames left undecoded on demand count too)
+                    self.duration_s = max(self.duration_s, (stamp - first_dts) * tb + 1 / self.rate)
+                if pace_from is not None and stamp is not None:
                     arrived = pace_from + (stamp - first_dts) * tb
                     wait = arrived - time.perf_counter()
                     if wait > 0 and (stop.wait(wait) if stop is not None else time.sleep(wait)):
@@ -157,14 +162,16 @@ class VideoReader:
                 room = demand.room()
                 if room <= 0:
                     continue  # hold: decoding it now would only feed a drop
-                if len(held) > catch_up:  # too far behind to catch up: a keyframe alone, or wait for the next one
-                    keep = held[:1] if held[0].is_keyframe else []
+                if len(held) > catch_up:  # too far behind to catch up: a recent keyframe alone, or the next one
+                    fresh = arrivals.get(held[0].pts, 0.0) > time.perf_counter() - MAX_FRAME_AGE_S
+                    keep = held[:1] if held[0].is_keyframe and fresh else []
                     self.stats.skipped += len(held) - len(keep)
                     held, need_keyframe = keep, True
                     if not held:
                         continue
                 batch, held = held, []
                 yield from self._decoded(batch, tb, arrivals, deliver=room)
+            self.stats.skipped += len(held)  # the end came while they were held
             yield from self._decoded([None], tb, arrivals, deliver=None if demand is None else 1)  # flush
         except av.FFmpegError as e:
             if self.live or stop is not None and stop.is_set():
@@ -204,9 +211,10 @@ class VideoReader:
             for picture in pictures:
                 self.stats.decoded += 1
                 out.extend(self._numbered(picture, tb, arrivals))
-        if deliver is not None:
+        if deliver is not None:  # the newest that fit, none stale (a decoder's reordering delay holds old ones)
+            oldest = time.perf_counter() - MAX_FRAME_AGE_S
             frames = [f for f in out if isinstance(f, VideoFrame)]
-            keep = {id(f) for f in frames[-deliver:]}
+            keep = {id(f) for f in frames[-deliver:] if f.due is None or f.due >= oldest}
             self.stats.discarded += len(frames) - len(keep)
             out = [f for f in out if not isinstance(f, VideoFrame) or id(f) in keep]
         yield from out
@@ -236,8 +244,6 @@ class VideoReader:
             out.append(gap)
         self._errors_since = 0
         self._next = index + 1
-        if t is not None:
-            self.duration_s = max(self.duration_s, t + 1 / self.rate)
         out.append(VideoFrame(index, t, picture, arrivals.get(pts) if pts is not None else None))
         return out
 

@@ -10,8 +10,10 @@ device straight from their slots, with no copy in the runtime process (that copy
 made on cores the decoders keep busy, held the whole runtime near 600 frames/s on the H100). A slot goes back to its
 decoder once the batch that read it has been collected.
 
-Backpressure: a stream's ring has a fixed number of slots. A file source waits for a free slot (it never drops); a
-live source's frames are dropped oldest-first by its FrameQueue in the runtime, which frees their slots at once.
+Backpressure: a stream's ring has a fixed number of slots. A file source waits for a free slot (it never drops). A
+camera-like source decodes only while its queue in the runtime has room: the runtime counts the frames that leave
+each queue into memory shared with the decoder processes, so a decoder knows its stream's frames still waiting
+without a message; frames dropped oldest-first by the runtime's FrameQueue free their slots at once.
 """
 
 from __future__ import annotations
@@ -28,10 +30,8 @@ import numpy as np
 
 from yolotune.interpreter import usable_cores
 from yolotune.serve.queues import FrameQueue, StreamFrame
-from yolotune.serve.sources import Backoff, SourceSpec, SourceStatus, SourceWorker
-
-
-SOURCE_STATES = ("starting", "running", "reconnecting", "finished", "failed", "stopped")
+from yolotune.serve.sources import Backoff, SourceStatus, SourceWorker
+from yolotune.serve.specs import SourceSpec
 
 
 @dataclass
@@ -49,6 +49,7 @@ class DecoderOptions:
     # p99 change: benchmarks/results/serve/README.md, fifth day.)
     nice: int = 5
     cpus: tuple[int, ...] | None = None  # the cores the decoder processes may run on (decoder_cpus); None: any
+    queue_size: int = 8  # a camera-like stream's queue in the runtime: what its decoder may have waiting there
 
 
 def decoder_processes(n_sources: int, cores: int | None = None) -> int:
@@ -98,12 +99,20 @@ class _Ring:
 class _SlotWriter:
     """What a SourceWorker puts frames into, in a decoder process: a ring slot and a message to the runtime."""
 
-    def __init__(self, stream: int, slots: int, send, rings: dict, premade: tuple[str, int] | None = None):
+    def __init__(self, stream: int, slots: int, send, rings: dict, premade: tuple[str, int] | None = None,
+                 capacity: int = 8, left=None):
         self.stream, self.slots, self.send, self.rings = stream, slots, send, rings
         self.premade = premade  # (name, frame bytes) of the ring the runtime made for this stream
         self.ring: _Ring | None = None
         self.old: list[_Ring] = []  # rings of an earlier frame size, kept until the process ends
         self.status: SourceStatus | None = None
+        self.capacity = capacity  # the runtime queue's (Admission reads it)
+        self.sent = 0
+        self.left = left  # one-element view of the runtime's count of this stream's frames that left its queue
+
+    def outstanding(self) -> int:
+        """Frames sent and not yet taken or dropped by the runtime (in the pipe, or waiting in its queue)."""
+        return self.sent - int(self.left[0]) if self.left is not None else 0
 
     takes_pictures = True  # I420 frames arrive as I420Picture: their planes are copied once, into the slot
 
@@ -127,9 +136,10 @@ class _SlotWriter:
             image.write_into(view)
         else:
             view[...] = image
-        st = self.status
+        st = self.status or SourceStatus()
+        self.sent += 1
         self.send(("frame", self.stream, self.ring.shm.name, k, image.shape, frame.index, frame.decoded_at, frame.pts,
-                   st.lag_s if st else 0.0, st.max_lag_s if st else 0.0))
+                   frame.captured_at, st.lag_s, st.max_lag_s, st.received, st.dropped))
         return True
 
     def close(self) -> None:
@@ -137,7 +147,7 @@ class _SlotWriter:
 
 
 def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]], out_conn, in_conn,
-                  opt: DecoderOptions) -> None:
+                  opt: DecoderOptions, left_name: str | None = None, streams: int = 0) -> None:
     """A decoder process: one SourceWorker thread per assigned source until the runtime says stop."""
     if opt.nice:
         try:
@@ -163,12 +173,15 @@ def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]]
                 stop.set()  # the runtime is gone
 
     rings: dict[int, _Ring] = {}
+    left_shm = _attach(left_name) if left_name else None
+    left = np.ndarray((streams,), np.int64, buffer=left_shm.buf) if left_shm is not None else None
     writers, workers = {}, []
     for index, spec, premade in assigned:
-        writers[index] = w = _SlotWriter(index, opt.slots, send, rings, premade)
+        writers[index] = w = _SlotWriter(index, opt.slots, send, rings, premade, opt.queue_size,
+                                         left[index:index + 1] if left is not None else None)
         worker = SourceWorker(index, spec, w, stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
                               Backoff(opt.backoff_base_s, opt.backoff_cap_s),
-                              on_event=lambda i, state, message: send(("event", i, state, message)),
+                              on_event=lambda i, state, message, when, snap: send(("event", i, state, message, when, snap)),
                               pixel_format=opt.pixel_format, decoder_threads=opt.decoder_threads)
         w.status = worker.status
         workers.append(worker)
@@ -195,13 +208,15 @@ def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]]
     for worker in workers:
         worker.join()
     for worker in workers:  # final states and counts
-        send(("status", worker.index, worker.status.state, worker.status.frames, worker.status.reconnects,
-              worker.status.last_error))
+        send(("status", worker.index, worker.status.snapshot()))
     send(("exit", None))
     stop.wait()
     for w in writers.values():
         for ring in ([w.ring] if w.ring else []) + w.old:
             ring.close()
+    if left_shm is not None:
+        del left, writers
+        left_shm.close()
 
 
 # --------------------------------------------------------------------------------------------- in the runtime
@@ -233,6 +248,12 @@ class DecoderPool:
         n = processes or decoder_processes(len(specs))
         ctx = mp.get_context("spawn")  # the runtime has CUDA and threads: never fork it
         self.slots = opt.slots
+        # each stream's count of frames that left its queue, read by its decoder process (Admission)
+        self._left_shm = shared_memory.SharedMemory(create=True, size=8 * max(1, len(specs)))
+        self._left = np.ndarray((len(specs),), np.int64, buffer=self._left_shm.buf)
+        self._left[:] = 0
+        for i, q in enumerate(queues):
+            q.left_counter = self._left[i:i + 1]
         self.procs, self.out_conns, self.in_conns, self.owner, self._assigned = [], [], [], {}, []
         for p in range(n):
             # (stream, spec, premade ring): a list the process gets when it starts, so make_rings can fill it in
@@ -242,7 +263,8 @@ class DecoderPool:
             child_recv, runtime_send = ctx.Pipe(duplex=False)
             for i, _, _ in assigned:
                 self.owner[i] = p
-            self.procs.append(ctx.Process(target=_decoder_main, args=(assigned, send_end, child_recv, opt),
+            self.procs.append(ctx.Process(target=_decoder_main, args=(assigned, send_end, child_recv, opt,
+                                                                      self._left_shm.name, len(specs)),
                                           name=f"yolotune-decoder-{p}", daemon=True))
             self.out_conns.append(recv_end)
             self.in_conns.append(runtime_send)
@@ -326,6 +348,11 @@ class DecoderPool:
         self._attached.clear()
         self._owned.clear()
         self._started = False
+        for q in self.queues:
+            q.left_counter = None
+        del self._left
+        self._left_shm.close()
+        self._left_shm.unlink()
 
     def _pin_rings(self) -> None:
         while (item := self._to_pin.get()) is not None:
@@ -383,15 +410,15 @@ class DecoderPool:
         for i, owner in self.owner.items():
             st = self.sources[i].status
             if owner == p and st.state not in ("finished", "failed", "stopped"):
-                st.state, st.last_error = "failed", why
-                self.on_event(i, "failed", why)
+                st.state, st.error, st.last_error = "failed", why, why
+                self.on_event(i, "failed", why, time.time())
                 self.queues[i].close()
 
     def _handle(self, msg) -> None:
         kind, stream = msg[0], msg[1]
         src = self.sources[stream]
         if kind == "frame":
-            _, _, name, k, shape, index, decoded_at, pts, lag, max_lag = msg
+            _, _, name, k, shape, index, decoded_at, pts, captured_at, lag, max_lag, received, dropped = msg
             shm = self._attached.get(name)
             if shm is None:
                 shm = self._attached[name] = _attach(name)
@@ -400,26 +427,30 @@ class DecoderPool:
                     self._to_pin.put((name, shm))
             nbytes = int(np.prod(shape))
             image = np.ndarray(shape, np.uint8, buffer=shm.buf, offset=k * nbytes)
-            frame = StreamFrame(stream, index, image, decoded_at, pts, slot=(name, k), on_drop=self.release)
-            src.status.frames += 1
-            src.status.lag_s, src.status.max_lag_s = lag, max_lag
+            frame = StreamFrame(stream, index, image, decoded_at, pts, slot=(name, k), on_drop=self.release,
+                                captured_at=captured_at)
+            st = src.status
+            st.frames += 1
+            st.lag_s, st.max_lag_s, st.received, st.dropped = lag, max_lag, received, dropped
             if not self.queues[stream].put(frame, self.stop_event):
                 self.release([frame])
         elif kind == "event":
-            state, message = msg[2], msg[3]
-            if state in SOURCE_STATES:  # not "bad-input" and such: those are events, not states
-                src.status.state = state
-            if state in ("reconnecting", "failed"):
-                src.status.last_error = message
-            if state == "reconnecting":
-                src.status.reconnects += 1
-            self.on_event(stream, state, message)
+            state, message, when, snapshot = msg[2], msg[3], msg[4], msg[5]
+            self._update(src.status, snapshot)
+            self.on_event(stream, state, message, when)
         elif kind == "status":
-            st = src.status
-            st.state, st.frames, st.reconnects = msg[2], max(st.frames, msg[3]), msg[4]
-            st.last_error = msg[5] or st.last_error
+            self._update(src.status, msg[2])
         elif kind == "closed":
             self.queues[stream].close()
+
+    @staticmethod
+    def _update(st: SourceStatus, snapshot: dict) -> None:
+        """A decoder process's status of its source; frames are counted here, as they arrive."""
+        frames = st.frames
+        for key, value in snapshot.items():
+            setattr(st, key, value)
+        st.frames = max(frames, st.frames) if snapshot.get("state") in ("finished", "failed", "stopped",
+                                                                        "never-connected") else frames
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# up to a minute: an overloaded or lossless real-time run can fall that far behind, and it must show
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+RATE_WINDOW_S = 5.0  # a stream's FPS is over the last 5 s: batches minutes apart on a CPU still read as a rate
 
 
 @dataclass
@@ -17,9 +19,8 @@ class StreamStats:
     frames: int = 0
     detections: int = 0
     latencies_s: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))
-    fps: float = 0.0  # over the last update window
-    _window_frames: int = 0
-    _window_start: float = field(default_factory=time.perf_counter)
+    fps: float = 0.0  # over the last RATE_WINDOW_S (or since the first result, when that is sooner)
+    _samples: collections.deque = field(default_factory=collections.deque)  # (time, frames) at each update
 
     first_at: float | None = None  # when its first result came (start-up excluded from its steady rate)
 
@@ -31,10 +32,19 @@ class StreamStats:
         self.latencies_s.append(latency_s)
 
     def update_rate(self, now: float) -> None:
-        dt = now - self._window_start
-        if dt > 0:
-            self.fps = (self.frames - self._window_frames) / dt
-            self._window_frames, self._window_start = self.frames, now
+        """Frames per second over the last RATE_WINDOW_S. A window as short as the refresh (0.5 s) read 0.0 most
+        of the time wherever batches take longer than that (a CPU with many streams)."""
+        if self.first_at is None:
+            return
+        samples = self._samples
+        if not samples:
+            samples.append((self.first_at, 0))
+        samples.append((now, self.frames))
+        while len(samples) > 2 and samples[1][0] <= now - RATE_WINDOW_S:
+            samples.popleft()
+        t0, n0 = samples[0]
+        if now > t0:
+            self.fps = (self.frames - n0) / (now - t0)
 
     def steady_fps(self, now: float) -> float:
         """Frames/s since its first result: a stream's rate once its decoder and the engine are up."""
@@ -52,8 +62,13 @@ class PrometheusMetrics:
 
         r = self.registry = CollectorRegistry()
         self.frames = Counter("yolotune_frames", "Frames processed", ["stream"], registry=r)
-        self.dropped = Counter("yolotune_frames_dropped", "Frames dropped because the pipeline was behind (live sources)", ["stream"], registry=r)
-        self.reconnects = Counter("yolotune_reconnects", "Times a source was reopened after an error", ["stream"], registry=r)
+        self.dropped = Counter("yolotune_frames_dropped", "Frames dropped because the pipeline was behind (camera-like "
+                               "sources: before decoding, or from the queue)", ["stream"], registry=r)
+        self.reconnects = Counter("yolotune_reconnects", "Outages a source came back from", ["stream"], registry=r)
+        self.outages = Counter("yolotune_stream_outages", "Times a delivering source lost its stream", ["stream"], registry=r)
+        self.attempts = Counter("yolotune_reconnect_attempts", "Times a source tried to reopen", ["stream"], registry=r)
+        self.lag = Gauge("yolotune_stream_lag_seconds", "How late the stream's last frame was delivered: behind a "
+                         "real-time file's clock, or since a live frame arrived", ["stream"], registry=r)
         self.latency = Histogram("yolotune_frame_latency_seconds", "Decode end to result", ["stream"],
                                  buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge("yolotune_queue_depth", "Frames waiting in the stream's queue", ["stream"], registry=r)
@@ -62,8 +77,7 @@ class PrometheusMetrics:
         self.batch = Histogram("yolotune_batch_size", "Frames per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.gpu_util = Gauge("yolotune_gpu_utilization_percent", "GPU utilisation (NVML)", registry=r)
         self._names = names
-        self._seen_drops = [0] * len(names)
-        self._seen_reconnects = [0] * len(names)
+        self._seen = {k: [0] * len(names) for k in ("dropped", "reconnects", "outages", "attempts")}
         self.port: int | None = None
         self._server = None
 
@@ -86,17 +100,19 @@ class PrometheusMetrics:
         self.frames.labels(name).inc()
         self.latency.labels(name).observe(latency_s)
 
-    def refresh(self, i: int, depth: int, dropped: int, reconnects: int, fps: float, up: bool) -> None:
+    def refresh(self, i: int, depth: int, dropped: int, status, fps: float) -> None:
+        """Stream ``i`` now: queue depth, frames dropped in all, its source's status (serve/sources.SourceStatus)."""
         name = self._names[i]
         self.queue_depth.labels(name).set(depth)
         self.fps.labels(name).set(fps)
-        self.up.labels(name).set(1 if up else 0)
-        if dropped > self._seen_drops[i]:
-            self.dropped.labels(name).inc(dropped - self._seen_drops[i])
-            self._seen_drops[i] = dropped
-        if reconnects > self._seen_reconnects[i]:
-            self.reconnects.labels(name).inc(reconnects - self._seen_reconnects[i])
-            self._seen_reconnects[i] = reconnects
+        self.up.labels(name).set(1 if status.state == "running" else 0)
+        self.lag.labels(name).set(status.lag_s)
+        for key, now in (("dropped", dropped), ("reconnects", status.reconnects), ("outages", status.outages),
+                         ("attempts", status.attempts)):
+            seen = self._seen[key]
+            if now > seen[i]:
+                getattr(self, key).labels(name).inc(now - seen[i])
+                seen[i] = now
 
     def text(self) -> str:
         from prometheus_client import generate_latest

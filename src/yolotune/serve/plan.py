@@ -24,7 +24,7 @@ from yolotune.pipeline.buffers import register_host_memory
 from yolotune.interpreter import usable_cores
 from yolotune.serve.decoders import decoder_processes, frame_nbytes
 from yolotune.serve.runtime import RunOptions, StreamRuntime, _decoder_mode, _ring_pinner
-from yolotune.serve.sources import SourceSpec
+from yolotune.serve.specs import SourceSpec
 from yolotune.types import Detections, InputRef
 
 MAX_TRIALS = 6  # verification runs before plan gives up (each runs its streams for verify_seconds)

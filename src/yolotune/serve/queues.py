@@ -1,7 +1,9 @@
 """Bounded per-stream frame queues with an explicit overload policy, and a wake-up signal shared with the scheduler.
 
-"drop_oldest" (live sources): when full, the oldest waiting frame is discarded and counted, so a slow pipeline
-serves the newest frames and memory stays bounded. "block" (files): the reader waits for room; nothing is dropped.
+"drop_oldest" (camera-like sources): when full, the oldest waiting frame is discarded and counted, so a slow pipeline
+serves the newest frames and memory stays bounded; their readers consult ``Admission`` first, so past capacity they
+hold packets back undecoded rather than decode frames for this queue to drop. "block" (files): the reader waits
+for room; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class StreamFrame:
     # into a batch) -> result
     queued_at: float = 0.0
     batched_at: float = 0.0
+    captured_at: float = 0.0  # wall clock (time.time) when it arrived or was due: the "time" of its record
 
 
 class Backlog:
@@ -60,6 +63,17 @@ class FrameQueue:
         self.dropped = 0
         self.max_depth = 0
         self.closed = False  # the source will put nothing more
+        self.left = 0  # frames that left: taken into a batch or dropped (a decoder process reads it: room to decode)
+        self.left_counter = None  # a one-element view into memory shared with that process, kept equal to left
+
+    def outstanding(self) -> int:
+        """Frames delivered and not yet taken or dropped."""
+        return len(self._frames)
+
+    def _left(self, n: int = 1) -> None:
+        self.left += n
+        if self.left_counter is not None:
+            self.left_counter[0] = self.left
 
     def put(self, frame: StreamFrame, stop: threading.Event | None = None) -> bool:
         """Queue ``frame``; False if ``stop`` was set while waiting for room (block policy)."""
@@ -74,6 +88,7 @@ class FrameQueue:
             if len(self._frames) >= self.capacity:  # drop_oldest: the total does not change
                 dropped = self._frames.popleft()
                 self.dropped += 1
+                self._left()
             else:
                 b.total += 1
                 if b.total == 1 or b.total >= b.batch:
@@ -102,9 +117,36 @@ class FrameQueue:
             frame = self._frames.popleft()
             frame.batched_at = time.perf_counter()
             self.backlog.total -= 1
+            self._left()
             self.room.notify()  # this queue's reader, if it waits for room
             return frame
 
     @property
     def done(self) -> bool:
         return self.closed and not self._frames
+
+
+class Admission:
+    """How many frames a camera-like source may decode and deliver now: the room its queue has, within a limit
+    that halves while the source has to hold frames back (the pipeline is behind) and grows by one while it does
+    not. Past capacity the queue so holds a frame or two, taken fresh, instead of a full queue of old ones; below
+    it, up to the whole queue, so bursts are not dropped. ``target`` gives ``capacity`` and ``outstanding()``."""
+
+    def __init__(self, target):
+        self.target = target
+        self.capacity = max(1, int(target.capacity))
+        self.limit = self.capacity
+        self.holding = False
+
+    def room(self) -> int:
+        waiting = self.target.outstanding()
+        if waiting >= self.limit:
+            if not self.holding:
+                self.limit = max(1, self.limit // 2)
+                self.holding = True
+            return 0
+        if self.holding:
+            self.holding = False
+        else:
+            self.limit = min(self.capacity, self.limit + 1)
+        return self.limit - waiting

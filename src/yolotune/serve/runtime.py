@@ -26,7 +26,8 @@ from yolotune.serve.metrics import PrometheusMetrics, StreamStats
 from yolotune.serve.queues import Backlog, FrameQueue
 from yolotune.serve.scheduler import BatchScheduler
 from yolotune.serve.sinks import StreamSinks
-from yolotune.serve.sources import Backoff, SourceSpec, SourceWorker, decoder_threads, name_streams
+from yolotune.serve.sources import Backoff, SourceWorker, decoder_threads
+from yolotune.serve.specs import SourceSpec, name_streams
 
 
 @dataclass
@@ -76,8 +77,8 @@ class StreamRuntime:
         # decoder never waits; a file stream's queue holds every slot, so handing a frame over never blocks, and its
         # decoder process waits for a free slot instead.
         slots = 4 * self.opt.queue_size
-        capacity = lambda s: self.opt.queue_size if s.live or self.decoders == "threads" else slots  # noqa: E731
-        self.queues = [FrameQueue(capacity(s), "drop_oldest" if s.live else "block", self.backlog) for s in self.specs]
+        capacity = lambda s: self.opt.queue_size if s.drops or self.decoders == "threads" else slots  # noqa: E731
+        self.queues = [FrameQueue(capacity(s), "drop_oldest" if s.drops else "block", self.backlog) for s in self.specs]
         names = [s.name for s in self.specs]
         self.stats = [StreamStats(n) for n in names]
         self.metrics = PrometheusMetrics(names)
@@ -91,14 +92,14 @@ class StreamRuntime:
             self.pool = DecoderPool(self.specs, self.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
                 self.opt.backoff_cap_s, self.pixel_format, slots, threads, self.opt.decoder_nice,
-                decoder_cpus(self.opt.runtime_cores)), self._on_event,
+                decoder_cpus(self.opt.runtime_cores), self.opt.queue_size), self._on_event,
                 self.opt.decoder_processes,
                 pin=_ring_pinner(detector))
             self.workers = self.pool.sources
         else:
             self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
                                          self.opt.max_retries, backoff(), on_event=self._on_event, pixel_format=self.pixel_format,
-                                         decoder_threads=threads)
+                                         decoder_threads=threads, nice=self.opt.decoder_nice)
                             for i, s in enumerate(self.specs)]
         max_batch = min(self.opt.max_batch, getattr(detector, "batch", self.opt.max_batch))
         self.scheduler = BatchScheduler(self.queues, self.backlog, max_batch, self.opt.max_wait_ms / 1e3)
@@ -115,8 +116,10 @@ class StreamRuntime:
         self.interrupted: str | None = None
         self.started = 0.0
 
-    def _on_event(self, i: int, state: str, message: str) -> None:
-        self._events.put((i, state, message))
+    def _on_event(self, i: int, state: str, message: str, when: float | None = None, _snapshot=None) -> None:
+        """A source event, stamped when it happened (``when``, wall clock) and written within a fraction of a
+        second by the sink thread, batches or not."""
+        self._events.put((i, state, message, when or time.time()))
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self, on_tick: Callable[["StreamRuntime"], None] | None = None) -> dict:
@@ -274,7 +277,11 @@ class StreamRuntime:
 
     def _sink_loop(self, results: queue.Queue) -> None:
         while True:
-            item = results.get()
+            try:
+                item = results.get(timeout=0.2)
+            except queue.Empty:  # no batch: events (a source going down, say) are written all the same
+                self._drain_events()
+                continue
             if item is None:
                 break
             self._drain_events()
@@ -294,12 +301,12 @@ class StreamRuntime:
     def _drain_events(self) -> None:
         while True:
             try:
-                i, state, message = self._events.get_nowait()
+                i, state, message, when = self._events.get_nowait()
             except queue.Empty:
                 return
             sink = self.sinks[i]
             if sink is not None and sink.jsonl is not None and not sink.jsonl.closed:
-                sink.event(state, message)
+                sink.event(state, message, when)
 
     def _monitor_loop(self, on_tick) -> None:
         while not self.stop.wait(0.5):
@@ -313,7 +320,7 @@ class StreamRuntime:
         self.rss.append((now, _rss_bytes()))
         for i, (st, q, w) in enumerate(zip(self.stats, self.queues, self.workers)):
             st.update_rate(now)
-            self.metrics.refresh(i, len(q), q.dropped, w.status.reconnects, st.fps, w.status.state == "running")
+            self.metrics.refresh(i, len(q), q.dropped + w.status.dropped, w.status, st.fps)
         nvml = getattr(self, "_nvml", None)
         if nvml is not None and nvml.series.gpu_util:
             self.metrics.gpu_util.set(nvml.series.gpu_util[-1])
@@ -342,16 +349,8 @@ class StreamRuntime:
     def summary(self) -> dict:
         now = time.perf_counter()
         wall = max(now - self.started, 1e-9)
-        streams = []
-        for spec, st, q, w in zip(self.specs, self.stats, self.queues, self.workers):
-            streams.append({
-                "name": spec.name, "source": spec.uri, "kind": spec.kind, "state": w.status.state,
-                "decoded": w.status.frames, "processed": st.frames, "dropped": q.dropped,
-                "unprocessed_at_stop": len(q), "reconnects": w.status.reconnects, "detections": st.detections,
-                "fps": st.frames / wall, "steady_fps": st.steady_fps(getattr(self, "stopped_at", now)), "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
-                "max_queue_depth": q.max_depth, "lag_s": round(w.status.lag_s, 3),
-                "max_lag_s": round(w.status.max_lag_s, 3), "error": w.status.last_error,
-            })
+        streams = [self._stream_summary(spec, st, q, w.status, wall, now)
+                   for spec, st, q, w in zip(self.specs, self.stats, self.queues, self.workers)]
         processed = sum(s["processed"] for s in streams)
         all_lat = [x for st in self.stats for x in st.latencies_s]
         import numpy as np
@@ -364,7 +363,10 @@ class StreamRuntime:
             "latency_p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
             "dropped": sum(s["dropped"] for s in streams), "engine_errors": self.engine_errors,
             "last_engine_error": self.last_engine_error, "sink_errors": self.sink_errors,
-            "failed": [s["name"] for s in streams if s["state"] == "failed"],
+            # what the exit code reports: streams that failed or never connected, and frames lost to damage
+            "failed": [s["name"] for s in streams if s["state"] in ("failed", "never-connected")],
+            "never_connected": [s["name"] for s in streams if s["state"] == "never-connected"],
+            "damaged": [s["name"] for s in streams if s["frames_lost"]],
             "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
             "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(), "pixel_format": self.pixel_format,
             "decoders": self.decoders,
@@ -374,6 +376,21 @@ class StreamRuntime:
             "latency_parts_ms": {part: {"p50": round(float(np.percentile(v, 50)) * 1e3, 2),
                                         "p99": round(float(np.percentile(v, 99)) * 1e3, 2)}
                                  for part, v in self.latency_parts.items() if v},
+        }
+
+    def _stream_summary(self, spec: SourceSpec, st, q: FrameQueue, status, wall: float, now: float) -> dict:
+        """One stream's row: what came in, what was processed, dropped (before decoding, or from the queue), lost
+        to damage, and its connection's history."""
+        return {
+            "name": spec.name, "source": spec.uri, "kind": spec.kind, "state": status.state,
+            "received": status.received, "decoded": status.frames, "processed": st.frames,
+            "dropped": q.dropped + status.dropped, "dropped_before_decode": status.dropped,
+            "unprocessed_at_stop": len(q), "frames_lost": status.frames_lost,
+            "outages": status.outages, "reconnects": status.reconnects, "reconnect_attempts": status.attempts,
+            "detections": st.detections, "fps": st.frames / wall, "steady_fps": st.steady_fps(getattr(self, "stopped_at", now)),
+            "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
+            "max_queue_depth": q.max_depth, "lag_s": round(status.lag_s, 3), "max_lag_s": round(status.max_lag_s, 3),
+            "error": status.error, "last_error": status.last_error,
         }
 
     def _rss_summary(self) -> dict | None:

@@ -12,6 +12,7 @@ from yolotune.serve.queues import StreamFrame
 from yolotune.types import Detections
 
 STREAM_FORMATS = ("jsonl", "video")
+BAD_EVENTS = ("failed", "reconnecting", "never-connected", "bad-input", "decode-gap", "engine-error", "sink-error")
 
 
 class StreamSinks:
@@ -19,7 +20,7 @@ class StreamSinks:
         bad = [f for f in formats if f not in STREAM_FORMATS]
         if bad:
             raise ValueError(f"unknown stream output {', '.join(bad)}; choose from {', '.join(STREAM_FORMATS)}")
-        from yolotune.serve.sources import STREAM_NAME
+        from yolotune.serve.specs import STREAM_NAME
 
         self.name = name
         self.dir = out / name
@@ -33,8 +34,8 @@ class StreamSinks:
 
     def write(self, frame: StreamFrame, det: Detections, latency_s: float) -> None:
         if self.jsonl is not None:
-            row = {"stream": self.name, "frame": frame.index, "pts": frame.pts, "latency_ms": round(latency_s * 1e3, 3),
-                   **det.to_dict()}
+            row = {"stream": self.name, "frame": frame.index, "pts": frame.pts, "time": _iso(frame.captured_at),
+                   "latency_ms": round(latency_s * 1e3, 3), **det.to_dict()}
             row.pop("path", None)
             self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
         if self.video is not None:
@@ -42,11 +43,12 @@ class StreamSinks:
             if started and frame.index > 0:  # a new frame size (after a reconnect): a new part, frames kept whole
                 self.event("video-part", f"frame size {frame.image.shape[1]}x{_height(frame.image)}: {started}")
 
-    def event(self, state: str, message: str) -> None:
-        """A source event as a record in the stream's output: errors travel with the results."""
+    def event(self, state: str, message: str, when: float | None = None) -> None:
+        """A source event as a record in the stream's output, stamped with when it happened: errors travel with
+        the results."""
         if self.jsonl is not None:
-            row = {"stream": self.name, "event": state, "ok": state not in ("failed", "reconnecting", "bad-input", "engine-error", "sink-error"),
-                   "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            row = {"stream": self.name, "event": state, "ok": state not in BAD_EVENTS,
+                   "message": message, "time": _iso(when or time.time())}
             self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
             self.jsonl.flush()
 
@@ -58,6 +60,13 @@ class StreamSinks:
         if self.video is not None:
             paths += self.video.close()
         return paths
+
+
+def _iso(when: float) -> str | None:
+    """Local time with milliseconds and the UTC offset: 2026-12-01T19:28:23.412+00:00."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(when).astimezone().isoformat(timespec="milliseconds") if when else None
 
 
 def _height(image) -> int:

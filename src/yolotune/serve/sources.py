@@ -1,91 +1,33 @@
 """Stream sources: video files (optionally looped or paced), network URLs, V4L2 cameras and watched image folders.
 
-Each source runs in its own thread (PyAV and Pillow release the GIL while decoding) and puts decoded RGB frames into
-its bounded queue. Live sources that fail are reopened with exponential backoff and full jitter; a file that ends
+Each source runs in its own thread (PyAV and Pillow release the GIL while decoding) and puts decoded frames into its
+bounded queue. Video goes through io/video.py's reader: damaged packets cost only their frames (a ``decode-gap``
+event), and frames are numbered by their timestamps across loops and reconnects. Camera-like sources (live ones,
+and files in real time) decode on demand: past the pipeline's capacity, frames are dropped before they are decoded
+and counted. Live sources that fail are reopened with exponential backoff and full jitter; a file that ends
 finishes its stream; a file that cannot be read fails it with the reason. Nothing a source does stops the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
-import re
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from yolotune.serve.queues import FrameQueue, StreamFrame
+from yolotune.io.video import CATCH_UP, FrameGap, VideoReader
+from yolotune.serve.queues import Admission, FrameQueue, StreamFrame
+from yolotune.serve.specs import SourceSpec
 
-LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-@dataclass
-class SourceSpec:
-    """What to read. ``kind``: file, url, camera or folder. Live kinds (url, camera) drop the oldest frames when
-    the pipeline is behind; files and folders block their reader instead and never drop."""
-
-    uri: str
-    kind: str
-    name: str
-    loop: bool = False  # files: start again at the end
-    realtime: bool = False  # files: deliver at the file's frame rate, like a camera (for planning and soak tests)
-    named: bool = True  # a name given (NAME=SOURCE, or by code): kept as given; parse_source's defaults may change
-
-    @property
-    def live(self) -> bool:
-        return self.kind in ("url", "camera")
-
-
-# A stream's name is a folder under --out and a Prometheus label: a plain word, never "." or "..", never a path.
-STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def parse_source(text: str, name: str | None = None, loop: bool = False, realtime: bool = False) -> SourceSpec:
-    """A --source argument: a URL (rtsp/rtmp/http/udp/...), /dev/videoN or v4l2:N, a folder to watch, or a file;
-    ``NAME=SOURCE`` names the stream. The name is checked, and default names made unique, by ``name_streams``."""
-    text = text.strip()
-    if name is None:
-        name, text = _split_name(text)
-    named = name is not None
-    if text.lower().startswith(LIVE_SCHEMES):
-        spec = SourceSpec(text, "url", "")
-    elif text.startswith("v4l2:") or text.startswith("/dev/video"):
-        device = text[5:] if text.startswith("v4l2:") else text
-        spec = SourceSpec(f"/dev/video{device}" if device.isdigit() else device, "camera", "")
-    elif Path(text).is_dir():
-        spec = SourceSpec(text, "folder", "")
-    else:
-        spec = SourceSpec(text, "file", "", loop=loop, realtime=realtime)
-    spec.name, spec.named = (name, True) if named else (default_name(spec), False)
-    return spec
-
-
-def _split_name(text: str) -> tuple[str | None, str]:
-    """``NAME=SOURCE`` -> (NAME, SOURCE); anything else, and a path that exists as typed, is the source alone."""
-    head, sep, rest = text.partition("=")
-    if not sep or not rest.strip() or "://" in head or Path(text).exists():
-        return None, text
-    return head.strip(), rest.strip()
-
-
-def read_source_list(path: str | Path) -> list[str]:
-    """Sources from a text file, one per line: ``SOURCE``, ``NAME=SOURCE`` or ``NAME<tab>SOURCE``; blank lines and
-    # comments ignored."""
-    lines = Path(path).read_text().splitlines()
-    out = []
-    for line in lines:
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        name, tab, source = entry.partition("\t")
-        out.append(f"{name.strip()}={source.strip()}" if tab and source.strip() else entry)
-    return out
+# states a source reports; "never-connected": a live source that ran out of time or tries before its first frame
+SOURCE_STATES = ("starting", "running", "reconnecting", "finished", "failed", "stopped", "never-connected")
 
 
 def _mtime(path: Path) -> float:
@@ -93,76 +35,6 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:  # removed meanwhile
         return float("inf")
-
-
-def _clean(text: str) -> str:
-    """A name from any text: spaces to '_', anything but letters, digits, '.', '_', '-' to '-', no leading dots."""
-    text = re.sub(r"\s+", "_", text.strip())
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
-    text = re.sub(r"-{2,}", "-", text).strip("-._")
-    return text[:64].rstrip("-._")
-
-
-def _name_parts(spec: SourceSpec) -> list[str]:
-    """What a default name is made of, most specific last: a URL's host, port and path (never its credentials or
-    query), a camera's device, a file's folders and stem."""
-    if spec.kind == "url":
-        u = urllib.parse.urlsplit(spec.uri)
-        try:
-            port = u.port
-        except ValueError:
-            port = None
-        segments = [p for p in u.path.split("/") if p not in ("", ".", "..")]
-        return [p for p in [u.hostname or "", str(port) if port else "", *segments] if p] or [u.scheme]
-    path = Path(os.path.abspath(spec.uri))
-    if spec.kind == "camera":
-        return [path.name]
-    parents = [p for p in path.parent.parts if p not in ("/", "")]
-    return parents + [path.stem if spec.kind == "file" and path.suffix else path.name]
-
-
-def default_name(spec: SourceSpec, depth: int = 0) -> str:
-    """A readable, safe name: a file's stem (with ``depth`` of its folders before it), a URL's host-port-path."""
-    parts = _name_parts(spec)
-    keep = parts if spec.kind in ("url", "camera") else parts[-(depth + 1):]
-    return _clean("-".join(keep)) or spec.kind
-
-
-def name_streams(specs: list[SourceSpec]) -> list[SourceSpec]:
-    """Give every stream a unique, safe name (case-insensitively: file systems may be). Names the user gave are
-    checked and kept; default names of files with the same stem take on their folders (a/clip, b/clip ->
-    a-clip, b-clip); what still collides gets -2, -3, ..."""
-    taken: set[str] = set()
-    for s in specs:
-        if not s.named:
-            continue
-        if not STREAM_NAME.fullmatch(s.name or "") or s.name.strip(".") == "":
-            raise ValueError(f"{s.name!r} is not a valid stream name (NAME=SOURCE: a letter or digit, then up to 63 "
-                             "letters, digits, '.', '_' or '-'; if this is a file, it does not exist)")
-        if s.name.lower() in taken:
-            raise ValueError(f"stream name {s.name!r} given twice")
-        taken.add(s.name.lower())
-    defaults = [s for s in specs if not s.named]
-    names = {id(s): default_name(s) for s in defaults}
-    groups: dict[str, list[SourceSpec]] = {}
-    for s in defaults:
-        groups.setdefault(names[id(s)].lower(), []).append(s)
-    for group in groups.values():
-        if len(group) < 2 or any(s.kind in ("url", "camera") for s in group):
-            continue
-        for depth in (1, 2, 3):  # the fewest folders that tell them apart
-            tried = [default_name(s, depth) for s in group]
-            if len({t.lower() for t in tried}) == len(tried):
-                names.update({id(s): t for s, t in zip(group, tried)})
-                break
-    for s in defaults:
-        name, k = names[id(s)], 1
-        while name.lower() in taken:
-            k += 1
-            name = f"{names[id(s)][:60]}-{k}"
-        s.name = name
-        taken.add(name.lower())
-    return specs
 
 
 @dataclass
@@ -179,12 +51,24 @@ class Backoff:
 
 @dataclass
 class SourceStatus:
-    state: str = "starting"  # starting, running, reconnecting, finished, failed, stopped
-    frames: int = 0
-    reconnects: int = 0
-    last_error: str | None = None
-    lag_s: float = 0.0  # realtime files: how far delivery is behind the file's clock now
+    """What a source has done so far; a decoder process sends it whole with every event."""
+
+    state: str = "starting"  # one of SOURCE_STATES
+    frames: int = 0  # delivered into the queue
+    received: int = 0  # frames the source sent (video packets read)
+    dropped: int = 0  # dropped here, before they were decoded or delivered (camera-like sources past capacity)
+    frames_lost: int = 0  # frames that could not be decoded (damage, truncation): decode-gap events
+    outages: int = 0  # times a source that was delivering lost its stream
+    reconnects: int = 0  # outages it came back from
+    attempts: int = 0  # times it tried to reopen
+    connected: bool = False  # delivered at least one frame
+    error: str | None = None  # what is wrong now (None while it runs)
+    last_error: str | None = None  # the last error seen, kept after recovery
+    lag_s: float = 0.0  # how late the last frame was delivered: behind a real-time file's clock, or since it arrived
     max_lag_s: float = 0.0  # and at worst
+
+    def snapshot(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 class I420Picture:
@@ -222,43 +106,48 @@ class SourceWorker(threading.Thread):
 
     def __init__(self, index: int, spec: SourceSpec, queue: FrameQueue, stop: threading.Event,
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0, max_retries: int | None = None,
-                 backoff: Backoff | None = None, on_event: Callable[[int, str, str], None] | None = None,
-                 pixel_format: str = "rgb24", decoder_threads: int = 0):
+                 backoff: Backoff | None = None, on_event: Callable[..., None] | None = None,
+                 pixel_format: str = "rgb24", decoder_threads: int = 0, nice: int = 0, catch_up: int = CATCH_UP):
         super().__init__(name=f"source-{index}-{spec.name}", daemon=True)
         self.index, self.spec, self.queue, self.stop_event = index, spec, queue, stop
         self.timeouts = (open_timeout_s, read_timeout_s)
         self.max_retries = max_retries  # live sources: None = retry for as long as the run lasts
         self.backoff = backoff or Backoff()
         self.status = SourceStatus()
-        self.on_event = on_event or (lambda _i, _state, _msg: None)
-        self._next_frame = 0
+        self.on_event = on_event or (lambda _i, _state, _msg, _when, _status: None)
+        self._next_frame = 0  # the number the next opening's first frame starts from (loops, reconnects)
+        self._pace_from: float | None = None  # realtime files: when the current pass's first frame is due
         # a decoder process's slot writer copies I420 planes straight from FFmpeg's buffers (I420Picture)
         self.pictures = getattr(queue, "takes_pictures", False)
         # "yuv420p": the decoder's own planes, converted on the GPU (half the bytes, no CPU colour conversion)
         self.pixel_format = pixel_format
         self.decoder_threads = decoder_threads  # FFmpeg threads for this decoder; 0: FFmpeg's choice (one per core)
+        self.nice = nice  # added to this thread's niceness (and its FFmpeg threads'): the engine comes first
+        self.catch_up = catch_up
+        # camera-like: decode only what the queue has room for (io/video.py), so drops cost no decoding
+        self.admission = Admission(queue) if spec.drops and spec.kind != "folder" else None
 
     def _set(self, state: str, message: str = "") -> None:
-        self.status.state = state
-        if state in ("reconnecting", "failed"):
-            self.status.last_error = message
-        self.on_event(self.index, state, message)
+        st = self.status
+        st.state = state
+        if state in ("reconnecting", "failed", "never-connected"):
+            st.error = st.last_error = message or st.error
+        elif state == "running":
+            st.error = None  # recovered: what went wrong stays in last_error
+        self.on_event(self.index, state, message, time.time(), st.snapshot())
 
     def run(self) -> None:
+        _lower_priority(self.nice)
         attempt = 0
+        st = self.status
         try:
             while not self.stop_event.is_set():
+                delivered_before = st.frames
                 try:
-                    delivered = 0
-                    for image, pts in self._frames():
-                        if not delivered:
-                            self._set("running")
-                        delivered += 1
-                        attempt = 0  # a source that delivers again starts its backoff afresh
-                        if not self._deliver(image, pts):
-                            return  # stopped
+                    self._read_once()
                     if self.stop_event.is_set():
                         return
+                    delivered = st.frames - delivered_before
                     if self.spec.live or (self.spec.loop and delivered):
                         raise EOFError("stream ended")
                     if not delivered and self.spec.kind == "file":
@@ -270,70 +159,112 @@ class SourceWorker(threading.Thread):
                 except Exception as e:  # noqa: BLE001  (any failure of one source is that source's state)
                     if self.stop_event.is_set():
                         return  # an error while shutting down is not the source's fault
-                    message = f"{type(e).__name__}: {e}"
+                    message = self._describe(e)
                     if self.spec.kind == "file" and not (self.spec.loop and isinstance(e, EOFError)):
                         # a file that cannot be opened or breaks mid-way is not going to heal: report it once
                         self._set("failed", message)
                         return
                     if isinstance(e, EOFError) and self.spec.kind == "file":
                         continue  # looping: start again at once
+                    if st.frames > delivered_before:
+                        st.outages += 1  # it was delivering: one outage, however many attempts it takes
+                        attempt = 0
                     if self.max_retries is not None and attempt >= self.max_retries:
-                        self._set("failed", f"{message} (gave up after {attempt} retries)")
+                        never = "never connected: " if not st.connected else ""
+                        self._set("failed", f"{never}{message} (gave up after {attempt} attempts)")
                         return
                     self._set("reconnecting", message)
-                    self.status.reconnects += 1
                     if self.stop_event.wait(self.backoff.delay(attempt)):
                         return
                     attempt += 1
+                    st.attempts += 1
         finally:
-            if self.status.state not in ("finished", "failed"):
-                self.status.state = "stopped"
+            if st.state not in ("finished", "failed"):
+                st.state = "stopped" if st.connected or not self.spec.live else "never-connected"
+                if st.state == "never-connected":
+                    st.error = f"never connected ({st.attempts} attempts): {st.last_error or 'no frame came'}"
             self.queue.close()
 
-    def _deliver(self, image: np.ndarray, pts: float | None) -> bool:
-        frame = StreamFrame(self.index, self._next_frame, image, time.perf_counter(), pts)
-        self._next_frame += 1
-        self.status.frames += 1
-        return self.queue.put(frame, self.stop_event)
-
-    def _frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
-        if self.spec.kind == "folder":
-            yield from self._folder_frames()
-        else:
-            yield from self._av_frames()
-
-    def _av_frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+    def _describe(self, e: Exception) -> str:
+        """The reason in words; FFmpeg's interrupt on a timeout ("Immediate exit requested") says what timed out."""
         import av
 
-        options = {"rtsp_transport": "tcp"} if self.spec.uri.startswith("rtsp") else {}
-        fmt = "v4l2" if self.spec.kind == "camera" else None
-        container = av.open(self.spec.uri, format=fmt, options=options, timeout=self.timeouts)
-        try:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            if self.decoder_threads > 0:
-                stream.codec_context.thread_count = self.decoder_threads
-            rate = float(stream.average_rate or stream.guessed_rate or 30)
-            start = time.perf_counter()
-            for n, frame in enumerate(container.decode(stream)):
-                if self.stop_event.is_set():
-                    return
-                if self.spec.realtime:  # a file played like a camera: frame n is due at n / rate
-                    due = start + n / rate
-                    wait = due - time.perf_counter()
-                    if wait > 0:
-                        self.stop_event.wait(wait)
-                    self.status.lag_s = max(0.0, -wait)
-                    self.status.max_lag_s = max(self.status.max_lag_s, self.status.lag_s)
-                even = frame.width % 2 == 0 and frame.height % 2 == 0  # I420 needs even sizes
-                if self.pictures and even and self.pixel_format == "yuv420p" and frame.format.name == "yuv420p":
-                    yield I420Picture(frame), frame.time
-                else:
-                    yield frame.to_ndarray(format=self.pixel_format if even else "rgb24"), frame.time
-        finally:
-            container.close()
+        if isinstance(e, (av.error.ExitError, TimeoutError)) or "Immediate exit requested" in str(e):
+            opening = getattr(self, "_phase", "opening") == "opening"
+            seconds = self.timeouts[0] if opening else self.timeouts[1]
+            return (f"timed out: no answer within {seconds:g} s of opening" if opening
+                    else f"timed out: no data for {seconds:g} s")
+        return f"{type(e).__name__}: {e}"
 
-    def _folder_frames(self, poll_s: float = 0.25) -> Iterator[tuple[np.ndarray, float | None]]:
+    def _deliver(self, image, index: int, pts: float | None, due: float | None) -> bool:
+        now = time.perf_counter()
+        st = self.status
+        if due is not None and (self.spec.realtime or self.spec.live):
+            st.lag_s = max(0.0, now - due)
+            st.max_lag_s = max(st.max_lag_s, st.lag_s)
+        frame = StreamFrame(self.index, index, image, now, pts, captured_at=time.time() - (now - due if due else 0.0))
+        if not st.connected or st.state != "running":
+            if st.connected and st.state == "reconnecting":
+                st.reconnects += 1
+            st.connected = True
+            self._set("running")
+        st.frames += 1
+        return self.queue.put(frame, self.stop_event)
+
+    def _read_once(self) -> None:
+        if self.spec.kind == "folder":
+            for image in self._folder_frames():
+                if not self._deliver(image, self._next_frame, None, None):
+                    return
+                self._next_frame += 1
+            return
+        self._read_video()
+
+    def _read_video(self) -> None:
+        spec, st = self.spec, self.status
+        options = {"rtsp_transport": "tcp"} if spec.uri.startswith("rtsp") else {}
+        self._phase = "opening"
+        reader = VideoReader(spec.uri, format="v4l2" if spec.kind == "camera" else None, options=options,
+                             timeout=self.timeouts, threads=self.decoder_threads, live=spec.live)
+        self._phase = "reading"
+        if spec.realtime and self._pace_from is None:
+            self._pace_from = time.perf_counter()
+        base, last, counted = self._next_frame, -1, [0, 0]
+        try:
+            for item in reader.frames(self.admission, self._pace_from if spec.realtime else None, self.stop_event,
+                                      self.catch_up):
+                self._count(reader, counted)
+                if isinstance(item, FrameGap):
+                    st.frames_lost += item.frames
+                    gap = FrameGap(base + item.first, base + item.last, item.reason)
+                    self.on_event(self.index, "decode-gap", gap.message, time.time(), st.snapshot())
+                    last = max(last, item.last)
+                    continue
+                last = item.index
+                if not self._deliver(self._image(item.picture), base + item.index, item.time, item.due):
+                    return
+        finally:
+            self._count(reader, counted)
+            self._next_frame = base + last + 1
+            if spec.realtime and self._pace_from is not None:
+                self._pace_from += reader.duration_s  # the next pass continues the clock: lag does not reset
+            reader.close()
+
+    def _count(self, reader: VideoReader, counted: list[int]) -> None:
+        """Fold the reader's packets read and frames skipped into the status (cumulative over openings)."""
+        s = reader.stats
+        received, dropped = s.packets, s.skipped + s.discarded
+        self.status.received += received - counted[0]
+        self.status.dropped += dropped - counted[1]
+        counted[0], counted[1] = received, dropped
+
+    def _image(self, picture):
+        even = picture.width % 2 == 0 and picture.height % 2 == 0  # I420 needs even sizes
+        if self.pictures and even and self.pixel_format == "yuv420p" and picture.format.name == "yuv420p":
+            return I420Picture(picture)
+        return picture.to_ndarray(format=self.pixel_format if even else "rgb24")
+
+    def _folder_frames(self, poll_s: float = 0.25) -> Iterator[np.ndarray]:
         """Images already in the folder, then new ones as they appear (in name order); unreadable ones are
         reported as events and skipped."""
         from yolotune.io.decode import decode_with_pil
@@ -348,8 +279,21 @@ class SourceWorker(threading.Thread):
             for path in fresh:
                 seen.add(path.name)
                 try:
-                    yield decode_with_pil(path.read_bytes()), None
+                    yield decode_with_pil(path.read_bytes())
                 except Exception as e:  # noqa: BLE001
-                    self.on_event(self.index, "bad-input", f"{path.name}: {type(e).__name__}: {e}")
+                    self.on_event(self.index, "bad-input", f"{path.name}: {type(e).__name__}: {e}", time.time(),
+                                  self.status.snapshot())
             if not fresh:
                 self.stop_event.wait(poll_s)
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's niceness by ``nice`` (Linux: per thread, inherited by the FFmpeg threads it starts), so
+    a decoder yields its core to the engine thread when both want it."""
+    if nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:  # not allowed here: decode at the runtime's priority
+        pass
