@@ -70,10 +70,14 @@ def serve(clip: str, port: int) -> http.server.ThreadingHTTPServer:
     return server
 
 
-def start(clip: str | Path, ports: list[int]) -> subprocess.Popen:
-    """This script in a process of its own, serving ``clip`` on each port; terminate() stops it."""
+def start(clip: str | Path, ports: list[int], nice: int = 0) -> subprocess.Popen:
+    """This script in a process of its own, serving ``clip`` on each port; terminate() stops it. ``nice``: its
+    niceness, so that, standing in for cameras elsewhere, it takes only the CPU time nobody else wants."""
+    import os
+
     return subprocess.Popen([sys.executable, __file__, str(clip), *map(str, ports)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def free_ports(n: int) -> list[int]:

@@ -50,6 +50,7 @@ class DecoderOptions:
     nice: int = 5
     cpus: tuple[int, ...] | None = None  # the cores the decoder processes may run on (decoder_cpus); None: any
     queue_size: int = 8  # a camera-like stream's queue in the runtime: what its decoder may have waiting there
+    on_demand: bool = True  # camera-like streams decode only what their queue has room for
 
 
 def decoder_processes(n_sources: int, cores: int | None = None) -> int:
@@ -100,7 +101,7 @@ class _SlotWriter:
     """What a SourceWorker puts frames into, in a decoder process: a ring slot and a message to the runtime."""
 
     def __init__(self, stream: int, slots: int, send, rings: dict, premade: tuple[str, int] | None = None,
-                 capacity: int = 8, left=None):
+                 capacity: int = 8, left=None, limit=None):
         self.stream, self.slots, self.send, self.rings = stream, slots, send, rings
         self.premade = premade  # (name, frame bytes) of the ring the runtime made for this stream
         self.ring: _Ring | None = None
@@ -109,6 +110,11 @@ class _SlotWriter:
         self.capacity = capacity  # the runtime queue's (Admission reads it)
         self.sent = 0
         self.left = left  # one-element view of the runtime's count of this stream's frames that left its queue
+        self.limit = limit  # one-element view the runtime's queue reads its Admission limit from
+
+    def set_limit(self, n: int) -> None:
+        if self.limit is not None:
+            self.limit[0] = n
 
     def outstanding(self) -> int:
         """Frames sent and not yet taken or dropped by the runtime (in the pipe, or waiting in its queue)."""
@@ -174,15 +180,18 @@ def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]]
 
     rings: dict[int, _Ring] = {}
     left_shm = _attach(left_name) if left_name else None
-    left = np.ndarray((streams,), np.int64, buffer=left_shm.buf) if left_shm is not None else None
+    shared = np.ndarray((2, streams), np.int64, buffer=left_shm.buf) if left_shm is not None else None
+    left = shared[0] if shared is not None else None
     writers, workers = {}, []
     for index, spec, premade in assigned:
         writers[index] = w = _SlotWriter(index, opt.slots, send, rings, premade, opt.queue_size,
-                                         left[index:index + 1] if left is not None else None)
+                                         left[index:index + 1] if left is not None else None,
+                                         shared[1, index:index + 1] if shared is not None else None)
         worker = SourceWorker(index, spec, w, stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
                               Backoff(opt.backoff_base_s, opt.backoff_cap_s),
                               on_event=lambda i, state, message, when, snap: send(("event", i, state, message, when, snap)),
-                              pixel_format=opt.pixel_format, decoder_threads=opt.decoder_threads)
+                              pixel_format=opt.pixel_format, decoder_threads=opt.decoder_threads,
+                              on_demand=opt.on_demand)
         w.status = worker.status
         workers.append(worker)
 
@@ -215,7 +224,7 @@ def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]]
         for ring in ([w.ring] if w.ring else []) + w.old:
             ring.close()
     if left_shm is not None:
-        del left, writers
+        del left, shared, writers, workers
         left_shm.close()
 
 
@@ -248,12 +257,14 @@ class DecoderPool:
         n = processes or decoder_processes(len(specs))
         ctx = mp.get_context("spawn")  # the runtime has CUDA and threads: never fork it
         self.slots = opt.slots
-        # each stream's count of frames that left its queue, read by its decoder process (Admission)
-        self._left_shm = shared_memory.SharedMemory(create=True, size=8 * max(1, len(specs)))
-        self._left = np.ndarray((len(specs),), np.int64, buffer=self._left_shm.buf)
-        self._left[:] = 0
+        # per stream: the frames that left its queue (read by its decoder process: Admission) and the limit its
+        # Admission sets (read by its queue here)
+        self._left_shm = shared_memory.SharedMemory(create=True, size=16 * max(1, len(specs)))
+        self._left = np.ndarray((2, len(specs)), np.int64, buffer=self._left_shm.buf)
+        self._left[0] = 0
         for i, q in enumerate(queues):
-            q.left_counter = self._left[i:i + 1]
+            self._left[1, i] = q.capacity
+            q.left_counter, q.limit_view = self._left[0, i:i + 1], self._left[1, i:i + 1]
         self.procs, self.out_conns, self.in_conns, self.owner, self._assigned = [], [], [], {}, []
         for p in range(n):
             # (stream, spec, premade ring): a list the process gets when it starts, so make_rings can fill it in
@@ -349,7 +360,7 @@ class DecoderPool:
         self._owned.clear()
         self._started = False
         for q in self.queues:
-            q.left_counter = None
+            q.left_counter = q.limit_view = None
         del self._left
         self._left_shm.close()
         self._left_shm.unlink()

@@ -65,10 +65,19 @@ class FrameQueue:
         self.closed = False  # the source will put nothing more
         self.left = 0  # frames that left: taken into a batch or dropped (a decoder process reads it: room to decode)
         self.left_counter = None  # a one-element view into memory shared with that process, kept equal to left
+        self._limit = self.capacity  # Admission's limit: beyond it, waiting frames are stale and dropped at a pop
+        self.limit_view = None  # the same, set by a decoder process in shared memory
 
     def outstanding(self) -> int:
         """Frames delivered and not yet taken or dropped."""
         return len(self._frames)
+
+    def set_limit(self, n: int) -> None:
+        self._limit = max(1, int(n))
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self.limit_view[0])) if self.limit_view is not None else self._limit
 
     def _left(self, n: int = 1) -> None:
         self.left += n
@@ -113,13 +122,22 @@ class FrameQueue:
         return self._frames[0].decoded_at if self._frames else None
 
     def pop(self) -> StreamFrame:
+        stale = []
         with self.backlog.lock:  # re-entrant: the scheduler already holds it
+            while self.policy == "drop_oldest" and len(self._frames) > self.limit:  # its source is far behind
+                stale.append(self._frames.popleft())
+                self.dropped += 1
+                self.backlog.total -= 1
+                self._left()
             frame = self._frames.popleft()
             frame.batched_at = time.perf_counter()
             self.backlog.total -= 1
             self._left()
             self.room.notify()  # this queue's reader, if it waits for room
-            return frame
+        for f in stale:
+            if f.on_drop is not None:
+                f.on_drop([f])
+        return frame
 
     @property
     def done(self) -> bool:
@@ -127,26 +145,36 @@ class FrameQueue:
 
 
 class Admission:
-    """How many frames a camera-like source may decode and deliver now: the room its queue has, within a limit
-    that halves while the source has to hold frames back (the pipeline is behind) and grows by one while it does
-    not. Past capacity the queue so holds a frame or two, taken fresh, instead of a full queue of old ones; below
-    it, up to the whole queue, so bursts are not dropped. ``target`` gives ``capacity`` and ``outstanding()``."""
+    """How many frames a camera-like source may decode and deliver now (``room(held)``, where ``held`` is how many
+    packets it holds back undecoded): the room in its queue, within a limit. The limit halves, and the queue drops
+    its oldest frames down to it, when the source holds back more packets than its whole queue takes (it is far
+    behind: the frames waiting are stale); it grows by one when the queue ran dry and every held packet fits. Past
+    capacity a stream so keeps a frame or two waiting, taken fresh, and below it the whole queue absorbs bursts and
+    slow batches. ``target`` gives ``capacity``, ``outstanding()`` and ``set_limit(n)``."""
 
     def __init__(self, target):
         self.target = target
         self.capacity = max(1, int(target.capacity))
         self.limit = self.capacity
-        self.holding = False
+        self.shrunk = False  # already halved while holding back this time
 
-    def room(self) -> int:
+    @property
+    def far_behind(self) -> bool:
+        """Down to one frame at a time: a keyframe alone is the cheapest fresh frame (io/video.py)."""
+        return self.limit == 1 < self.capacity
+
+    def room(self, held: int = 1) -> int:
         waiting = self.target.outstanding()
         if waiting >= self.limit:
-            if not self.holding:
+            if held > self.capacity and not self.shrunk:
                 self.limit = max(1, self.limit // 2)
-                self.holding = True
+                self.target.set_limit(self.limit)
+                self.shrunk = True
             return 0
-        if self.holding:
-            self.holding = False
-        else:
-            self.limit = min(self.capacity, self.limit + 1)
-        return self.limit - waiting
+        self.shrunk = False
+        free = self.limit - waiting
+        if waiting == 0 and held <= free and self.limit < self.capacity:
+            self.limit += 1
+            self.target.set_limit(self.limit)
+            free += 1
+        return free

@@ -53,6 +53,9 @@ class RunOptions:
     # core). On the H100 machine, 100 x 720p30 streams: p99 37.6-39.1 ms with 2 kept against 66.7-75.4 ms without,
     # in three A/B pairs in one process (benchmarks/results/serve/README.md, sixth day).
     runtime_cores: int = 2
+    # camera-like sources decode only what their queue has room for (io/video.py); False decodes every frame and
+    # drops it from the queue (the A/B of benchmarks/live_overload.py)
+    on_demand: bool = True
 
 
 # a result's latency (decode end -> result) in parts: handing the frame over (a decoder process's pipe), waiting in
@@ -92,14 +95,15 @@ class StreamRuntime:
             self.pool = DecoderPool(self.specs, self.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
                 self.opt.backoff_cap_s, self.pixel_format, slots, threads, self.opt.decoder_nice,
-                decoder_cpus(self.opt.runtime_cores), self.opt.queue_size), self._on_event,
+                decoder_cpus(self.opt.runtime_cores), self.opt.queue_size, self.opt.on_demand), self._on_event,
                 self.opt.decoder_processes,
                 pin=_ring_pinner(detector))
             self.workers = self.pool.sources
         else:
             self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
                                          self.opt.max_retries, backoff(), on_event=self._on_event, pixel_format=self.pixel_format,
-                                         decoder_threads=threads, nice=self.opt.decoder_nice)
+                                         decoder_threads=threads, nice=self.opt.decoder_nice,
+                                         on_demand=self.opt.on_demand)
                             for i, s in enumerate(self.specs)]
         max_batch = min(self.opt.max_batch, getattr(detector, "batch", self.opt.max_batch))
         self.scheduler = BatchScheduler(self.queues, self.backlog, max_batch, self.opt.max_wait_ms / 1e3)

@@ -107,7 +107,8 @@ class SourceWorker(threading.Thread):
     def __init__(self, index: int, spec: SourceSpec, queue: FrameQueue, stop: threading.Event,
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0, max_retries: int | None = None,
                  backoff: Backoff | None = None, on_event: Callable[..., None] | None = None,
-                 pixel_format: str = "rgb24", decoder_threads: int = 0, nice: int = 0, catch_up: int = CATCH_UP):
+                 pixel_format: str = "rgb24", decoder_threads: int = 0, nice: int = 0, catch_up: int = CATCH_UP,
+                 on_demand: bool = True):
         super().__init__(name=f"source-{index}-{spec.name}", daemon=True)
         self.index, self.spec, self.queue, self.stop_event = index, spec, queue, stop
         self.timeouts = (open_timeout_s, read_timeout_s)
@@ -125,7 +126,7 @@ class SourceWorker(threading.Thread):
         self.nice = nice  # added to this thread's niceness (and its FFmpeg threads'): the engine comes first
         self.catch_up = catch_up
         # camera-like: decode only what the queue has room for (io/video.py), so drops cost no decoding
-        self.admission = Admission(queue) if spec.drops and spec.kind != "folder" else None
+        self.admission = Admission(queue) if on_demand and spec.drops and spec.kind != "folder" else None
 
     def _set(self, state: str, message: str = "") -> None:
         st = self.status

@@ -1,0 +1,130 @@
+"""Live overload vs files, side by side in one process on one device: N 720p30 streams of a camera-like clip
+(H.264, a keyframe a second, no B-frames, ~3 Mbit/s) through one Detector, as
+
+- files: the clip looped from disk (decoders wait for the pipeline: frames/s = what the pipeline processes at capacity);
+- live: the same clip served as live MPEG-TS over HTTP on 127.0.0.1 (tests/live_server.py, real time), decoded on
+  demand (yolotune's default);
+- live, decode all: the same live streams with every frame decoded and then dropped (on_demand=False: the behaviour
+  before decode-on-demand), when DECODE_ALL=1.
+
+The server stands in for cameras elsewhere: it runs at niceness 19, on CPU time the pipeline leaves (on 2 cores at
+niceness 0 it took 0.16-0.19 of a core from the engine). Modes alternate REPEATS times; the medians are compared.
+Target: live processed frames/s >= 90% of files. Usage:
+    STREAMS=16 SECONDS=40 DEVICE=cpu BATCH=16 REPEATS=2 DECODE_ALL=1 python benchmarks/live_overload.py
+Writes live_overload_<device>.json under $OUT (default benchmarks/results/serve).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the live server the tests use
+
+from common import environment, photo_sources  # noqa: E402
+
+
+def camera_clip(path: Path, seconds: float = 5.0, size=(720, 1280), fps: int = 30) -> Path:
+    """A slow pan over a real photograph with sensor noise, encoded like a camera: GOP 1 s, IPPP, ~3 Mbit/s."""
+    import av
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    h, w = size
+    photo = np.asarray(Image.fromarray(photo_sources()[0]).resize((int(w * 1.3), int(h * 1.3))), np.int16)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps, options={"g": str(fps), "bf": "0", "preset": "veryfast",
+                                                         "b": "3M", "maxrate": "3M", "bufsize": "6M"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for t in range(int(seconds * fps)):
+            x = int((photo.shape[1] - w) * t / (seconds * fps))
+            frame = photo[(photo.shape[0] - h) // 2:(photo.shape[0] - h) // 2 + h, x:x + w]
+            noisy = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(noisy, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def run(detector, specs, seconds: float, batch: int, on_demand: bool = True) -> dict:
+    from yolotune.serve.runtime import RunOptions, StreamRuntime
+
+    rt = StreamRuntime(detector, specs, RunOptions(out=None, max_batch=batch, duration_s=seconds, queue_size=8,
+                                                   open_timeout_s=20, read_timeout_s=20, on_demand=on_demand))
+    s = rt.run()
+    rates = [st["steady_fps"] for st in s["streams"]]
+    return {"streams": len(specs), "seconds": s["seconds"], "processed": s["frames"], "processed_fps": s["fps"],
+            "steady_fps_total": float(sum(rates)), "dropped": s["dropped"],
+            "dropped_before_decode": sum(st["dropped_before_decode"] for st in s["streams"]),
+            "dropped_per_stream": [st["dropped"] for st in s["streams"]],
+            "received": sum(st["received"] for st in s["streams"]),
+            "latency_p50_ms": s["latency_p50_ms"], "latency_p99_ms": s["latency_p99_ms"],
+            "max_lag_s": max(st["max_lag_s"] for st in s["streams"]), "mean_batch": s["mean_batch"],
+            "failed": s["failed"], "decoders": s["decoders"], "host_rss_mib": s["host_rss_mib"]}
+
+
+def main() -> None:
+    from yolotune import Detector
+    from yolotune.serve.specs import SourceSpec
+
+    import live_server
+
+    counts = [int(n) for n in os.environ.get("STREAMS", "16").split(",")]
+    seconds = float(os.environ.get("SECONDS", "40"))
+    device = os.environ.get("DEVICE", "auto")
+    batch = int(os.environ.get("BATCH", "16"))
+    decode_all = os.environ.get("DECODE_ALL", "0") == "1"
+    repeats = int(os.environ.get("REPEATS", "2"))
+    servers_per = int(os.environ.get("STREAMS_PER_SERVER", "50"))  # one server process per 50 streams
+    out = Path(os.environ.get("OUT", Path(__file__).parent / "results" / "serve"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="live-overload-"))
+    t0 = time.perf_counter()
+    clip = camera_clip(work / "camera.mp4")
+    print(f"clip: {clip.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = []
+    with Detector("default", device=device, batch=batch) as det:
+        name = "cpu" if det.device.type == "cpu" else "gpu"
+        for n in counts:
+            ports = live_server.free_ports(n)
+            procs = [live_server.start(clip, ports[k:k + servers_per], nice=19) for k in range(0, n, servers_per)]
+            modes = {"files": [SourceSpec(str(clip), "file", f"f{i:03d}", loop=True) for i in range(n)],
+                     "live": [SourceSpec(f"http://127.0.0.1:{p}/cam", "url", f"l{i:03d}") for i, p in enumerate(ports)]}
+            runs: dict[str, list] = {"files": [], "live": []}
+            if decode_all:
+                runs["live_decode_all"] = []
+            try:
+                time.sleep(3)  # the servers are up
+                for _ in range(repeats):
+                    for mode in runs:
+                        specs = modes["files" if mode == "files" else "live"]
+                        runs[mode].append(run(det, specs, seconds, batch, on_demand=mode != "live_decode_all"))
+                        print(n, mode, round(runs[mode][-1]["steady_fps_total"], 2), flush=True)
+            finally:
+                for p in procs:
+                    p.terminate()
+            median = {m: float(np.median([r["steady_fps_total"] for r in rs])) for m, rs in runs.items()}
+            row = {"streams": n, "runs": runs, "median_fps": median,
+                   "live_vs_files": median["live"] / max(median["files"], 1e-9)}
+            if decode_all:
+                row["decode_all_vs_files"] = median["live_decode_all"] / max(median["files"], 1e-9)
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+    result = {"benchmark": "live_overload", "device": str(det.device), "environment": environment(),
+              "clip": {"size": [1280, 720], "fps": 30, "gop": 30, "bframes": 0, "bytes": clip.stat().st_size},
+              "seconds": seconds, "batch": batch, "repeats": repeats, "rows": rows, "date": time.strftime("%Y-%m-%d"),
+              "command": f"STREAMS={','.join(map(str, counts))} SECONDS={seconds:g} DEVICE={device} BATCH={batch} "
+                         f"REPEATS={repeats} DECODE_ALL={int(decode_all)} python benchmarks/live_overload.py"}
+    (out / f"live_overload_{name}.json").write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
