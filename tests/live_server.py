@@ -2,7 +2,8 @@
 clip remuxed by PyAV (no re-encoding) as MPEG-TS, paced at its frame rate, looped for as long as it stays. One port
 per stream. Used by the tests and benchmarks/live_overload.py.
 
-    python tests/live_server.py CLIP PORT [PORT ...]     (runs until killed)
+    python tests/live_server.py CLIP PORT [PORT ...]      (runs until killed or its parent ends)
+    python tests/live_server.py --drain PORT [PORT ...]   (reads the streams and throws them away)
 """
 
 from __future__ import annotations
@@ -80,6 +81,27 @@ def start(clip: str | Path, ports: list[int], nice: int = 0) -> subprocess.Popen
                             preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
+def _drain(port: int) -> None:
+    """Read one stream and throw it away: the servers' load without a pipeline (the benchmark's control)."""
+    import http.client
+
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/cam")
+            response = conn.getresponse()
+            while response.read(1 << 16):
+                pass
+        except OSError:
+            time.sleep(0.5)
+
+
+def drain(ports: list[int]) -> subprocess.Popen:
+    """A process reading every stream and discarding it; terminate() stops it."""
+    return subprocess.Popen([sys.executable, __file__, "--drain", *map(str, ports)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def free_ports(n: int) -> list[int]:
     import socket
 
@@ -97,7 +119,11 @@ if __name__ == "__main__":
 
     clip_path, *port_args = sys.argv[1:]
     parent = os.getppid()
-    servers = [serve(clip_path, int(p)) for p in port_args]
+    if clip_path == "--drain":
+        for p in port_args:
+            threading.Thread(target=_drain, args=(int(p),), daemon=True).start()
+    else:
+        servers = [serve(clip_path, int(p)) for p in port_args]
     try:
         while os.getppid() == parent:  # the test or benchmark that started it is gone: so is it
             time.sleep(0.5)

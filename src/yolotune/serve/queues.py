@@ -146,35 +146,42 @@ class FrameQueue:
 
 class Admission:
     """How many frames a camera-like source may decode and deliver now (``room(held)``, where ``held`` is how many
-    packets it holds back undecoded): the room in its queue, within a limit. The limit halves, and the queue drops
-    its oldest frames down to it, when the source holds back more packets than its whole queue takes (it is far
-    behind: the frames waiting are stale); it grows by one when the queue ran dry and every held packet fits. Past
-    capacity a stream so keeps a frame or two waiting, taken fresh, and below it the whole queue absorbs bursts and
-    slow batches. ``target`` gives ``capacity``, ``outstanding()`` and ``set_limit(n)``."""
+    packets it holds back undecoded): the room in its queue, within a limit. The limit halves (down to ``RUN``), and
+    the queue drops its oldest frames down to it, when the source holds back more packets than its whole queue takes
+    (it is far behind: the frames waiting are stale); it grows by one when the queue ran dry and
+    the packet before found room too (the consumer keeps pace). Past capacity a stream so keeps a short run of frames waiting, and below it the whole queue absorbs bursts
+    and slow batches. ``target`` gives ``capacity``, ``outstanding()`` and ``set_limit(n)``."""
+
+    RUN = 3  # frames decoded from one keyframe when far behind (io/video.py): the limit never goes below it
 
     def __init__(self, target):
         self.target = target
         self.capacity = max(1, int(target.capacity))
         self.limit = self.capacity
+        self.run = min(self.RUN, self.capacity)
         self.shrunk = False  # already halved while holding back this time
+        self.kept_pace = True  # the last packet found room (no hold since): growing the limit is safe
 
     @property
     def far_behind(self) -> bool:
-        """Down to one frame at a time: a keyframe alone is the cheapest fresh frame (io/video.py)."""
-        return self.limit == 1 < self.capacity
+        """Held back (the limit shrank): a frame from a keyframe is decoded only with the run after it (io/video.py)."""
+        return self.limit < self.capacity
 
     def room(self, held: int = 1) -> int:
         waiting = self.target.outstanding()
         if waiting >= self.limit:
             if held > self.capacity and not self.shrunk:
-                self.limit = max(1, self.limit // 2)
+                self.limit = max(self.run, self.limit // 2)
                 self.target.set_limit(self.limit)
                 self.shrunk = True
+            self.kept_pace = False
             return 0
         self.shrunk = False
         free = self.limit - waiting
-        if waiting == 0 and held <= free and self.limit < self.capacity:
+        # the last packet found room too: the consumer keeps pace with the stream, so it may have more
+        if self.kept_pace and waiting == 0 and held <= free and self.limit < self.capacity:
             self.limit += 1
             self.target.set_limit(self.limit)
             free += 1
+        self.kept_pace = True
         return free
