@@ -85,3 +85,23 @@ def test_frames_are_numbered_by_their_timestamps_after_a_gap_and_carry_their_tim
     CliRunner().invoke(app, ["predict", "default", str(gap), "--device", "cpu", "--out", str(out)])
     rows = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
     assert all("time" in r for r in rows if r["ok"]) and rows[-1]["frame"] == 149
+
+
+def test_run_goes_on_past_damage_records_the_gap_and_exits_3(clip, tmp_path):
+    data = bytearray(clip.read_bytes())
+    n = len(data)
+    data[int(n * 0.4):int(n * 0.6)] = bytes(int(n * 0.6) - int(n * 0.4))
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "default", "-s", str(damaged), "--device", "cpu", "--out", str(out),
+                                   "--no-dashboard", "--json"])
+    summary = json.loads(res.stdout)
+    s = summary["streams"][0]
+    assert res.exit_code == 3 and summary["damaged"] == ["damaged"] and s["state"] == "finished"
+    assert s["frames_lost"] > 0 and s["processed"] + s["frames_lost"] == 150
+    rows = [json.loads(line) for line in (out / "damaged" / "detections.jsonl").read_text().splitlines()]
+    gaps = [r for r in rows if r.get("event") == "decode-gap"]
+    assert gaps and all(not r["ok"] and "lost" in r["message"] for r in gaps)
+    frames = [r for r in rows if "frame" in r]
+    assert frames[-1]["frame"] == 149 and all(r["frame"] == round(r["pts"] * 30) for r in frames)
