@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from stand_ins import SlowDetector
 from yolotune.data.synth import write_video
 from yolotune.serve.queues import Backlog, FrameQueue, StreamFrame
 from yolotune.serve.runtime import RunOptions, StreamRuntime
@@ -23,21 +24,6 @@ from yolotune.serve.scheduler import BatchScheduler
 from yolotune.serve.sources import Backoff
 from yolotune.serve.specs import SourceSpec, parse_source, read_source_list
 from yolotune.types import Detections, InputRef
-
-
-class SlowDetector:
-    """A stand-in engine that takes ``delay`` seconds per batch and finds nothing: overload on demand."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, delay: float):
-        self.delay, self.batches = delay, []
-
-    def detect(self, frames):
-        self.batches.append(len(frames))
-        time.sleep(self.delay)
-        return [Detections(InputRef("frame"), f.shape[:2], np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                           np.zeros(0, np.int64)) for f in frames]
 
 
 @pytest.fixture(scope="module")

@@ -9,29 +9,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 import live_server
+from stand_ins import SlowDetector as SlowEngine
 from yolotune.data.synth import write_video
 from yolotune.serve.runtime import RunOptions, StreamRuntime
 from yolotune.serve.specs import SourceSpec, parse_source
-from yolotune.types import Detections, InputRef
-
-
-class SlowEngine:
-    """Takes ``delay`` seconds per batch and finds nothing: a pipeline of known capacity."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, delay: float):
-        self.delay = delay
-
-    def detect(self, frames):
-        time.sleep(self.delay)
-        return [Detections(InputRef("frame"), f.shape[:2], np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                           np.zeros(0, np.int64)) for f in frames]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +55,20 @@ def serving(clip, ports):
 
     assert wait_for(up, 20), "the live server did not start"
     return proc
+
+
+def in_background(rt: StreamRuntime) -> tuple[threading.Thread, dict]:
+    """Run ``rt`` on a thread; the dict gets its summary when it ends."""
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(rt.run()), daemon=True)
+    runner.start()
+    return runner, result
+
+
+def reconnecting_camera(tmp_path, port, **options) -> StreamRuntime:
+    """A runtime for one live camera on ``port`` that reconnects fast."""
+    opts = dict(out=tmp_path, open_timeout_s=1, read_timeout_s=1, backoff_base_s=0.05, backoff_cap_s=0.2)
+    return StreamRuntime(SlowEngine(0.0), [parse_source(f"cam={url_of(port)}")], RunOptions(**{**opts, **options}))
 
 
 @pytest.mark.parametrize("decoders", ["threads", "processes"])
@@ -158,12 +156,8 @@ def test_events_are_stamped_and_written_when_they_happen_and_a_never_connected_s
 def test_an_outage_is_one_outage_and_the_error_clears_when_the_stream_is_back(clips, tmp_path):
     (port,) = live_server.free_ports(1)
     server = serving(clips["small"], [port])
-    spec = parse_source(f"cam={url_of(port)}")
-    rt = StreamRuntime(SlowEngine(0.0), [spec], RunOptions(out=tmp_path, duration_s=8, open_timeout_s=1,
-                                                          read_timeout_s=1, backoff_base_s=0.05, backoff_cap_s=0.2))
-    result = {}
-    runner = threading.Thread(target=lambda: result.update(rt.run()), daemon=True)
-    runner.start()
+    rt = reconnecting_camera(tmp_path, port, duration_s=8)
+    runner, result = in_background(rt)
     try:
         assert wait_for(lambda: rt.stats[0].frames > 20, 10)
         server.terminate()
@@ -192,13 +186,8 @@ def test_the_annotated_video_follows_a_stream_whose_size_changes_after_a_reconne
 
     (port,) = live_server.free_ports(1)
     server = serving(clips["small"], [port])
-    spec = parse_source(f"cam={url_of(port)}")
-    rt = StreamRuntime(SlowEngine(0.0), [spec], RunOptions(out=tmp_path, formats=("jsonl", "video"), duration_s=10,
-                                                          open_timeout_s=1, read_timeout_s=1, backoff_base_s=0.05,
-                                                          backoff_cap_s=0.2, pixel_format="rgb24"))
-    result = {}
-    runner = threading.Thread(target=lambda: result.update(rt.run()), daemon=True)
-    runner.start()
+    rt = reconnecting_camera(tmp_path, port, formats=("jsonl", "video"), duration_s=10, pixel_format="rgb24")
+    runner, _ = in_background(rt)
     try:
         assert wait_for(lambda: rt.stats[0].frames > 15, 10)
         server.terminate()
