@@ -23,7 +23,6 @@ from yolotune.serve.runtime import RunOptions, StreamRuntime
 from yolotune.serve.scheduler import BatchScheduler
 from yolotune.serve.sources import Backoff
 from yolotune.serve.specs import SourceSpec, parse_source, read_source_list
-from yolotune.types import Detections, InputRef
 
 
 @pytest.fixture(scope="module")
