@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from yolotune.cli_shared import EXIT_FAILURES as EXIT_INPUT_FAILURES
-from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, trust_models
+from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, output_file, output_folder, trust_models
 from yolotune.cli_shared import fail as _fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="yolotune: YOLO detection as fast as the hardware allows.")
@@ -93,9 +93,9 @@ def print_summary(summary: dict, console: Console) -> None:
 
 @app.command()
 def predict(
-    model: str = typer.Argument(..., help="Model: default, Ultralytics .pt / .yaml (needs yolotune[ultralytics]), ONNX "
+    model: str = typer.Argument(..., metavar="MODEL", help="Model: default, Ultralytics .pt / .yaml (needs yolotune\\[ultralytics]), ONNX "
                                            "export, or an artifact directory from yolotune optimize."),
-    sources: list[str] = typer.Argument(..., help="Images, directories, globs, .txt lists of paths, video files."),
+    sources: list[str] = typer.Argument(..., metavar="SOURCES", help="Images, directories, globs, .txt lists of paths, video files."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or N."),
     batch: Optional[int] = typer.Option(None, min=1, help="Images per batch (default 16, or the artifact's)."),
     conf: float = typer.Option(0.25, min=0.0, max=1.0, help="Confidence threshold."),
@@ -104,23 +104,23 @@ def predict(
     imgsz: Optional[int] = typer.Option(None, help="Input size (default: the model's)."),
     out: Path = typer.Option(Path("yolotune-out"), help="Output directory."),
     formats: list[str] = typer.Option(["jsonl"], "--format", "-f", help="jsonl, coco, images, video (repeat for several)."),
-    half: Optional[bool] = typer.Option(None, "--half/--no-half", help="FP16 on CUDA (default on)."),
+    half: Optional[bool] = typer.Option(None, "--half/--no-half", help="FP16 on CUDA (default on).", metavar=""),
     rect: Optional[bool] = typer.Option(None, "--rect/--no-rect", help="Minimal stride padding for same-size batches "
-                                        "(default: on, except for compiled engines, where each canvas is a compile)."),
-    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on)."),
-    gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA."),
+                                        "(default: on, except for compiled engines, where each canvas is a compile).", metavar=""),
+    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on).", metavar=""),
+    gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA.", metavar=""),
     compile: Optional[str] = typer.Option(None, help="Compile the model: inductor (torch.compile), aoti (AOTInductor, "
                                           "packaged and cached on disk; load-checked in a child process first, as "
                                           "it crashed torch 2.11's loader on an H100), none."),
     preprocess: str = typer.Option("auto", help="Where to decode + letterbox: gpu (nvJPEG, batched on the device), cpu (threads; Ultralytics-identical pixels), auto."),
     workers: Optional[int] = typer.Option(None, help="CPU decode threads."),
-    agnostic: bool = typer.Option(False, help="Class-agnostic NMS."),
-    end2end: Optional[bool] = typer.Option(None, "--end2end/--no-end2end", help="NMS-free head of YOLOv10/YOLO26 models (default: as the checkpoint says)."),
+    agnostic: bool = typer.Option(False, help="Class-agnostic NMS.", metavar=""),
+    end2end: Optional[bool] = typer.Option(None, "--end2end/--no-end2end", help="NMS-free head of YOLOv10/YOLO26 models (default: as the checkpoint says).", metavar=""),
     seed: int = typer.Option(0, help="Seed for random weights of .yaml models."),
     class_bias: Optional[float] = typer.Option(None, help="Random-init models only: classification bias (e.g. -4) so they emit boxes."),
     max_image_pixels: Optional[int] = typer.Option(None, min=0, help="Largest picture decoded, in pixels (default: "
                                                    "Pillow's decompression-bomb limit, 89,478,485; 0: no limit)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout.", metavar=""),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Detect objects in images and videos; write JSONL / COCO / annotated images."""
@@ -131,6 +131,7 @@ def predict(
     bad = [f for f in formats if f not in sink_names()]
     if bad:
         _fail(f"unknown --format {', '.join(bad)}; choose from {', '.join(sink_names())}")
+    output_folder(out)
     try:
         # options left unset are not passed, so an artifact's tuned values (batch, precision, graph) apply
         unset = dict(half=half, batch=batch, imgsz=imgsz, cuda_graph=cuda_graph, workers=workers, class_bias=class_bias,
@@ -163,6 +164,7 @@ def demo(
     """Generate sample images and a clip, run the embedded default model on them, write annotated outputs."""
     from yolotune.demo import run_demo
 
+    output_folder(out)
     try:
         summary = run_demo(out, device=device, n_images=images, console=Console())
     except Exception as e:  # the demo must explain itself, never dump a traceback on a fresh machine
@@ -172,14 +174,14 @@ def demo(
 
 @app.command()
 def val(
-    model: str = typer.Argument(..., help="Model to validate (.pt, .yaml, .onnx)."),
-    data: Path = typer.Argument(..., help="Dataset folder with annotations.json and images/ (yolotune data synth)."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Model to validate (.pt, .yaml, .onnx)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Dataset folder with annotations.json and images/ (yolotune data synth)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda."),
     batch: int = typer.Option(16, min=1),
     imgsz: Optional[int] = typer.Option(None),
     conf: float = typer.Option(0.25, help="Operating threshold for precision/recall (mAP uses all detections >= 0.001)."),
-    half: Optional[bool] = typer.Option(None, "--half/--no-half"),
-    json_output: bool = typer.Option(False, "--json"),
+    half: Optional[bool] = typer.Option(None, "--half/--no-half", metavar=""),
+    json_output: bool = typer.Option(False, "--json", metavar=""),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """COCO mAP50-95, mAP50, per-class AP, precision and recall of a model on a labelled dataset."""
@@ -209,11 +211,11 @@ def val(
 
 @app.command()
 def export(
-    model: str = typer.Argument(..., help="Model to export: default, .pt or .yaml."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Model to export: default, .pt or .yaml."),
     out: Path = typer.Option(..., help="Output .onnx path."),
     imgsz: int = typer.Option(640, help="Input size (square)."),
-    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch"),
-    end2end: bool = typer.Option(False, "--end2end/--raw", help="Put box decoding and NMS in the graph: [B, max_det, 6] out."),
+    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", metavar=""),
+    end2end: bool = typer.Option(False, "--end2end/--raw", help="Put box decoding and NMS in the graph: [B, max_det, 6] out.", metavar=""),
     iou: float = typer.Option(0.7, help="NMS IoU threshold (with --end2end)."),
     max_det: int = typer.Option(300, help="Detections per image (with --end2end)."),
     trust_model: bool = TRUST_MODEL,
@@ -223,6 +225,7 @@ def export(
     from yolotune.models.export import export_onnx
 
     trust_models(trust_model)
+    output_file(out)
     try:
         loaded = load_model(model)
     except ModelLoadError as e:
@@ -255,6 +258,7 @@ def data_synth(
     """Generate a detection dataset: 10 classes of objects on real photographs, YOLO and COCO labels."""
     from yolotune.data.synth import SynthConfig, write_dataset, write_video
 
+    output_folder(out)
     cfg = SynthConfig()
     if size is not None:
         try:

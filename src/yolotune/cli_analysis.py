@@ -9,31 +9,32 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from yolotune.cli_shared import TRUST_MODEL, err, trust_models
+from yolotune.cli_shared import TRUST_MODEL, err, output_file, output_folder, trust_models
 from yolotune.cli_shared import fail as _fail
 
 
 def profile_command(
-    model: str = typer.Argument(..., help="Model: default, Ultralytics .pt / .yaml, or ONNX."),
-    sources: Optional[list[str]] = typer.Argument(None, help="Images or folders (default: 64 generated 720p photos)."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Model: default, Ultralytics .pt / .yaml, or ONNX."),
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCES", help="Images or folders (default: 64 generated 720p photos)."),
     pipeline: str = typer.Option("optimized", help="Preset: 'plain' (CPU decode, eager FP32, batch 1, NMS loop) or 'optimized'."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
     precision: Optional[str] = typer.Option(None, help="Override: fp32, fp16, bf16."),
-    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Override graph replay."),
+    cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Override graph replay.", metavar=""),
     preprocess: Optional[str] = typer.Option(None, help="Override: gpu or cpu."),
     nms: Optional[str] = typer.Option(None, help="Override: auto, triton, torchvision, loop."),
     images: Optional[int] = typer.Option(None, min=1, help="Images per pass (sources cycled or cut)."),
     repeats: int = typer.Option(3, min=1, help="Repeated passes, for spread."),
-    sweep: bool = typer.Option(True, "--sweep/--no-sweep", help="Sweep batch sizes."),
+    sweep: bool = typer.Option(True, "--sweep/--no-sweep", help="Sweep batch sizes.", metavar=""),
     max_batch: Optional[int] = typer.Option(None, help="Largest batch of the sweep (default 256 GPU, 8 CPU)."),
-    verify: bool = typer.Option(False, "--verify", help="Apply each recommendation and measure its real gain."),
+    verify: bool = typer.Option(False, "--verify", help="Apply each recommendation and measure its real gain.", metavar=""),
     out: Path = typer.Option(Path("yolotune-profile"), help="Directory for profile.json, trace.json, report.html."),
-    as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout instead of the summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile JSON to stdout instead of the summary.", metavar=""),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Profile a pipeline stage by stage, find its bottlenecks, recommend (and with --verify measure) fixes."""
     trust_models(trust_model)
+    output_folder(out)
     from yolotune.models import ModelLoadError
     from yolotune.profile import profile
     from yolotune.profile.trace import write_trace
@@ -60,7 +61,7 @@ def profile_command(
 
 
 def diagram_command(
-    model: str = typer.Argument(..., help="Model: default, Ultralytics .pt / .yaml."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Model: default, Ultralytics .pt / .yaml."),
     out: Path = typer.Option(Path("model.svg"), help="Output .svg or .png."),
     profile_json: Optional[Path] = typer.Option(None, "--profile", help="A profile.json whose layer times paint the blocks."),
     imgsz: int = typer.Option(640, help="Input size for the tensor shapes."),
@@ -68,6 +69,7 @@ def diagram_command(
 ) -> None:
     """Architecture diagram of the model: backbone, neck and head blocks with tensor shapes (and latency)."""
     trust_models(trust_model)
+    output_file(out)
     from yolotune.models import ModelLoadError
     from yolotune.report.diagram import write_diagram
 
@@ -79,10 +81,10 @@ def diagram_command(
 
 
 def compare_command(
-    a: Path = typer.Argument(..., help="Baseline profile.json."),
-    b: Path = typer.Argument(..., help="Candidate profile.json."),
+    a: Path = typer.Argument(..., metavar="A", help="Baseline profile.json."),
+    b: Path = typer.Argument(..., metavar="B", help="Candidate profile.json."),
     out: Optional[Path] = typer.Option(None, help="Also write an HTML comparison here."),
-    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON.", metavar=""),
 ) -> None:
     """Two profiles side by side: per stage and end to end, changes beyond run-to-run noise flagged."""
     from yolotune.report.compare import compare_profiles, print_comparison, write_comparison_html

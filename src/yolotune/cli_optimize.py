@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from yolotune.cli_shared import TRUST_MODEL, err, fail, trust_models
+from yolotune.cli_shared import TRUST_MODEL, err, fail, output_folder, trust_models
 
 
 def optimize_command(
-    model: str = typer.Argument(..., help="Model: default, Ultralytics .pt / .yaml, or ONNX."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Model: default, Ultralytics .pt / .yaml, or ONNX."),
     data: Optional[Path] = typer.Option(None, help="Validation data: a dataset folder (annotations.json + images/) or a "
                                                     "folder of images (then the FP32 model's detections are the labels). "
                                                     "Default: generated scenes."),
@@ -25,9 +25,9 @@ def optimize_command(
     memory_mib: Optional[float] = typer.Option(None, help="GPU memory cap for the chosen batch."),
     budget: float = typer.Option(120.0, help="Time budget in seconds (compile included)."),
     max_drop: float = typer.Option(1.0, help="Accuracy bound: max mAP50-95 drop in points."),
-    compile: bool = typer.Option(True, "--compile/--no-compile", help="Try torch.compile (GPU)."),
-    int8: bool = typer.Option(True, "--int8/--no-int8", help="Try INT8 ONNX Runtime (CPU)."),
-    refine: bool = typer.Option(True, "--refine/--no-refine", help="Then try the winner at smaller input sizes and top-k."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="Try torch.compile (GPU).", metavar=""),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Try INT8 ONNX Runtime (CPU).", metavar=""),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Then try the winner at smaller input sizes and top-k.", metavar=""),
     calibration: Optional[Path] = typer.Option(None, help="Folder of images for INT8 calibration (default: generated)."),
     val_images: Optional[int] = typer.Option(None, help="Generated validation images (default 200 GPU, 48 CPU)."),
     canvas: str = typer.Option("auto", help="auto: when the --data images are all one size (a camera's frames), tune "
@@ -37,6 +37,7 @@ def optimize_command(
 ) -> None:
     """Find the fastest pipeline that keeps accuracy, save it as an artifact, and report before/after."""
     trust_models(trust_model)
+    output_folder(out)
     from yolotune.models import ModelLoadError
     from yolotune.tune.search import optimize
 

@@ -11,12 +11,12 @@ import typer
 from rich.console import Console
 
 from yolotune.cli_shared import EXIT_FAILURES as EXIT_STREAM_FAILURES
-from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, trust_models
+from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, output_file, output_folder, trust_models
 from yolotune.cli_shared import fail as _fail
 
 
 def run_command(
-    model: str = typer.Argument(..., help="Model: default, .pt / .yaml, .onnx, or an artifact from yolotune optimize."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Model: default, .pt / .yaml, .onnx, or an artifact from yolotune optimize."),
     source: list[str] = typer.Option([], "--source", "-s", help="Video file, rtsp/rtmp/http URL, /dev/videoN or "
                                                                 "v4l2:N, or a folder watched for new images; "
                                                                 "NAME=SOURCE names the stream. Repeat."),
@@ -29,14 +29,14 @@ def run_command(
     max_wait_ms: float = typer.Option(10.0, min=0.0, help="A batch leaves when its oldest frame has waited this long."),
     queue_size: int = typer.Option(8, min=1, help="Frames buffered per stream (live sources drop the oldest beyond)."),
     duration: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
-    loop: bool = typer.Option(False, help="Play video files again from the start when they end."),
+    loop: bool = typer.Option(False, help="Play video files again from the start when they end.", metavar=""),
     realtime: bool = typer.Option(False, help="Deliver video files at their frame rate, like cameras: frames the "
-                                              "pipeline cannot take in time are dropped and counted."),
+                                              "pipeline cannot take in time are dropped and counted.", metavar=""),
     lossless: bool = typer.Option(False, help="With --realtime: deliver every frame, late if need be (the lag "
-                                              "behind real time grows), instead of dropping like a camera."),
+                                              "behind real time grows), instead of dropping like a camera.", metavar=""),
     metrics_port: Optional[int] = typer.Option(None, help="Serve Prometheus metrics on this port (/metrics)."),
     metrics_host: str = typer.Option("127.0.0.1", help="Address /metrics listens on (0.0.0.0: every interface)."),
-    dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard", help="Live table (default: on a terminal)."),
+    dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard", help="Live table (default: on a terminal).", metavar=""),
     conf: float = typer.Option(0.25, min=0.0, max=1.0),
     max_retries: Optional[int] = typer.Option(None, help="Reconnect attempts for live sources (default: no limit)."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for a network source to open or deliver."),
@@ -50,11 +50,12 @@ def run_command(
     runtime_cores: int = typer.Option(2, min=0, help="Cores kept free of decoder processes for the engine thread "
                                                      "and sinks (0: decoders may use every core; ignored where fewer "
                                                      "than 4 would be left to decoders)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON.", metavar=""),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Run many streams through one model at once: batched across streams, per-stream outputs and metrics."""
     trust_models(trust_model)
+    output_folder(out)
     from yolotune import Detector, ModelLoadError
     from yolotune.serve.runtime import RunOptions, StreamRuntime
     from yolotune.serve.specs import name_streams, parse_source, read_source_list
@@ -132,18 +133,18 @@ def latency_parts_line(parts: dict) -> str:
 
 
 def plan_command(
-    model: str = typer.Argument(..., help="Model or artifact directory."),
+    model: str = typer.Argument(..., metavar="MODEL", help="Model or artifact directory."),
     fps: float = typer.Option(30.0, min=0.1, help="Frame rate of each stream."),
     resolution: str = typer.Option("1280x720", help="Stream resolution WIDTHxHEIGHT."),
     gpus: int = typer.Option(1, min=1, help="Plan for this many GPUs like this one."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch: Optional[int] = typer.Option(None, min=1, help="Largest batch (default: the artifact's, else 64 GPU / 8 CPU)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the predicted number of streams to check."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the predicted number of streams to check.", metavar=""),
     seconds: float = typer.Option(20.0, min=1.0, help="Length of each verification run."),
     latency_ms: Optional[float] = typer.Option(None, help="p99 latency budget a verified run must also meet (ms)."),
     max_streams: Optional[int] = typer.Option(None, help="Verify at most this many streams."),
     out: Optional[Path] = typer.Option(None, help="Write the plan as JSON here."),
-    json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON.", metavar=""),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""
@@ -151,6 +152,8 @@ def plan_command(
     from yolotune.serve.plan import plan, resolution_problem
 
     trust_models(trust_model)
+    if out is not None:
+        output_file(out)
     try:
         w, h = (int(v) for v in resolution.lower().split("x"))
     except ValueError:
