@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from yolotune.cli_shared import EXIT_FAILURES as EXIT_INPUT_FAILURES
-from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, output_file, output_folder, trust_models
+from yolotune.cli_shared import (EXIT_OK, EXIT_SIGNALS, TRUST_MODEL, LineProgress, console, err, output_file,
+                                 output_folder, stop_on_signals, trust_models)
 from yolotune.cli_shared import fail as _fail
+from yolotune.report.terminal import print_predict_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="yolotune: YOLO detection as fast as the hardware allows.")
 
@@ -30,65 +31,24 @@ def _progress(disable: bool) -> Progress:
     )
 
 
-def run_predict(detector, sources: list[str], out: Path, formats: list[str], quiet: bool = False) -> dict:
-    """Run ``detector`` over ``sources`` into the sinks; returns the run summary."""
-    from yolotune.io.sinks import OutputNames, make_sink
-    from yolotune.io.sources import expand_sources
+def run_predict(detector, sources: list[str], out: Path, formats: list[str], quiet: bool = False,
+                recursive: bool = False) -> dict:
+    """``predict_to_sinks`` with progress on stderr (a bar on a terminal, else a line every few seconds) and
+    SIGINT/SIGTERM ending it cleanly: every output written for what was done."""
+    from yolotune.pipeline.run import predict_to_sinks
 
-    source_list = expand_sources(sources)
-    names = OutputNames(i.path for i in source_list.items if i.kind != "error")
-    sinks = [make_sink(f, out, names) for f in formats]
-    total = detector.count_inputs(source_list)
-    errors: list[dict] = []
-    n = n_dets = 0
-    start = time.perf_counter()
-    with _progress(disable=quiet) as progress:
-        task = progress.add_task("detecting", total=total, rate="")
-        for result in detector.predict(source_list):
-            for s in sinks:
-                s.write(result)
-            n += 1
-            if result.ok:
-                n_dets += len(result)
-            else:
-                errors.append(result.to_dict())
-            if n % 8 == 0 or n == total:
-                rate = n / max(time.perf_counter() - start, 1e-9)
-                progress.update(task, completed=n, rate=f"{rate:,.0f} img/s")
-    wall = time.perf_counter() - start
-    written = [p for s in sinks for p in s.close()]
-    return {
-        "inputs": n,
-        "ok": n - len(errors),
-        "failed": len(errors),
-        "detections": n_dets,
-        "seconds": round(wall, 3),
-        "images_per_s": round(n / wall, 1) if wall > 0 else None,
-        "skipped_non_media": source_list.skipped,
-        "stages_s": {k: round(v.seconds, 4) for k, v in detector.timings.items()},
-        "decode": dict(detector.decoder.stats),
-        "config": detector.describe(),
-        "outputs": written,
-        "errors": errors,
-    }
+    with stop_on_signals() as stop:
+        if quiet:
+            return predict_to_sinks(detector, sources, out, formats, recursive, stop)
+        if not err.is_terminal:
+            return predict_to_sinks(detector, sources, out, formats, recursive, stop, LineProgress("detecting"))
+        with _progress(disable=False) as bar:
+            task = bar.add_task("detecting", total=None, rate="")
 
+            def show(done: int, total: int | None, seconds: float) -> None:
+                bar.update(task, completed=done, total=total, rate=f"{done / max(seconds, 1e-9):,.0f} img/s")
 
-def print_summary(summary: dict, console: Console) -> None:
-    cfg = summary["config"]
-    table = Table(title="yolotune predict", show_header=False)
-    table.add_row("model", f"{cfg['model']} ({cfg['layout']}, {cfg['classes']} classes)")
-    table.add_row("engine", f"{cfg['engine']} on {cfg['device']}, {cfg['dtype']}, cuda graph: {cfg['cuda_graph']}, batch {cfg['batch']}")
-    table.add_row("inputs", f"{summary['inputs']} ({summary['ok']} ok, {summary['failed']} failed)")
-    table.add_row("detections", str(summary["detections"]))
-    table.add_row("throughput", f"{summary['images_per_s']} images/s over {summary['seconds']} s")
-    table.add_row("outputs", "\n".join(summary["outputs"]))
-    if summary["skipped_non_media"]:
-        table.add_row("skipped", f"{len(summary['skipped_non_media'])} non-media files in directories")
-    console.print(table)
-    for e in summary["errors"][:20]:
-        console.print(f"[red]failed[/] {e['path']}{'#' + str(e['frame']) if 'frame' in e else ''}: {e['error']}")
-    if len(summary["errors"]) > 20:
-        console.print(f"... and {len(summary['errors']) - 20} more (see the JSONL output)")
+            return predict_to_sinks(detector, sources, out, formats, recursive, stop, show)
 
 
 @app.command()
@@ -118,6 +78,7 @@ def predict(
     end2end: Optional[bool] = typer.Option(None, "--end2end/--no-end2end", help="NMS-free head of YOLOv10/YOLO26 models (default: as the checkpoint says).", metavar=""),
     seed: int = typer.Option(0, help="Seed for random weights of .yaml models."),
     class_bias: Optional[float] = typer.Option(None, help="Random-init models only: classification bias (e.g. -4) so they emit boxes."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Search directories' subfolders too.", metavar=""),
     max_image_pixels: Optional[int] = typer.Option(None, min=0, help="Largest picture decoded, in pixels (default: "
                                                    "Pillow's decompression-bomb limit, 89,478,485; 0: no limit)."),
     json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout.", metavar=""),
@@ -147,11 +108,15 @@ def predict(
     from yolotune.interpreter import tuned_for_threads
 
     with detector, tuned_for_threads():  # this process is ours: its threads share the GIL better this way
-        summary = run_predict(detector, sources, out, formats, quiet=json_output or not err.is_terminal)
+        summary = run_predict(detector, sources, out, formats, recursive=recursive)
+    for warning in summary["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}")
     if json_output:
         sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     else:
-        print_summary(summary, Console())
+        print_predict_summary(summary, console())
+    if summary["interrupted"]:
+        raise typer.Exit(EXIT_SIGNALS.get(summary["interrupted"], EXIT_INPUT_FAILURES))
     raise typer.Exit(EXIT_INPUT_FAILURES if summary["failed"] else EXIT_OK)
 
 
@@ -166,7 +131,7 @@ def demo(
 
     output_folder(out)
     try:
-        summary = run_demo(out, device=device, n_images=images, console=Console())
+        summary = run_demo(out, device=device, n_images=images, console=console())
     except Exception as e:  # the demo must explain itself, never dump a traceback on a fresh machine
         _fail(f"demo failed: {type(e).__name__}: {e}")
     raise typer.Exit(EXIT_INPUT_FAILURES if summary["failed"] else EXIT_OK)
@@ -203,9 +168,9 @@ def val(
     for name, ap in metrics.per_class_ap.items():
         table.add_row(name, f"{ap:.3f}")
     table.add_row("[bold]all[/]", f"[bold]{metrics.map50_95:.3f}[/]")
-    console = Console()
-    console.print(table)
-    console.print(f"mAP50 {metrics.map50:.3f}; at conf {conf}: precision {metrics.precision:.3f}, recall {metrics.recall:.3f} "
+    screen = console()
+    screen.print(table)
+    screen.print(f"mAP50 {metrics.map50:.3f}; at conf {conf}: precision {metrics.precision:.3f}, recall {metrics.recall:.3f} "
                   f"({metrics.backend})")
 
 
@@ -238,7 +203,7 @@ def export(
     except ValueError as e:
         _fail(f"{model}: {e}")
     layout = "end2end" if end2end else loaded.spec.layout
-    Console().print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, layout {layout})")
+    console().print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, layout {layout})")
 
 
 data_app = typer.Typer(help="Generated detection data.", no_args_is_help=True)
@@ -274,7 +239,7 @@ def data_synth(
                       progress=lambda done, total: progress.update(task, completed=done))
     if video_frames:
         write_video(out / "video.mp4", frames=video_frames, seed=seed)
-    Console().print(f"wrote {n} images to {out.resolve()}" + (f" and a {video_frames}-frame clip" if video_frames else ""))
+    console().print(f"wrote {n} images to {out.resolve()}" + (f" and a {video_frames}-frame clip" if video_frames else ""))
 
 
 from yolotune.cli_analysis import compare_command, diagram_command, profile_command  # noqa: E402

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from yolotune.cli_shared import TRUST_MODEL, err, output_file, output_folder, trust_models
+from yolotune.cli_shared import console, TRUST_MODEL, err, output_file, output_folder, trust_models
 from yolotune.cli_shared import fail as _fail
 
 
@@ -57,7 +57,7 @@ def profile_command(
         print(json.dumps(result))
         return
     print_profile(result)
-    Console().print(f"wrote {out / 'profile.json'}, {out / 'trace.json'} (ui.perfetto.dev), {out / 'report.html'}")
+    console().print(f"wrote {out / 'profile.json'}, {out / 'trace.json'} (ui.perfetto.dev), {out / 'report.html'}")
 
 
 def diagram_command(
@@ -77,7 +77,7 @@ def diagram_command(
         path = write_diagram(model, out, profile=json.loads(profile_json.read_text()) if profile_json else None, imgsz=imgsz)
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
-    Console().print(f"wrote {path}")
+    console().print(f"wrote {path}")
 
 
 def compare_command(

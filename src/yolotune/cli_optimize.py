@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from yolotune.cli_shared import TRUST_MODEL, err, fail, output_folder, trust_models
+from yolotune.cli_shared import console, TRUST_MODEL, err, fail, output_folder, trust_models
 
 
 def optimize_command(
@@ -49,7 +49,7 @@ def optimize_command(
                               progress=lambda m: status.update(f"optimizing: {m}"))
     except (ModelLoadError, ValueError) as e:
         fail(str(e))
-    console = Console()
+    screen = console()
     table = Table(title=f"candidates on {report['device']}")
     for col in ("candidate", "status", "images/s", "b1 ms", "mAP50-95", "drop", "note"):
         table.add_column(col, justify="left" if col in ("candidate", "status", "note") else "right")
@@ -57,10 +57,10 @@ def optimize_command(
         num = lambda k, d: "" if c.get(k) is None else f"{c[k]:.{d}f}"  # noqa: E731
         table.add_row(c["name"], c.get("status", ""), num("images_per_s", 1), num("latency_ms_b1", 3),
                       num("map50_95", 4), num("drop_points", 2), c.get("reason", ""))
-    console.print(table)
+    screen.print(table)
     for n in report["notes"]:
-        console.print(n)
+        screen.print(n)
     if not report.get("chosen"):
         raise typer.Exit(1)
-    console.print(report["summary"])
-    console.print(f"artifact: {out} (reloads in {report['reload_s']} s); report: {out / 'report.md'}")
+    screen.print(report["summary"])
+    screen.print(f"artifact: {out} (reloads in {report['reload_s']} s); report: {out / 'report.md'}")

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from yolotune.cli_shared import EXIT_FAILURES as EXIT_STREAM_FAILURES
+from yolotune.cli_shared import console, EXIT_FAILURES as EXIT_STREAM_FAILURES
 from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, output_file, output_folder, trust_models
 from yolotune.cli_shared import fail as _fail
 
@@ -99,7 +99,7 @@ def run_command(
     if json_output:
         sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
     else:
-        print_run_summary(summary, Console())
+        print_run_summary(summary, console())
     failed = summary["failed"] or summary["damaged"] or summary["engine_errors"] or summary["sink_errors"]
     raise typer.Exit(EXIT_STREAM_FAILURES if failed else EXIT_OK)
 
@@ -176,7 +176,7 @@ def plan_command(
     if json_output:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
         return
-    print_plan(report, Console())
+    print_plan(report, console())
 
 
 def print_plan(r: dict, console: Console) -> None:

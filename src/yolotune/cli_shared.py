@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+import time
 
 import typer
 from rich.console import Console
 
-err = Console(stderr=True)
+WIDE = 240  # where output is not a terminal (a file, a pipe, CI's log): lines this long, not 80-column tables
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that uses a terminal's width, and lines of WIDE characters where there is no terminal."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=WIDE)
+
+
+err = console(stderr=True)
 EXIT_OK, EXIT_USAGE, EXIT_FAILURES = 0, 2, 3  # 3: some inputs or streams failed (each has its record)
+EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # stopped by a signal, after writing every output (128 + signal)
 TRUST_ENV = "YOLOTUNE_TRUST_MODEL"  # read by the .pt loader (models/ultralytics.py)
 
 TRUST_MODEL = typer.Option(False, "--trust-model", help="Load a .pt even if it asks to run code while unpickling "
@@ -45,3 +59,46 @@ def trust_models(trust: bool) -> None:
     """--trust-model: .pt files load without the safety check, in this process and those it starts."""
     if trust:
         os.environ[TRUST_ENV] = "1"
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM set the event (``reason``: the signal's name) instead of killing the work mid-write; a
+    second SIGINT leaves at once."""
+    stop = threading.Event()
+    stop.reason = None  # type: ignore[attr-defined]
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(num, _frame):
+        if stop.is_set() and num == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.reason = signal.Signals(num).name  # type: ignore[attr-defined]
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class LineProgress:
+    """Progress where there is no terminal: a line on stderr every ``every_s`` seconds (and at the end)."""
+
+    def __init__(self, what: str, every_s: float = 5.0):
+        self.what, self.every_s, self.last = what, every_s, time.monotonic()
+
+    def __call__(self, done: int, total: int | None, seconds: float) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and done != total:
+            return
+        self.last = now
+        of = f" of {total:,}" if total else ""
+        err.print(f"{self.what}: {done:,}{of} in {seconds:.0f} s ({done / max(seconds, 1e-9):,.1f}/s)")
+
+    def message(self, text: str) -> None:
+        """A stage's news (profile, optimize), stamped with the time since start."""
+        err.print(f"{self.what}: {text}")

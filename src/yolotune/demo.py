@@ -20,7 +20,8 @@ DEMO_MODEL = "default"
 
 def run_demo(out: Path, device: str = "auto", n_images: int = 8, console: Console | None = None) -> dict:
     from yolotune.assets import default_model_record
-    from yolotune.cli import print_summary, run_predict
+    from yolotune.pipeline.run import predict_to_sinks
+    from yolotune.report.terminal import print_predict_summary
     from yolotune.data.evaluate import coco_metrics
     from yolotune.pipeline import Detector
 
@@ -33,8 +34,8 @@ def run_demo(out: Path, device: str = "auto", n_images: int = 8, console: Consol
     console.print(f"model: the embedded default (yolov8n trained on generated data; held-out mAP50-95 "
                   f"{record['yolotune_val']['map50_95']:.3f})")
     with Detector(DEMO_MODEL, device=device, batch=8, return_images=True) as det:
-        summary = run_predict(det, [str(samples / "images"), str(samples / "clip.mp4")], out,
-                              ["jsonl", "images", "video", "coco"], quiet=not console.is_terminal)
+        summary = predict_to_sinks(det, [str(samples / "images"), str(samples / "clip.mp4")], out,
+                                   ["jsonl", "images", "video", "coco"])
         names = det.names
     per_class = Counter()
     for line in (out / "detections.jsonl").read_text().splitlines():
@@ -62,6 +63,6 @@ def run_demo(out: Path, device: str = "auto", n_images: int = 8, console: Consol
         f"mAP50 {metrics.map50:.3f}, precision {metrics.precision:.3f}, recall {metrics.recall:.3f}\n"
     )
     summary["outputs"].append(str(report))
-    print_summary(summary, console)
+    print_predict_summary(summary, console)
     console.print(f"demo outputs are in [bold]{out.resolve()}[/]")
     return summary

@@ -58,6 +58,9 @@ def validate(detector, data: str | Path, conf: float = 0.25) -> DetectionMetrics
     precision-recall curve is seen; ``conf`` is the operating point reported as precision/recall.
     """
     gt, images = load_dataset(data)
+    if not gt.get("annotations"):  # mAP against nothing is -1: say what is missing instead
+        raise ValueError(f"{data}: no labels found (expected annotations.json, COCO format, beside images/; "
+                         "`yolotune data synth` writes such a folder); a plain folder of images cannot be validated")
     return coco_metrics(gt, predict_coco(detector, gt, images), conf=conf)
 
 

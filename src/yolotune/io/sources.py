@@ -32,6 +32,7 @@ class SourceItem:
 class SourceList:
     items: list[SourceItem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # non-media files found inside directories
+    subfolders: list[str] = field(default_factory=list)  # folders inside named directories, not searched
 
     @property
     def errors(self) -> list[SourceItem]:
@@ -63,14 +64,23 @@ def _missing_reason(path: Path) -> str:
     return f"broken symbolic link (points to {os.readlink(path)}, which does not exist)"
 
 
-def _expand_directory(path: Path, out: SourceList) -> None:
+def _expand_directory(path: Path, out: SourceList, recursive: bool = False, walked: set | None = None) -> None:
+    """The media files of ``path`` in natural order; with ``recursive``, then those of each subfolder (each real
+    folder once, so symlink loops end)."""
     seen: set[str] = set()  # each real file once, however many names point to it
+    walked = set() if walked is None else walked
+    walked.add(_real(path))
+    subdirs = []
     for entry in sorted(path.iterdir(), key=_natural_key):
         suffix = entry.suffix.lower()
         media = suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES
         if entry.is_dir():
             if media:
                 out.items.append(SourceItem(str(entry), "error", "is a directory, not an image or video file"))
+            elif recursive and _real(entry) not in walked:
+                subdirs.append(entry)
+            elif not recursive:
+                out.subfolders.append(str(entry))
             continue
         if media:
             if not entry.exists():
@@ -80,12 +90,15 @@ def _expand_directory(path: Path, out: SourceList) -> None:
                 out.items.append(_classify_file(entry))
         else:
             out.skipped.append(str(entry))
+    for sub in subdirs:
+        if _real(sub) not in walked:
+            _expand_directory(sub, out, recursive, walked)
 
 
-def _expand_one(source: str, out: SourceList, depth: int = 0) -> None:
+def _expand_one(source: str, out: SourceList, depth: int = 0, recursive: bool = False) -> None:
     path = Path(source)
     if path.is_dir():
-        _expand_directory(path, out)
+        _expand_directory(path, out, recursive)
     elif path.is_file():
         if path.suffix.lower() in LIST_SUFFIXES and depth == 0:
             _expand_list_file(path, out, depth)
@@ -168,9 +181,9 @@ def _expand_list_file(path: Path, out: SourceList, depth: int) -> None:
         _expand_one(entry, out, depth + 1)
 
 
-def expand_sources(sources: Iterable[str | Path]) -> SourceList:
-    """Ordered inputs for the given sources."""
+def expand_sources(sources: Iterable[str | Path], recursive: bool = False) -> SourceList:
+    """Ordered inputs for the given sources; ``recursive``: directories' subfolders too."""
     out = SourceList()
     for s in sources:
-        _expand_one(str(s), out)
+        _expand_one(str(s), out, recursive=recursive)
     return out

@@ -66,11 +66,25 @@ def _globals_in(path: str) -> set[str]:
             pickles = [Path(path).read_bytes()]
     except (OSError, zipfile.BadZipFile) as e:
         raise ModelLoadError(f"{path}: cannot read it ({e})") from None
+    if not pickles or not all(_is_pickle(data) for data in pickles):
+        raise ModelLoadError(f"{path}: not a PyTorch checkpoint (a corrupt file, or another format)")
     names: set[str] = set()
     for data in pickles:
         names |= _pickle_globals(data)
     # protocol 2 spells Python 3's modules by their Python 2 names
     return {n.replace("__builtin__.", "builtins.", 1) if n.startswith("__builtin__.") else n for n in names}
+
+
+def _is_pickle(data: bytes) -> bool:
+    """Whether ``data`` starts with one whole pickle (a legacy torch file starts with its magic number's)."""
+    import io
+
+    try:
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _pickle_globals(data: bytes) -> set[str]:
