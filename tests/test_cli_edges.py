@@ -124,3 +124,38 @@ def test_an_interrupted_predict_writes_every_output_for_what_it_did(tmp_path, si
     assert len(rows) == summary["inputs"]
     images = json.loads((out / "coco_images.json").read_text())
     assert len(images) == summary["ok"] and isinstance(json.loads((out / "coco_results.json").read_text()), list)
+
+
+def test_staged_work_prints_a_line_per_stage_and_while_one_lasts(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from yolotune import cli_shared
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli_shared, "err", Console(file=buffer, width=200))
+    with cli_shared.stage_progress("optimizing", every_s=0.05) as say:
+        say("candidate 1 of 3: torch fp32")
+        time.sleep(0.3)
+    lines = buffer.getvalue().splitlines()
+    assert lines[0].startswith("optimizing: candidate 1 of 3: torch fp32 (")
+    assert len([ln for ln in lines if "candidate 1 of 3" in ln]) >= 3  # repeated while the stage lasts
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_optimize_says_one_thing_and_exits_with_the_signal(tmp_path, sig, code):
+    proc = subprocess.Popen([sys.executable, "-m", "yolotune.cli", "optimize", "default", "--device", "cpu",
+                             "--val-images", "8", "--out", str(tmp_path / "a")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # progress lines, as there is no terminal
+        seen.append(line)
+        if "candidate 1 of " in line:
+            break
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, "".join(seen) + stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "nothing saved" in stdout and "was saved" not in stdout
+    assert not (tmp_path / "a" / "yolotune.json").exists()

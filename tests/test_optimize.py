@@ -138,6 +138,36 @@ def test_interrupt_keeps_what_was_measured(tmp_path, val, monkeypatch):
     assert report["chosen"]["name"] == "torch fp32" and (tmp_path / "d" / "yolotune.json").is_file()
 
 
+def test_an_interrupt_before_any_candidate_passed_says_only_that(tmp_path, val, monkeypatch):
+    def evaluate(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "_evaluate", evaluate)
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "e", int8=False, budget_s=600, max_batch=1)
+    assert report["interrupted"] and report["chosen"] is None
+    assert not any("saved" in n and "nothing saved" not in n for n in report["notes"]), report["notes"]
+    assert any("interrupted" in n and "nothing saved" in n for n in report["notes"]), report["notes"]
+    assert not (tmp_path / "e" / "yolotune.json").exists()
+
+
+def test_an_interrupt_while_preparing_data_ends_cleanly(tmp_path, val, monkeypatch):
+    def dataset(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "_dataset", dataset)
+    report = search.optimize("default", None, device="cpu", out=tmp_path / "f", budget_s=600)
+    assert report["interrupted"] and report["chosen"] is None and report["candidates"] == []
+
+
+def test_progress_names_each_candidate_n_of_total(tmp_path, val):
+    said = []
+    search.optimize("default", val, device="cpu", out=tmp_path / "g", budget_s=1, max_batch=1, progress=said.append)
+    numbered = [m for m in said if m.startswith("candidate ")]
+    assert numbered and numbered[0].startswith("candidate 1 of "), said
+    total = int(numbered[0].split(" of ")[1].split(":")[0])
+    assert total >= 2
+
+
 def test_cli_errors(tmp_path):
     res = CliRunner().invoke(app, ["optimize", "default", "--device", "cpu", "--objective", "fastest", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "objective must be one of" in res.output

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from yolotune.cli_shared import console, TRUST_MODEL, err, output_file, output_folder, trust_models
+from yolotune.cli_shared import TRUST_MODEL, console, output_file, output_folder, stage_progress, trust_models
 from yolotune.cli_shared import fail as _fail
 
 
@@ -43,10 +42,9 @@ def profile_command(
 
     overrides = dict(batch=batch, precision=precision, cuda_graph=cuda_graph, preprocess=preprocess, nms=nms)
     try:
-        with err.status("profiling") as status:
+        with stage_progress("profiling") as say:
             result = profile(model, sources or None, pipeline=pipeline, device=device, images=images, repeats=repeats,
-                             sweep=sweep, max_batch=max_batch, verify=verify,
-                             progress=lambda msg: status.update(f"profiling: {msg}"), **overrides)
+                             sweep=sweep, max_batch=max_batch, verify=verify, progress=say, **overrides)
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
     out.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from yolotune.cli_shared import console, TRUST_MODEL, err, fail, output_folder, trust_models
+from yolotune.cli_shared import (EXIT_SIGNALS, TRUST_MODEL, console, fail, output_folder, stage_progress, stop_on_signals,
+                                 trust_models)
 
 
 def optimize_command(
@@ -42,11 +42,10 @@ def optimize_command(
     from yolotune.tune.search import optimize
 
     try:
-        with err.status("optimizing") as status:
+        with stop_on_signals(interrupt=True) as stopped, stage_progress("optimizing") as say:
             report = optimize(model, data, device=device, objective=objective, latency_ms=latency_ms, target_fps=target_fps,
                               memory_mib=memory_mib, budget_s=budget, max_drop=max_drop, out=out, compile=compile, refine=refine,
-                              int8=int8, calibration=calibration, val_images=val_images, canvas=canvas,
-                              progress=lambda m: status.update(f"optimizing: {m}"))
+                              int8=int8, calibration=calibration, val_images=val_images, canvas=canvas, progress=say)
     except (ModelLoadError, ValueError) as e:
         fail(str(e))
     screen = console()
@@ -60,7 +59,10 @@ def optimize_command(
     screen.print(table)
     for n in report["notes"]:
         screen.print(n)
+    if report.get("chosen"):
+        screen.print(report["summary"])
+        screen.print(f"artifact: {out} (reloads in {report['reload_s']} s); report: {out / 'report.md'}")
+    if report.get("interrupted"):
+        raise typer.Exit(EXIT_SIGNALS.get(stopped.reason, EXIT_SIGNALS["SIGINT"]))
     if not report.get("chosen"):
         raise typer.Exit(1)
-    screen.print(report["summary"])
-    screen.print(f"artifact: {out} (reloads in {report['reload_s']} s); report: {out / 'report.md'}")

@@ -62,9 +62,10 @@ def trust_models(trust: bool) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals():
+def stop_on_signals(interrupt: bool = False):
     """SIGINT and SIGTERM set the event (``reason``: the signal's name) instead of killing the work mid-write; a
-    second SIGINT leaves at once."""
+    second SIGINT leaves at once. ``interrupt``: both raise KeyboardInterrupt at once, for work that ends its own
+    steps cleanly on it (optimize keeps what it measured)."""
     stop = threading.Event()
     stop.reason = None  # type: ignore[attr-defined]
     if threading.current_thread() is not threading.main_thread():
@@ -72,7 +73,9 @@ def stop_on_signals():
         return
 
     def handler(num, _frame):
-        if stop.is_set() and num == signal.SIGINT:
+        if (stop.is_set() and num == signal.SIGINT) or interrupt:
+            stop.reason = stop.reason or signal.Signals(num).name  # type: ignore[attr-defined]
+            stop.set()
             raise KeyboardInterrupt
         stop.reason = signal.Signals(num).name  # type: ignore[attr-defined]
         stop.set()
@@ -102,3 +105,39 @@ class LineProgress:
     def message(self, text: str) -> None:
         """A stage's news (profile, optimize), stamped with the time since start."""
         err.print(f"{self.what}: {text}")
+
+
+@contextlib.contextmanager
+def stage_progress(what: str, every_s: float = 10.0):
+    """Progress of work that goes in stages (profile, optimize); yields ``say(stage)``. On a terminal a spinner
+    with the stage and the time; elsewhere a line on stderr at each stage and every ``every_s`` s while one lasts."""
+    t0 = time.monotonic()
+    if err.is_terminal:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                      transient=True) as bar:
+            task = bar.add_task(what, total=None)
+            yield lambda stage: bar.update(task, description=f"{what}: {stage}")
+        return
+    current = ["starting"]
+    finished = threading.Event()
+
+    def line() -> None:
+        err.print(f"{what}: {current[0]} ({time.monotonic() - t0:.0f} s)")
+
+    def beat() -> None:
+        while not finished.wait(every_s):
+            line()
+
+    def say(stage: str) -> None:
+        current[0] = stage
+        line()
+
+    beater = threading.Thread(target=beat, name="progress-lines", daemon=True)
+    beater.start()
+    try:
+        yield say
+    finally:
+        finished.set()
+        beater.join(timeout=1.0)  # never hold up an exit (it is a daemon)

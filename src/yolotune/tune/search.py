@@ -136,9 +136,15 @@ def optimize(
                     "objective": objective, "latency_ms": latency_ms, "target_fps": target_fps, "memory_mib": memory_mib,
                     "budget_s": budget_s, "max_drop_points": max_drop, "candidates": [], "notes": []}
     with tmp:
-        model_file = _model_file(model, work)
-        say("preparing validation data")
-        val = _dataset(data, dev.type, work, val_images, seed=101)
+        try:
+            model_file = _model_file(model, work)
+            say("preparing validation data")
+            val = _dataset(data, dev.type, work, val_images, seed=101)
+        except KeyboardInterrupt:
+            report.update(interrupted=True, chosen=None)
+            report["notes"].append("interrupted while preparing the validation data; nothing saved")
+            _write_report(out, report)
+            return report
         try:
             ground_truth, _ = load_dataset(val)
         except FileNotFoundError as e:
@@ -168,7 +174,7 @@ def optimize(
                 cand.result = {"status": "skipped", "reason": f"budget: {left:.0f} s left ({SWEEP_RESERVE_S:.0f} s of it "
                                                               f"kept for the batch sizes), needs ~{cand.est_cost_s:.0f} s"}
                 return
-            say(f"candidate {cand.name}")
+            say(f"candidate {candidates.index(cand) + 1} of {len(candidates)}: {cand.name}")
             started = time.perf_counter()
             try:
                 file = files.for_candidate(cand)
@@ -204,11 +210,15 @@ def optimize(
                     run(cand)
         except KeyboardInterrupt:
             interrupted = True
-            report["notes"].append("interrupted (Ctrl-C): the best candidate measured so far was saved")
+        report["interrupted"] = interrupted
         report["candidates"] = [c.to_dict() for c in candidates]
         valid = [c for c in candidates if c.result.get("status") == "passed"]
-        if not valid:
+        if interrupted:
+            report["notes"].append("interrupted: the best candidate measured so far was saved" if valid else
+                                   "interrupted before any candidate passed the accuracy guard; nothing saved")
+        elif not valid:
             report["notes"].append("no candidate passed the accuracy guard; nothing saved")
+        if not valid:
             report["chosen"] = None
             _write_report(out, report)
             return report
