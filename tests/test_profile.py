@@ -140,6 +140,40 @@ def test_compare_flags_only_changes_beyond_noise(cpu_profile):
     assert c["e2e"]["verdict"] == "within noise"
 
 
+def test_compare_agrees_with_profile_per_image_when_batches_differ(cpu_profile):
+    _, p, _ = cpu_profile
+    for s in p["stages"]:  # the profile's own figure is weighted by images, and so is compare's
+        c = compare_profiles(p, p)
+        row = next(r for r in c["stages"] if r["stage"] == s["stage"])
+        assert row["a"] == pytest.approx(s["ms_per_image"], rel=1e-6)
+    mixed = copy.deepcopy(p)  # a batch of 8 at 1 ms/image and a batch of 1 at 9 ms/image: 17 ms / 9 images
+    for s in mixed["stages"]:
+        s.update(samples=[1.0, 9.0], sample_images=[8, 1], ms_per_image=17 / 9)
+    row = compare_profiles(mixed, mixed)["stages"][0]
+    assert row["a"] == pytest.approx(17 / 9) and row["a_n"] == 2
+
+
+def test_compare_html_describes_each_side_in_words(cpu_profile, tmp_path):
+    from yolotune.report.compare import write_comparison_html
+
+    _, p, _ = cpu_profile
+    text = write_comparison_html(compare_profiles(p, p), tmp_path / "c.html").read_text()
+    assert "{" not in text.split("<body>")[1] and "&#x27;" not in text  # no raw Python dicts
+    assert f"batch {p['options']['batch']}" in text and p["device"]["name"] in text
+
+
+def test_cli_compare_names_the_file_that_is_not_a_profile(cpu_profile, tmp_path):
+    out, _, _ = cpu_profile
+    (tmp_path / "notes.txt").write_text("no json here")
+    res = CliRunner().invoke(app, ["compare", str(out / "profile.json"), str(tmp_path / "notes.txt")],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and str(tmp_path / "notes.txt") in res.output and str(out) not in res.output
+    (tmp_path / "other.json").write_text("{}")
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "other.json"), str(out / "profile.json")],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "other.json" in res.output and "not a yolotune profile" in res.output
+
+
 def test_cli_compare_and_diagram(cpu_profile, tmp_path):
     out, _, _ = cpu_profile
     res = CliRunner().invoke(app, ["compare", str(out / "profile.json"), str(out / "profile.json"), "--json"])

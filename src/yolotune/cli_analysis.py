@@ -87,14 +87,20 @@ def compare_command(
     """Two profiles side by side: per stage and end to end, changes beyond run-to-run noise flagged."""
     from yolotune.report.compare import compare_profiles, print_comparison, write_comparison_html
 
-    try:
-        pa, pb = json.loads(a.read_text()), json.loads(b.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        _fail(f"cannot read a profile: {e}")
-    try:
-        cmp = compare_profiles(pa, pb)
-    except (KeyError, ValueError) as e:
-        _fail(f"not a yolotune profile: {e}")
+    profiles = []
+    for path in (a, b):
+        try:
+            profiles.append(json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"{path}: cannot be read ({e})")
+        except json.JSONDecodeError as e:
+            _fail(f"{path}: not a yolotune profile (not JSON: {e}); give the profile.json that `yolotune profile` wrote")
+        try:
+            compare_profiles(profiles[-1], profiles[-1])
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            _fail(f"{path}: not a yolotune profile ({type(e).__name__}: {e}); give the profile.json that "
+                  f"`yolotune profile` wrote")
+    cmp = compare_profiles(*profiles)
     if out:
         write_comparison_html(cmp, out)
     if as_json:

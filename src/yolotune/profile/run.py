@@ -87,6 +87,7 @@ def _stage_stats(spans, images_total: int) -> list[dict]:
             "host_enqueue_ms_per_image": sum(s.host_enqueued - s.host_start for s in mine) * 1e3 / n,
             "batches": len(mine),
             "samples": per_image,
+            "sample_images": [s.images for s in mine],  # each sample's weight: ms/image is total time over images
         })
     total = sum(s["ms_per_image"] for s in out) or 1.0
     for s in out:

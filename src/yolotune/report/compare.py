@@ -16,26 +16,46 @@ from rich.table import Table
 MIN_RELATIVE = 0.05
 
 
-def _stats(samples: list[float]) -> tuple[float, float, int]:
+def _stats(samples: list[float], weights: list[float] | None = None) -> tuple[float, float, float]:
+    """Mean, standard deviation and effective sample count; ``weights``: the images behind each per-image sample,
+    so a batch of 8 counts eight times a batch of 1 (the profile's own ms/image is total time over images)."""
     n = len(samples)
     if n == 0:
         return 0.0, 0.0, 0
-    mean = sum(samples) / n
-    var = sum((x - mean) ** 2 for x in samples) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var), n
+    w = weights if weights and len(weights) == n else [1.0] * n
+    total = sum(w)
+    mean = sum(wi * x for wi, x in zip(w, samples)) / total
+    effective = total**2 / sum(wi * wi for wi in w)
+    var = sum(wi * (x - mean) ** 2 for wi, x in zip(w, samples)) / total * n / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var), effective
 
 
-def _verdict(a: list[float], b: list[float], higher_is_better: bool) -> dict:
-    ma, sa, na = _stats(a)
-    mb, sb, nb = _stats(b)
+def _verdict(a: list[float], b: list[float], higher_is_better: bool, wa: list | None = None,
+             wb: list | None = None) -> dict:
+    ma, sa, na = _stats(a, wa)
+    mb, sb, nb = _stats(b, wb)
+    na_samples, nb_samples = len(a), len(b)
     se = math.sqrt((sa**2 / na if na else 0) + (sb**2 / nb if nb else 0))
     delta = mb - ma
     rel = delta / ma if ma else 0.0
     significant = abs(rel) > MIN_RELATIVE and abs(delta) > 2 * se
     better = (delta > 0) == higher_is_better
     verdict = ("gain" if better else "regression") if significant else "within noise"
-    return {"a": ma, "a_std": sa, "a_n": na, "b": mb, "b_std": sb, "b_n": nb, "change": rel, "noise": 2 * se,
+    return {"a": ma, "a_std": sa, "a_n": na_samples, "b": mb, "b_std": sb, "b_n": nb_samples, "change": rel, "noise": 2 * se,
             "verdict": verdict}
+
+
+def _images_behind(stage: dict) -> list[float] | None:
+    """Images per sample: recorded by the profiler; for a profile without them, the weights that make the mean its
+    own ms/image are unknown, so samples weigh alike."""
+    return stage.get("sample_images")
+
+
+def describe(meta: dict) -> str:
+    """One side of a comparison in words."""
+    graph = "graph on" if meta.get("cuda_graph") else "graph off"
+    return (f"{meta.get('model')} / {meta.get('pipeline')} on {meta.get('device')}, batch {meta.get('batch')}, "
+            f"{meta.get('dtype')}, {graph} ({meta.get('created')})")
 
 
 def compare_profiles(a: dict, b: dict) -> dict:
@@ -48,7 +68,8 @@ def compare_profiles(a: dict, b: dict) -> dict:
     stages = []
     for name in list(sa) + [n for n in sb if n not in sa]:
         if name in sa and name in sb:
-            stages.append({"stage": name, **_verdict(sa[name]["samples"], sb[name]["samples"], higher_is_better=False)})
+            stages.append({"stage": name, **_verdict(sa[name]["samples"], sb[name]["samples"], higher_is_better=False,
+                                                     wa=_images_behind(sa[name]), wb=_images_behind(sb[name]))})
         else:
             stages.append({"stage": name, "a": sa[name]["ms_per_image"] if name in sa else None,
                            "b": sb[name]["ms_per_image"] if name in sb else None,
@@ -73,9 +94,7 @@ _STYLE = {"gain": "green", "regression": "red"}
 def print_comparison(c: dict, console: Console | None = None) -> None:
     console = console or Console()
     for side in ("a", "b"):
-        m = c[side]
-        console.print(f"{side.upper()}: {m['model']} / {m['pipeline']} on {m['device']}, batch {m['batch']}, {m['dtype']}, "
-                      f"graph {'on' if m['cuda_graph'] else 'off'} ({m['created']})")
+        console.print(f"{side.upper()}: {describe(c[side])}")
     e = c["e2e"]
     console.print(f"end to end: {e['a']:.1f} -> {e['b']:.1f} images/s ({c['speedup']:.2f}x), "
                   f"[{_STYLE.get(e['verdict'], 'white')}]{e['verdict']}[/]")
@@ -101,7 +120,7 @@ def write_comparison_html(c: dict, path: str | Path) -> Path:
         f"<td>{num(s['change'], '+.0%')}</td><td style='color:{_STYLE.get(s['verdict'], '#333')}'>{e(s['verdict'])}</td></tr>"
         for s in c["stages"])
     d = c["e2e"]
-    body = (f"<h1>yolotune compare</h1><p>A: {e(str(c['a']))}<br>B: {e(str(c['b']))}</p>"
+    body = (f"<h1>yolotune compare</h1><p>A: {e(describe(c['a']))}<br>B: {e(describe(c['b']))}</p>"
             f"<p><b>end to end {d['a']:.1f} -> {d['b']:.1f} images/s ({c['speedup']:.2f}x): {e(d['verdict'])}</b></p>"
             f"<table border=1 cellpadding=4><tr><th>stage</th><th>A ms/image</th><th>B ms/image</th><th>change</th>"
             f"<th>verdict</th></tr>{rows}</table>")
