@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from yolotune.profile.roofline import bandwidth_words, flops_words
+
 PRODUCER = ("read", "decode", "preprocess", "h2d")
 CONSUMER = ("backbone", "neck", "head", "model", "nms", "d2h", "sink")
 MODEL = ("backbone", "neck", "head", "model")
@@ -229,7 +231,8 @@ def diagnose(p: dict) -> list[Finding]:
             "Memory-bandwidth bound model" if kind == "memory_bandwidth" else "Compute-bound model",
             f"arithmetic intensity {model_point['intensity']:.1f} FLOP/byte "
             f"({'below' if kind == 'memory_bandwidth' else 'above'} the ridge {roof['peaks']['ridge']:.0f}); "
-            f"achieved {model_point['achieved_tflops']:.1f} TFLOP/s, {model_point['achieved_gbps']:.0f} GB/s, "
+            f"achieved {flops_words(model_point['achieved_tflops'] * 1e12)}, "
+            f"{bandwidth_words(model_point['achieved_gbps'] * 1e9)}, "
             f"{frac:.0%} of the roof at that intensity.",
             ("Halve bytes and use tensor cores: FP16 (precision='fp16')" if lower and cuda else
              "Fewer bytes per image: fuse more (compiled engine), INT8/FP8, or larger batches." if cuda else

@@ -36,6 +36,9 @@ class KernelStats:
 
 def profile_kernels(run_batches, device: torch.device, images: int) -> dict[str, KernelStats]:
     """Run ``run_batches()`` (stages annotated with record_function) under torch.profiler; stats per image."""
+    # Kineto logs its start and stop on stderr ("USDT: ... profiler_start") below level 6, read when it first starts;
+    # Ultralytics' import sets 5
+    os.environ["KINETO_LOG_LEVEL"] = "6"
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)

@@ -128,3 +128,12 @@ class RooflinePoint:
             "fraction_of_roof": achieved / attainable if attainable else 0.0,
             "bound": "memory" if ai < peaks.ridge else "compute",
         }
+
+
+def flops_words(flop_per_s: float) -> str:
+    """A compute rate in the unit that fits it: a CPU's GFLOP/s, a GPU's TFLOP/s."""
+    return f"{flop_per_s / 1e12:.1f} TFLOP/s" if flop_per_s >= 1e12 else f"{flop_per_s / 1e9:.1f} GFLOP/s"
+
+
+def bandwidth_words(byte_per_s: float) -> str:
+    return f"{byte_per_s / 1e9:.0f} GB/s" if byte_per_s >= 10e9 else f"{byte_per_s / 1e9:.2f} GB/s"

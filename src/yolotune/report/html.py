@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 
 from yolotune.report import plots
+from yolotune.report.terminal import launch_words
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222}
@@ -43,7 +44,7 @@ def profile_html(p: dict, diagram_svg: str = "") -> str:
              f"{p.get('inputs', {}).get('images', '?')} images per pass; torch {_e(dev.get('torch'))}; {_e(p['created'])}</p>",
              f"<p><b>End to end (the real overlapped pipeline): {e2e.get('images_per_s', 0):.1f} images/s</b> "
              f"(std {e2e.get('std', 0):.1f} over {len(e2e.get('samples', []))} runs). Serialised stages: "
-             f"{p['serial_ms_per_image']:.3f} ms/image; {p.get('launches_per_image', 0):.1f} launches/image.</p>"]
+             f"{p['serial_ms_per_image']:.3f} ms/image; {p.get('launches_per_image', 0):.1f} {launch_words(dev)}/image.</p>"]
     parts.append("<h2>Findings</h2>")
     for f in p.get("findings", []):
         gain = f" Predicted gain: <b>{f['predicted_gain']:.2f}x</b> ({_e(f['basis'])})." if f.get("predicted_gain") else ""
@@ -60,11 +61,14 @@ def profile_html(p: dict, diagram_svg: str = "") -> str:
     parts.append("<h2>Stages</h2><div class=fig>" + plots.stage_bars(p) + "</div>")
     kernels = p.get("kernels", {})
     rows = []
+    cuda = dev["type"] == "cuda"
     for s in p["stages"]:
         k = kernels.get(s["stage"], {})
-        rows.append([s["stage"], _fmt(s["ms_per_image"]), _fmt(s["ms_per_image_std"]), _fmt(s["ms_per_image_p50"]),
-                     f"{s['share']:.0%}", _fmt(k.get("launches"), 2), _fmt(k.get("launch_api_ms")), _fmt(k.get("gpu_busy_ms"))])
-    parts.append(_table(["stage", "ms/image", "std", "p50", "share", "launches/image", "launch API ms", "GPU busy ms"], rows))
+        row = [s["stage"], _fmt(s["ms_per_image"]), _fmt(s["ms_per_image_std"]), _fmt(s["ms_per_image_p50"]),
+               f"{s['share']:.0%}", _fmt(k.get("launches"), 2)]
+        rows.append(row + [_fmt(k.get("launch_api_ms")), _fmt(k.get("gpu_busy_ms"))] if cuda else row)
+    head = ["stage", "ms/image", "std", "p50", "share", f"{launch_words(dev)}/image"]
+    parts.append(_table(head + (["launch API ms", "GPU busy ms"] if cuda else []), rows))  # a CPU has no GPU time
     parts.append("<h2>Timeline of the first batches</h2><div class=fig>" + plots.waterfall(p) + "</div>")
     parts.append("<p class=muted>The full timeline is in trace.json (open it in ui.perfetto.dev).</p>")
     sweep_svg = plots.sweep_curve(p)
@@ -75,7 +79,8 @@ def profile_html(p: dict, diagram_svg: str = "") -> str:
         peaks = p["roofline"]["peaks"]
         parts.append(f"<h2>Roofline</h2><p class=muted>{_e(peaks['device'])}, {_e(peaks['precision'])}; FLOPs and bytes "
                      "per section from the layers' shapes (bytes as eager kernels move them); time from the stages' "
-                     f"GPU time at batch {p['roofline'].get('batch')}.</p><div class=fig>{roof_svg}</div>")
+                     f"{'GPU' if cuda else 'wall'} time at batch {p['roofline'].get('batch')}.</p>"
+                     f"<div class=fig>{roof_svg}</div>")
     c_svg = plots.counters(p)
     if c_svg:
         parts.append("<h2>GPU counters (NVML)</h2><div class=fig>" + c_svg + "</div>")

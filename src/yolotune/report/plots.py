@@ -99,24 +99,24 @@ def roofline(p: dict) -> str:
         return ""
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    # a CPU's roof and points read in GFLOP/s, a GPU's in TFLOP/s
+    scale, unit = (1e12, "TFLOP/s") if peaks["flops"] >= 2e12 else (1e9, "GFLOP/s")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     ai = np.logspace(-1, 4, 200)
-    ax.plot(ai, np.minimum(peaks["flops"], ai * peaks["bandwidth"]) / 1e12, color="k", lw=1.5,
-            label=f"roof ({peaks['source']}: {peaks['flops'] / 1e12:.0f} TFLOP/s, {peaks['bandwidth'] / 1e9:.0f} GB/s)")
+    ax.plot(ai, np.minimum(peaks["flops"], ai * peaks["bandwidth"]) / scale, color="k", lw=1.5,
+            label=f"roof ({peaks['source']}: {peaks['flops'] / scale:,.0f} {unit}, {peaks['bandwidth'] / 1e9:,.0f} GB/s)")
     if peaks["source"] == "datasheet":
-        ax.plot(ai, np.minimum(peaks["measured_flops"], ai * peaks["measured_bandwidth"]) / 1e12, color="#999", lw=1,
+        ax.plot(ai, np.minimum(peaks["measured_flops"], ai * peaks["measured_bandwidth"]) / scale, color="#999", lw=1,
                 ls="--", label="measured roof (matmul, copy)")
-    for i, q in enumerate(pts):
-        c = STAGE_COLORS.get(q["name"], "#333")
-        ax.scatter([q["intensity"]], [q["achieved_tflops"]], color=c, s=60 if q["name"] == "model" else 35,
-                   marker="*" if q["name"] == "model" else "o", zorder=3)
-        ax.annotate(f"{q['name']} ({q['fraction_of_roof']:.0%})", (q["intensity"], q["achieved_tflops"]), fontsize=8,
-                    xytext=(6, 12 * i - 18), textcoords="offset points")  # staggered: points sit close together
+    for q in pts:  # named in the legend, not beside the points: points of one model sit close and labels collide
+        ax.scatter([q["intensity"]], [q["achieved_tflops"] * 1e12 / scale], color=STAGE_COLORS.get(q["name"], "#333"),
+                   s=60 if q["name"] == "model" else 35, marker="*" if q["name"] == "model" else "o", zorder=3,
+                   label=f"{q['name']}: {q['fraction_of_roof']:.0%} of the roof")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-    ax.set_ylabel("TFLOP/s")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylabel(unit)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return svg(fig)
 

@@ -14,20 +14,28 @@ def print_profile(p: dict, console: Console | None = None, top: int = 5) -> None
                   f"batch {o['batch']}, {o.get('dtype')}, graph {'on' if o.get('cuda_graph_active') else 'off'}, "
                   f"preprocess {o.get('preprocess')}, nms {o.get('nms')}")
     kernels = p.get("kernels", {})
+    cuda = dev["type"] == "cuda"
+    calls = launch_words(dev)
     table = Table(title="Stages (serialised, per image)")
-    for col in ("stage", "ms/image", "+/-", "share", "GPU ms", "launches", "GPU busy ms"):
+    columns = ("stage", "ms/image", "+/-", "share", "GPU ms", calls, "GPU busy ms") if cuda else \
+        ("stage", "ms/image", "+/-", "share", calls)  # a CPU has no GPU time to show
+    for col in columns:
         table.add_column(col, justify="left" if col == "stage" else "right")
     for s in p["stages"]:
         k = kernels.get(s["stage"], {})
         gpu = s.get("gpu_ms_per_image") if k.get("gpu_busy_ms") else None  # events around host-only work say nothing
-        table.add_row(s["stage"], f"{s['ms_per_image']:.3f}", f"{s['ms_per_image_std']:.3f}", f"{s['share']:.0%}",
-                      "" if gpu is None else f"{gpu:.3f}", _count(k.get("launches", 0)) if k else "",
-                      f"{k.get('gpu_busy_ms', 0):.3f}" if k and dev["type"] == "cuda" else "")
+        row = [s["stage"], f"{s['ms_per_image']:.3f}", f"{s['ms_per_image_std']:.3f}", f"{s['share']:.0%}"]
+        if cuda:
+            row += ["" if gpu is None else f"{gpu:.3f}", _count(k.get("launches", 0)) if k else "",
+                    f"{k.get('gpu_busy_ms', 0):.3f}" if k else ""]
+        else:
+            row.append(_count(k.get("launches", 0)) if k else "")
+        table.add_row(*row)
     console.print(table)
     e2e = p.get("e2e", {})
     line = (f"end to end (overlapped pipeline): [bold]{e2e.get('images_per_s', 0):.1f} images/s[/bold] "
             f"(+/- {e2e.get('std', 0):.1f} over {len(e2e.get('samples', []))} runs); serialised stages "
-            f"{p['serial_ms_per_image']:.2f} ms/image; {p.get('launches_per_image', 0):.0f} launches/image")
+            f"{p['serial_ms_per_image']:.2f} ms/image; {p.get('launches_per_image', 0):.0f} {calls}/image")
     console.print(line)
     c = p.get("counters") or {}
     if c.get("available") and c.get("e2e_gpu_util_mean") is not None:
@@ -51,6 +59,11 @@ def print_profile(p: dict, console: Console | None = None, top: int = 5) -> None
             pred = f"predicted {v['predicted_gain']:.2f}x, " if v.get("predicted_gain") else ""
             console.print(f" verify {v['kind']} {v['options']}: {pred}measured {v['measured_gain']:.2f}x "
                           f"({v['images_per_s']:.1f} images/s)")
+
+
+def launch_words(device: dict) -> str:
+    """What the launch counts are: kernel launches on a GPU; on a CPU, the operator calls that stand in for them."""
+    return "launches" if device.get("type") == "cuda" else "op calls"
 
 
 def _count(v: float) -> str:
