@@ -344,6 +344,23 @@ def test_plan_predicts_from_measurements_and_verifies_by_running(tmp_path):
     assert "where the latency goes" in res.output and set(v["latency_parts_ms"]) == {"handover", "queued", "engine"}
 
 
+def test_plan_that_fits_no_stream_says_at_what_frame_rate_one_fits(tmp_path):
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--fps", "5000", "--resolution", "160x96",
+                                   "--batch", "1", "--no-verify", "--out", str(tmp_path / "plan.json")],
+                             env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "plan.json").read_text())
+    assert r["predicted_streams"] == 0
+    fit = r["one_stream"]
+    rates = {"compute": r["frames_per_s"], "decode": r["host_pipeline_fps"] or r["decode_fps_per_core"] * r["decode_cores"]}
+    assert fit["bound_by"] == min(rates, key=rates.get) and fit["fps"] == pytest.approx(min(rates.values()), rel=0.01)
+    assert f"one stream fits at up to {fit['fps']:.1f} FPS" in res.output and fit["bound_by"] in res.output
+
+
 def test_run_cli_usage_errors(tmp_path):
     from typer.testing import CliRunner
 

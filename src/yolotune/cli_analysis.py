@@ -54,7 +54,7 @@ def profile_command(
     if as_json:
         print(json.dumps(result))
         return
-    print_profile(result)
+    print_profile(result, console())
     console().print(f"wrote {out / 'profile.json'}, {out / 'trace.json'} (ui.perfetto.dev), {out / 'report.html'}")
 
 
@@ -106,4 +106,4 @@ def compare_command(
     if as_json:
         print(json.dumps(cmp))
     else:
-        print_comparison(cmp)
+        print_comparison(cmp, console())

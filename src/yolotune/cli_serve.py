@@ -190,13 +190,21 @@ def print_plan(r: dict, console: Console) -> None:
     t.add_column("from")
     mib = lambda b: f"{b / 2**20:.1f} MiB" if b else "n/a"  # noqa: E731
     why = {"compute": f"{r['frames_per_s']:.0f} frames/s at batch {r['batch']}",
-           "decode": f"{r['host_pipeline_fps']:.0f} frames/s decoded and handed over by {r['decode_cores']} cores "
+           "decode": f"{r['host_pipeline_fps'] or 0:.0f} frames/s decoded and handed over by {r['decode_cores']} cores "
                      f"({r['decode_fps_per_core']:.0f} on one)",
            "host_memory": f"{mib(r['host_bytes_per_stream'])} per stream, 80% of {mib(r['total_host_bytes'])}",
            "device_memory": f"{mib(r['device_bytes_per_stream'])} per stream, 80% of {mib(r['total_device_bytes'])}"}
     for k, v in r["limits"].items():
         t.add_row(k.replace("_", " "), f"{v:.1f}", why[k])
     console.print(t)
+    fit = r.get("one_stream")
+    if fit and fit["fps"] is not None:
+        console.print(f"[yellow]no stream of {r['fps']:g} FPS fits: one stream fits at up to {fit['fps']:.1f} FPS[/] "
+                      f"(bound by {fit['bound_by'].replace('_', ' ')}: {why[fit['bound_by']]}); plan a lower --fps, a "
+                      f"smaller model or input, or a GPU")
+    elif fit:
+        console.print(f"[yellow]not even one stream fits, at any frame rate: bound by {fit['bound_by'].replace('_', ' ')} "
+                      f"({why[fit['bound_by']]})[/]")
     for note in r.get("notes", []):
         console.print(f"note: {note}")
     for v in r.get("verification", []):

@@ -107,6 +107,8 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
         "limits": {k: round(v, 1) for k, v in limits.items()}, "binding": binding, "predicted_streams": predicted,
         "latency_budget_ms": latency_budget_ms, "verification": [], "verified_streams": None,
     }
+    if predicted == 0:
+        report["one_stream"] = one_stream_fit(limits, fps, chosen["frames_per_s"], host_fps or decode_fps * decode_cores)
     if not host_fps:
         report.setdefault("notes", []).append("the host-side run delivered no frames; the decode limit is one core's "
                                               "rate times the decoder cores")
@@ -128,6 +130,17 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
         held = [r["streams"] for r in report["verification"] if r["holds"]]
         report["verified_streams"] = (max(held) * gpus) if held else 0
     return report
+
+
+def one_stream_fit(limits: dict, fps: float, compute_fps: float, decode_fps: float) -> dict:
+    """Where no stream of ``fps`` fits: the frame rate at which one does, and what bounds it (a stream runs on one
+    device; memory does not depend on the frame rate, so a memory limit below one stream fits none at any rate)."""
+    short = [k for k in limits if k.endswith("memory") and limits[k] < 1]
+    if short:
+        return {"fps": None, "bound_by": min(short, key=limits.get)}
+    rates = {"compute": compute_fps, "decode": decode_fps}
+    bound = min(rates, key=rates.get)
+    return {"fps": round(rates[bound], 2), "bound_by": bound}
 
 
 def next_trial(row: dict, fps: float, latency_budget_ms: float | None) -> int:
