@@ -159,3 +159,25 @@ def test_an_interrupted_optimize_says_one_thing_and_exits_with_the_signal(tmp_pa
     assert "Traceback" not in stderr
     assert "nothing saved" in stdout and "was saved" not in stdout
     assert not (tmp_path / "a" / "yolotune.json").exists()
+
+
+def test_a_video_shows_its_frames_as_progress_where_there_is_no_terminal(tmp_path):
+    from yolotune.data.synth import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", frames=20, size=(96, 128))
+    res = subprocess.run([sys.executable, "-m", "yolotune.cli", "predict", "default", str(clip), "--device", "cpu",
+                          "--out", str(tmp_path / "o"), "-f", "jsonl"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "detecting: 20 of 20 " in res.stderr  # frames, not files: one video is many steps
+
+
+def test_progress_ends_with_a_last_line_when_the_total_is_unknown(tmp_path, monkeypatch):
+    from yolotune import Detector
+    from yolotune.pipeline.run import predict_to_sinks
+
+    photos = write_images(tmp_path / "in", n=3, size=(64, 64))
+    calls = []
+    with Detector("default", device="cpu", batch=2) as det:
+        monkeypatch.setattr(det, "count_inputs", lambda _s: None)  # a video that does not declare its frames
+        predict_to_sinks(det, [photos], tmp_path / "o", ["jsonl"], progress=lambda *a: calls.append(a))
+    assert calls and calls[-1][0] == 3

@@ -45,6 +45,8 @@ def predict_to_sinks(detector, sources: Iterable[str | Path], out: Path, formats
     finally:
         written = [p for s in sinks for p in s.close()]  # every sink writes what it has, also when interrupted
     wall = time.perf_counter() - start
+    if progress is not None and n and n != total:
+        progress(n, n, wall)  # the last word: all done (the total was unknown, or the run stopped early)
     ok = n - len(errors)
     return {
         "inputs": n,
