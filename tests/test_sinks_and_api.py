@@ -126,3 +126,21 @@ def test_annotated_video_follows_a_change_of_resolution(tmp_path):
         with av.open(path) as c:
             frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
         assert len(frames) == n and frames[0].shape[:2] == (h, w) and frames[-1][-4:, -4:].mean() > 200
+
+
+@pytest.mark.parametrize("hw", [(3000, 4000), (720, 1280), (96, 128)])
+def test_labels_and_lines_grow_with_the_image(hw):
+    from yolotune.io.sinks import class_color, draw_detections
+    from yolotune.types import InputRef
+
+    h, w = hw
+    box = np.array([[w * 0.3, h * 0.4, w * 0.7, h * 0.9]], np.float32)
+    det = Detections(InputRef("x.jpg"), (h, w), box, np.array([0.91], np.float32), np.array([0]), {0: "person"})
+    drawn = np.asarray(draw_detections(np.zeros((h, w, 3), np.uint8), det))
+    painted = np.all(drawn == class_color(0), axis=2)
+    label_rows = painted[: int(h * 0.4), int(w * 0.3): int(w * 0.7)].any(axis=1)  # the label sits above the box
+    label_height = label_rows.sum()
+    assert label_height >= max(10, min(h, w) / 60), label_height  # readable: ~2% of the short side, 10 px at least
+    assert label_height <= max(16, min(h, w) / 20)
+    line = painted[int(h * 0.65), int(w * 0.3) - 1: int(w * 0.3) + 40].sum()  # the box's left edge, mid-height
+    assert line >= max(1, round(min(h, w) / 300))

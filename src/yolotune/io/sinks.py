@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import functools
 import json
 import os
 import re
@@ -148,17 +149,31 @@ def draw_detections(image: np.ndarray, det: Detections) -> "Image.Image":
 
     im = Image.fromarray(image)
     draw = ImageDraw.Draw(im)
-    width = max(1, round(min(im.size) / 300))
+    short = min(im.size)
+    width = max(1, round(short / 300))  # lines and text grow with the image: readable on 4000x3000 and on 128x96
+    font = _label_font(max(10, round(short / 45)))
     for box, score, cls, name in zip(det.boxes, det.scores, det.class_ids, det.class_names):
         color = class_color(int(cls))
         x1, y1, x2, y2 = (float(v) for v in box)
         draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
         label = f"{name} {score:.2f}"
-        tx, ty = x1, max(0.0, y1 - 11)
-        tb = draw.textbbox((tx, ty), label)
-        draw.rectangle(tb, fill=color)
-        draw.text((tx, ty), label, fill=(0, 0, 0))
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        pad = max(1, width // 2)
+        tx, ty = x1, max(0.0, y1 - (bottom - top) - 2 * pad)
+        draw.rectangle([tx, ty, tx + right - left + 2 * pad, ty + bottom - top + 2 * pad], fill=color)
+        draw.text((tx + pad - left, ty + pad - top), label, fill=(0, 0, 0), font=font)
     return im
+
+
+@functools.lru_cache(maxsize=32)
+def _label_font(size: int):
+    """Pillow's own scalable font (needs FreeType, which Pillow's wheels carry); its fixed bitmap font otherwise."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1, or built without FreeType
+        return ImageFont.load_default()
 
 
 @register_sink("images")
