@@ -140,3 +140,20 @@ def test_cpu_batch_runs_split_across_cores_with_the_same_output(tmp_path, dynami
     assert threading.current_thread().name in callers and any(n.startswith("yolotune-ort") for n in callers)
     with Detector(str(path), device="cpu", batch=3, split_batch=False) as det:
         assert det.describe()["split_batch"] == 1
+
+
+def test_int8_quantization_prints_no_advice_from_onnx_runtime(tmp_path, caplog):
+    import logging
+
+    import numpy as np
+
+    from yolotune.tune.int8 import quantize_int8
+
+    path = export_onnx(load_model("default"), tmp_path / "d.onnx", imgsz=(96, 96), dynamic_batch=False)
+    batches = [np.random.default_rng(i).random((1, 3, 96, 96), dtype=np.float32) for i in range(2)]
+    with caplog.at_level(logging.WARNING):
+        out = quantize_int8(path, tmp_path / "q.onnx", batches)
+    assert out.is_file()
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    logging.warning("Please consider to run pre-processing, said by someone else")  # only ours is silenced
+    assert [r for r in caplog.records if "someone else" in r.getMessage()]

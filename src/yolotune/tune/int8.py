@@ -9,6 +9,9 @@ convolutions are quantized like the rest.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
 from pathlib import Path
 from typing import Iterable
@@ -73,12 +76,13 @@ def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.n
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     out = Path(out)
-    quantize_static(
-        str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-        nodes_to_exclude=_head_nodes_to_exclude(model) + list(also_exclude), op_types_to_quantize=op_types,
-        extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.999},
-    )
+    with _without_preprocessing_advice():
+        quantize_static(
+            str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
+            nodes_to_exclude=_head_nodes_to_exclude(model) + list(also_exclude), op_types_to_quantize=op_types,
+            extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.999},
+        )
     # keep Ultralytics-style metadata (names, stride, imgsz) so the loader describes the model as before
     q = onnx.load(str(out))
     del q.metadata_props[:]
@@ -87,3 +91,20 @@ def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.n
     q.metadata_props.add(key="quantization", value=f"int8 qdq per_channel={per_channel} calibration={method} n={len(calibration)}")
     onnx.save(q, str(out))
     return out
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+    """ONNX Runtime logs "Please consider to run pre-processing before quantization" on the root logger for every
+    model it quantizes: advice to someone calling it by hand. yolotune quantizes the exported graph as it is and
+    lets the accuracy guard judge the result, so to its user the line is noise."""
+    def advice(record: logging.LogRecord) -> bool:
+        return not (record.pathname.endswith(os.path.join("onnxruntime", "quantization", "quantize.py"))
+                    and "pre-processing" in str(record.msg))
+
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
