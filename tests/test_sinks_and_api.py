@@ -144,3 +144,23 @@ def test_labels_and_lines_grow_with_the_image(hw):
     assert label_height <= max(16, min(h, w) / 20)
     line = painted[int(h * 0.65), int(w * 0.3) - 1: int(w * 0.3) + 40].sum()  # the box's left edge, mid-height
     assert line >= max(1, round(min(h, w) / 300))
+
+
+def test_detections_convert_to_supervision_and_annotate(detector, tmp_path):
+    sv = pytest.importorskip("supervision")  # in the dev extra: skipped only where it is not installed
+    from yolotune.types import InputRef
+
+    photo = write_sample_images(tmp_path / "p", 1, size=(192, 256), seed=3)[0]
+    det = next(iter(detector.predict([photo])))
+    converted = det.to_supervision()
+    assert isinstance(converted, sv.Detections) and len(converted) == len(det)
+    np.testing.assert_allclose(converted.xyxy, det.boxes)
+    np.testing.assert_allclose(converted.confidence, det.scores)
+    assert converted.class_id.tolist() == det.class_ids.tolist()
+    assert list(converted.data["class_name"]) == det.class_names
+    image = np.asarray(Image.open(photo).convert("RGB")).copy()
+    annotated = sv.BoxAnnotator().annotate(image, converted)
+    assert annotated.shape == image.shape
+    empty = Detections(InputRef("e.jpg"), (10, 10), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                       np.zeros(0, np.int64), {})
+    assert len(empty.to_supervision()) == 0

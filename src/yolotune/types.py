@@ -96,11 +96,14 @@ class Detections:
             )
         return out
 
-    def to_supervision(self):  # pragma: no cover - optional dependency
-        """Convert to supervision.Detections (needs the `supervision` package)."""
+    def to_supervision(self):
+        """These detections as ``supervision.Detections`` (``pip install yolotune[supervision]``), class names in
+        ``data["class_name"]`` as supervision's own loaders put them, for its annotators and trackers."""
         import supervision as sv
 
-        return sv.Detections(xyxy=self.boxes, confidence=self.scores, class_id=self.class_ids)
+        return sv.Detections(xyxy=np.asarray(self.boxes, np.float32).reshape(-1, 4),
+                             confidence=np.asarray(self.scores, np.float32), class_id=np.asarray(self.class_ids, int),
+                             data={"class_name": np.array(self.class_names, dtype=str)})
 
 
 Result = Detections | ErrorRecord
