@@ -54,9 +54,12 @@ class FlakyEngine(SlowDetector):
 
 
 def test_engine_failures_are_reported_per_stream_and_three_in_a_row_stop_the_run(clips, tmp_path):
-    summary = StreamRuntime(FlakyEngine({2}), [parse_source(str(clips["b"]))], RunOptions(out=tmp_path / "one", max_batch=4)).run()
+    engine = FlakyEngine({2})
+    summary = StreamRuntime(engine, [parse_source(str(clips["b"]))], RunOptions(out=tmp_path / "one", max_batch=4)).run()
     s = summary["streams"][0]
-    assert summary["engine_errors"] == 4 and s["processed"] == 13 and s["state"] == "finished"
+    failed = engine.batches[1]  # the frames of the failed batch: as many as had arrived, up to 4 (a busy machine: fewer)
+    assert 1 <= failed <= 4 and summary["engine_errors"] == failed
+    assert s["processed"] == 17 - failed and s["state"] == "finished"
     rows = read_jsonl(tmp_path / "one" / "b" / "detections.jsonl")
     err = [r for r in rows if r.get("event") == "engine-error"]
     assert len(err) == 1 and "illegal memory access" in err[0]["message"] and err[0]["ok"] is False
