@@ -1,4 +1,4 @@
-"""Issue 5's case study on one GPU, in one process: each lever's contribution to yolov8n (the default model).
+"""Case study on one GPU, in one process: each lever's contribution to yolov8n (the default model).
 
 Model + NMS throughput (random input, identity geometry), one lever added at a time from an Ultralytics-like
 start (eager FP32, no Conv+BN fusion, per-image NMS loop, batch 1): fusion, FP16, GPU batched NMS, CUDA graph,

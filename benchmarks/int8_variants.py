@@ -1,4 +1,4 @@
-"""Issue 5, CPU INT8: where the INT8 model's time goes, and which quantization variants are faster. 2 threads,
+"""CPU INT8: where the INT8 model's time goes, and which quantization variants are faster. 2 threads,
 batch 1, 640x640, the default model; ONNX Runtime. Variants, all QDQ with the head's decoding in float (as
 yolotune.tune.int8 does), MinMax calibration on 24 generated held-out images:
 - "shipped": every supported op quantized, per-channel weights (yolotune's INT8 model);

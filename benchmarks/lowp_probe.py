@@ -1,4 +1,4 @@
-"""Issue 5's low-precision investigation on Hopper: do FP8 or INT8 matrix units make yolov8n faster than FP16?
+"""Low precision on Hopper: do FP8 or INT8 matrix units make yolov8n faster than FP16?
 
 YOLO is convolutions; the ones that are plain matrix products are the 1x1 (pointwise) convolutions: [B*H*W, Cin] x
 [Cin, Cout] in channels-last memory. This probe replaces each of them (Cin, Cout multiples of 16) in the fused

@@ -1,4 +1,4 @@
-"""Issue 5's GPU evidence: yolotune optimize on yolov8n (default) and yolov8m, then side by side in this process:
+"""yolotune optimize on yolov8n (default) and yolov8m, then side by side in this process:
 the chosen artifact vs eager PyTorch FP16 at the same batch (model + NMS), batch-1 latency, and end to end on 512
 720p photos. Writes optimize_<model>.json / .md and optimize_bench.json under $OUT (artifacts stay in /tmp)."""
 

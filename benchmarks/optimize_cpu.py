@@ -1,4 +1,4 @@
-"""Issue 5's CPU evidence (2 cores): yolotune optimize on the default model with its held-out split (generator seed 1,
+"""yolotune optimize on 2 CPU cores on the default model with its held-out split (generator seed 1,
 the seed the training record validates on), then side by side in this process: ONNX Runtime FP32 (ours), the chosen
 INT8 models, and Ultralytics' own ONNX export run with ONNX Runtime, batch 1 at 640x640, timed in interleaved rounds;
 then yolotune's ONNX Runtime engine at batches 1-8 with the batch split across the cores and not.

@@ -1,4 +1,4 @@
-"""Issue 5, CPU: why yolotune's ONNX Runtime engine splits a batch across the cores (engine/ort.py). The default
+"""CPU: why yolotune's ONNX Runtime engine splits a batch across the cores (engine/ort.py). The default
 model, FP32 and INT8 (Entropy calibration on 24 generated held-out images), 640x640, in interleaved rounds:
 - one image per run with ONNX Runtime's intra-op threads = 1 and = the cores: how each model scales across cores;
 - one single-threaded session per core running images back to back, free (no batch to join): the ceiling of the

@@ -1,4 +1,4 @@
-"""Issue 4's evidence: profile yolov8n (the trained default) and yolov8m with the plain PyTorch pipeline and with
+"""Profile yolov8n (the trained default) and yolov8m with the plain PyTorch pipeline and with
 yolotune's optimized one, on the same 720p photos, with --verify. Writes profile_<model>_<pipeline>.json under $OUT.
 
 Usage (GPU machine, via scripts/gpu-check profile): python3 benchmarks/profile_evidence.py [n_images]

@@ -5,8 +5,8 @@ Two artifacts of the default model: "graph" (FP16 CUDA graph, batch 64: what opt
 caches (a compile for "compiled"), the next ones are what a deployment sees. Steps timed in the child: import
 torch, CUDA context, import yolotune, import ultralytics, Detector(artifact), first detect (graph capture, cuDNN
 autotuning, compile-cache lookups), second detect; some rows then time model + NMS at the artifact's batch (what
-cuDNN autotuning buys). ARTS=graph,compiled picks (also compiled-untuned, compiled-b1: the latency objective's). Children may write bytecode (RELOAD_NO_PYC=1: as the lent
-machine's environment has it, none). Writes $OUT/reload_diag.json.
+cuDNN autotuning buys). ARTS=graph,compiled picks (also compiled-untuned, compiled-b1: the latency objective's). Children may write bytecode (RELOAD_NO_PYC=1: none, as on a
+machine whose environment sets PYTHONDONTWRITEBYTECODE). Writes $OUT/reload_diag.json.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ print(json.dumps(t))
 """
 
 
-# The lent machine's torch has no cached bytecode and its environment sets PYTHONDONTWRITEBYTECODE (profiled: ~7 s
+# Where torch has no cached bytecode and the environment sets PYTHONDONTWRITEBYTECODE (profiled: ~7 s
 # of each fresh process went to compiling the sources of ~1,500 modules that torch.compile's machinery imports). An
 # installed package keeps its .pyc files, so the children may write theirs, here; the first (cold) run fills it.
 PYCACHE = {"PYTHONPYCACHEPREFIX": os.environ.get("PYTHONPYCACHEPREFIX") or tempfile.mkdtemp(prefix="pycache-")}

@@ -1,4 +1,4 @@
-"""Issue 6's evidence: many streams through `StreamRuntime`, side by side with one Ultralytics predict(stream=True)
+"""Many streams through `StreamRuntime`, side by side with one Ultralytics predict(stream=True)
 loop per source in threads, in one process on one device.
 
 For each model and stream count: real-time looped file streams (a camera's pacing) for SECONDS; a count holds when

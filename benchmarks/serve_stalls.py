@@ -1,7 +1,7 @@
 """Where the p99 of many real-time streams goes: a per-batch timeline of the engine thread, the interpreter's
 wake-up delays, and each thread's CPU time, during one `plan`-style verification run.
 
-Issue 6's 100 x 720p30 streams keep p50 at ~15 ms while p99 swings between 26 and 120 ms from machine to machine,
+100 x 720p30 streams keep p50 at ~15 ms while p99 swings between 26 and 120 ms from machine to machine,
 and the tail is frames waiting in their queues for the engine thread. This run records, without changing the
 runtime (its methods are wrapped here):
 - per batch: when the engine thread asked for it, got it, had it submitted, started and finished collecting, its

@@ -23,7 +23,7 @@ def test_default_is_embedded_small_and_documented():
     assert path.is_file() and path.stat().st_size <= 8 * 1024 * 1024
     record = default_model_record()
     assert record["args"]["seed"] != record["args"]["val_seed"] and record["versions"]["ultralytics"]
-    # the shipped weights' held-out accuracy, as recorded by the training run (issue 3's target: >= 0.75)
+    # the shipped weights' held-out accuracy, as recorded by the training run (at least 0.75)
     assert record["yolotune_val"]["map50_95"] >= 0.75 and record["weights_bytes"] == path.stat().st_size
     assert resolve("yolov8n.pt") is None
 

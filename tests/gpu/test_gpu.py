@@ -144,7 +144,7 @@ def test_gpu_matches_ultralytics_predict(checkpoint, images, half, request):
 
     FP32 on both sides without TF32 (exact_fp32): with it, which convolution algorithms cuDNN picked depended on the
     autotuning state earlier tests left in the process, and agreement fell to 98.85% once (this test after the
-    optimize tests, seventh session).
+    optimize tests, H100, 2026-11-24).
 
     The default GPU input path (nvJPEG, device letterbox) differs from libjpeg/OpenCV by a grey level or two, which
     a random-init network turns into different boxes; benchmarks/e2e.py reports that agreement as a measurement,
@@ -164,7 +164,7 @@ def test_gpu_matches_ultralytics_predict(checkpoint, images, half, request):
     back, _ = matched_fraction(got, ref)
     print(f"GPU agreement with Ultralytics (half={half}): {frac:.4f} of {total} boxes, {back:.4f} back")
     # FP16 rounding alone (different cuDNN kernels on each side) flips about 1% of a random-init network's boxes
-    # (measured 98.5-99.3%); the trained default model of issue 3 holds FP16 to the 0.99 bar as well.
+    # (measured 98.5-99.3%); the trained default model holds FP16 to the 0.99 bar as well.
     bound = 0.97 if half else 0.99
     assert total > 100 and frac >= bound and back >= bound
 

@@ -35,7 +35,7 @@ def test_batch_1_artifact_loads_without_cudnn_autotuning(tmp_path):
 
 def test_aoti_engine_matches_eager_or_refuses_cleanly(tmp_path, monkeypatch):
     """compile="aoti": either one package serves every batch size with eager's detections and a second Detector
-    loads it, or (torch 2.11 on the lent H100: the package's loader segfaults) a RuntimeError says so and this
+    loads it, or (torch 2.11 on an H100: the package's loader segfaults) a RuntimeError says so and this
     process lives on. Before the child-process check, this test killed pytest."""
     import sys
     from pathlib import Path

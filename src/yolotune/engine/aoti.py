@@ -86,7 +86,7 @@ class AotiRunner:
 def check_loads(path: Path) -> None:
     """Load the package once in a child process before this one does, and remember that it worked.
 
-    Loading a package can crash the process outright: on the lent H100 (torch 2.11.0+cu130) every CUDA package of
+    Loading a package can crash the process outright: on an H100 (torch 2.11.0+cu130, 2026-11-24) every CUDA package of
     the default model segfaulted inside ``aoti_load_package``, in a fresh process that imported nothing but torch.
     A segfault cannot be caught, so the child takes it and this process gets an exception the optimizer reports
     (and then tries torch.compile)."""

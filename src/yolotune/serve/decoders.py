@@ -46,7 +46,7 @@ class DecoderOptions:
     decoder_threads: int = 1  # FFmpeg threads per decoder (serve.sources.decoder_threads)
     # Added to the decoder processes' niceness: ~100 decoder threads share 16 cores with the engine thread, whose
     # delay lands on every frame, while a decoder has its ring's slack. (An A/B on the H100 showed no consistent
-    # p99 change: benchmarks/results/serve/README.md, fifth day.)
+    # p99 change: benchmarks/results/serve/README.md, "the tail".)
     nice: int = 5
     cpus: tuple[int, ...] | None = None  # the cores the decoder processes may run on (decoder_cpus); None: any
     queue_size: int = 8  # a camera-like stream's queue in the runtime: what its decoder may have waiting there

@@ -51,7 +51,7 @@ class RunOptions:
     decoder_nice: int = 5  # niceness added to decoder processes: the engine thread comes first (serve/decoders.py)
     # Cores kept free of decoder processes for this process's threads (decoders.decoder_cpus; 0: decoders use every
     # core). On the H100 machine, 100 x 720p30 streams: p99 37.6-39.1 ms with 2 kept against 66.7-75.4 ms without,
-    # in three A/B pairs in one process (benchmarks/results/serve/README.md, sixth day).
+    # in three A/B pairs in one process (benchmarks/results/serve/README.md, "cores kept for the runtime").
     runtime_cores: int = 2
     # camera-like sources decode only what their queue has room for (io/video.py); False decodes every frame and
     # drops it from the queue (the A/B of benchmarks/live_overload.py)
