@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from yolotune.cli_shared import EXIT_FAILURES as EXIT_INPUT_FAILURES
-from yolotune.cli_shared import (EXIT_OK, EXIT_SIGNALS, TRUST_MODEL, LineProgress, console, err, output_file,
+from yolotune.cli_shared import (EXIT_OK, EXIT_SIGNALS, TRUST_MODEL, LineProgress, console, err, output_file, plain_help,
                                  output_folder, stop_on_signals, trust_models)
 from yolotune.cli_shared import fail as _fail
 from yolotune.report.terminal import print_predict_summary
@@ -256,6 +256,7 @@ from yolotune.cli_serve import plan_command, run_command  # noqa: E402
 
 app.command("run")(run_command)
 app.command("plan")(plan_command)
+plain_help(app)
 
 
 def main() -> None:

@@ -141,3 +141,38 @@ def stage_progress(what: str, every_s: float = 10.0):
     finally:
         finished.set()
         beater.join(timeout=1.0)  # never hold up an exit (it is a daemon)
+
+
+class _HelpWithoutValue:
+    """--help is a flag: typer shows it as ``--help <bool>`` unless its metavar is empty, as for our own flags."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class HelpGroup(_HelpWithoutValue, typer.core.TyperGroup):
+    pass
+
+
+class HelpCommand(_HelpWithoutValue, typer.core.TyperCommand):
+    pass
+
+
+def plain_help(app: typer.Typer) -> None:
+    """Every command and group of ``app`` (sub-apps too) shows --help without a value."""
+    def unset(cls, default) -> bool:  # typer marks what was not given with a placeholder
+        return cls is None or cls is default or isinstance(cls, typer.models.DefaultPlaceholder)
+
+    if unset(app.info.cls, typer.core.TyperGroup):
+        app.info.cls = HelpGroup
+    for command in app.registered_commands:
+        if unset(command.cls, typer.core.TyperCommand):
+            command.cls = HelpCommand
+    for group in app.registered_groups:
+        if unset(group.cls, typer.core.TyperGroup):
+            group.cls = HelpGroup
+        if group.typer_instance is not None:
+            plain_help(group.typer_instance)
