@@ -186,3 +186,16 @@ def test_progress_ends_with_a_last_line_when_the_total_is_unknown(tmp_path, monk
         monkeypatch.setattr(det, "count_inputs", lambda _s: None)  # a video that does not declare its frames
         predict_to_sinks(det, [photos], tmp_path / "o", ["jsonl"], progress=lambda *a: calls.append(a))
     assert calls and calls[-1][0] == 3
+
+
+def test_a_missing_weights_file_says_where_weights_come_from(tmp_path):
+    res = invoke("predict", "yolov8n.pt", str(tmp_path), "--device", "cpu")
+    assert res.exit_code == 2 and "no such model file" in res.output
+    assert "downloads nothing" in res.output and "default" in res.output
+
+
+def test_a_config_model_warns_that_its_weights_are_random(tmp_path):
+    photos = write_images(tmp_path / "in", n=1)
+    res = invoke("predict", "yolov8n.yaml", str(photos), "--device", "cpu", "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0, res.output
+    assert "random weights" in res.output and "speed" in res.output

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 from yolotune.models import register_loader
-from yolotune.models.spec import LoadedModel, ModelLoadError, ModelSpec
+from yolotune.models.spec import LoadedModel, ModelLoadError, ModelSpec, no_such_model
 
 _UNSUPPORTED_TASKS = {"segment", "pose", "obb", "classify", "semantic", "depth"}
 # An end-to-end head returns at most this many rows; a raw v5 head returns thousands of anchors.
@@ -40,7 +40,7 @@ def load_onnx(path: str, providers: list[str] | None = None, threads: int | None
     (default: every core); ``split_batch``: on the CPU, a batch runs as one single-threaded part per core
     (engine/ort.py)."""
     if not Path(path).is_file():
-        raise ModelLoadError(f"{path}: no such model file")
+        raise no_such_model(path)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -40,3 +40,10 @@ class LoadedModel:
 
     spec: ModelSpec
     runnable: Any
+
+
+def no_such_model(path: str) -> ModelLoadError:
+    """A model file that is not there, and where weights come from: yolotune fetches none."""
+    return ModelLoadError(f"{path}: no such model file. yolotune downloads nothing: give your own trained weights "
+                          "(an Ultralytics .pt, an ONNX export, or an artifact folder from `yolotune optimize`), "
+                          "`default` (the embedded model), or a .yaml config (random weights, for speed work only)")

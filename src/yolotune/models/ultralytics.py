@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from yolotune.models import register_loader
-from yolotune.models.spec import LoadedModel, ModelLoadError, ModelSpec
+from yolotune.models.spec import LoadedModel, ModelLoadError, ModelSpec, no_such_model
 
 _INSTALL_HINT = "pip install 'yolotune[ultralytics]'"
 
@@ -79,7 +79,7 @@ def load_ultralytics(
     suffix = Path(path).suffix.lower()
     if suffix == ".pt" and not Path(path).is_file():
         # Never let Ultralytics treat a missing .pt as a hub name to download.
-        raise ModelLoadError(f"{path}: no such model file")
+        raise no_such_model(path)
     YOLO = _import_yolo()
     if suffix == ".pt" and not (trust_model or os.environ.get("YOLOTUNE_TRUST_MODEL") == "1"):
         from yolotune.models.safe_load import check_checkpoint

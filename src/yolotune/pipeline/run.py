@@ -56,7 +56,7 @@ def predict_to_sinks(detector, sources: Iterable[str | Path], out: Path, formats
         "seconds": round(wall, 3),
         "images_per_s": round(ok / wall, 1) if wall > 0 and ok else None,
         "skipped_non_media": source_list.skipped,
-        "warnings": _warnings(sources, source_list, recursive),
+        "warnings": _warnings(sources, source_list, recursive) + _model_warnings(detector),
         "interrupted": getattr(stop, "reason", None) if stop is not None and stop.is_set() else None,
         "stages_s": {k: round(v.seconds, 4) for k, v in detector.timings.items()},
         "decode": dict(detector.decoder.stats),
@@ -64,6 +64,15 @@ def predict_to_sinks(detector, sources: Iterable[str | Path], out: Path, formats
         "outputs": written,
         "errors": errors,
     }
+
+
+def _model_warnings(detector) -> list[str]:
+    """A model config has random weights: fine for timing, but its boxes mean nothing and its classes are numbers."""
+    model = str(detector.describe().get("model", ""))
+    if not model.lower().endswith((".yaml", ".yml")):
+        return []
+    return [f"{model} is a model config: random weights, for speed work only (it detects nothing meaningful and its "
+            "classes are numbers); use your own trained weights, or `default`"]
 
 
 def _warnings(sources: list[str], source_list, recursive: bool) -> list[str]:
