@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-fast venv-dev venv-demo clean
+.PHONY: demo test test-slow venv-dev venv-demo clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ $(VENV)/.demo: pyproject.toml | $(VENV)/bin/activate
 demo: $(VENV)/.demo
 	$(VENV)/bin/yolotune demo
 
+# the fast suite (a few minutes on 2 cores); the slow checks are marked and run by test-slow (CI runs both)
 test: $(VENV)/.dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.dev
+	$(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) yolotune-demo yolotune-out

@@ -22,6 +22,7 @@ class Head(torch.nn.Module):
         return torch.nn.functional.silu(self.conv(x)) + self.anchors
 
 
+@pytest.mark.slow
 def test_package_is_built_once_cached_and_serves_every_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("YOLOTUNE_ENGINE_CACHE", str(tmp_path))
     torch.manual_seed(0)

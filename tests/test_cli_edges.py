@@ -108,6 +108,7 @@ def test_output_that_is_not_a_terminal_is_not_cut_at_80_columns(tmp_path):
     assert "…" not in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_predict_writes_every_output_for_what_it_did(tmp_path, sig, code):
     photos = write_images(tmp_path / "in", n=600, size=(96, 128))
@@ -148,6 +149,7 @@ def test_staged_work_prints_a_line_per_stage_and_while_one_lasts(monkeypatch):
     assert len([ln for ln in lines if "candidate 1 of 3" in ln]) >= 3  # repeated while the stage lasts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_optimize_says_one_thing_and_exits_with_the_signal(tmp_path, sig, code):
     proc = subprocess.Popen([sys.executable, "-m", "yolotune.cli", "optimize", "default", "--device", "cpu",

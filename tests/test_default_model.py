@@ -74,6 +74,7 @@ def test_default_exported_to_onnx_gives_the_same_boxes(scenes, tmp_path, layout)
     assert total > 20 and frac >= 0.99 and back >= 0.99
 
 
+@pytest.mark.slow
 def test_accuracy_guard_with_labels_and_with_pseudo_labels(scenes, tmp_path):
     import json
 

@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from yolotune.cli import app
 
 
+@pytest.mark.slow
 def test_demo_writes_annotated_outputs_and_report(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--images", "3", "--device", "cpu"])

@@ -132,6 +132,7 @@ print("triton-interpreter-ok")
 """
 
 
+@pytest.mark.slow
 def test_triton_kernels_match_torchvision_in_interpreter():
     """The GPU kernels, run by Triton's CPU interpreter, give torchvision's answer (GPU runs are in tests/gpu)."""
     pytest.importorskip("triton")

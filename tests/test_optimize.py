@@ -28,6 +28,7 @@ def optimized(tmp_path_factory, val):
     return out, json.loads((out / "report.json").read_text()), res.output
 
 
+@pytest.mark.slow
 def test_every_candidate_is_measured_and_guarded(optimized):
     out, report, output = optimized
     names = [c["name"] for c in report["candidates"]]
@@ -62,6 +63,7 @@ def test_every_candidate_is_measured_and_guarded(optimized):
     assert page.count("<svg") >= 2 and all(c["name"] in page for c in report["candidates"])
 
 
+@pytest.mark.slow
 def test_artifact_reloads_with_its_options(optimized, val):
     out, report, _ = optimized
     art = read_artifact(out)
@@ -79,6 +81,7 @@ def test_artifact_reloads_with_its_options(optimized, val):
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.slow
 def test_unlabelled_data_uses_the_reference_as_labels(tmp_path, val, monkeypatch):
     from yolotune.data import validate
 
@@ -104,6 +107,7 @@ def test_unlabelled_data_uses_the_reference_as_labels(tmp_path, val, monkeypatch
     assert len(runs) == len(guarded) and not any(rect for rect, in runs)
 
 
+@pytest.mark.slow
 def test_bad_calibration_and_small_budget_are_reported_not_fatal(tmp_path, val):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -122,6 +126,7 @@ def test_bad_calibration_and_small_budget_are_reported_not_fatal(tmp_path, val):
     assert report["chosen"] and (tmp_path / "c" / "yolotune.json").is_file()
 
 
+@pytest.mark.slow
 def test_interrupt_keeps_what_was_measured(tmp_path, val, monkeypatch):
     real = search._evaluate
     calls = []
@@ -138,6 +143,7 @@ def test_interrupt_keeps_what_was_measured(tmp_path, val, monkeypatch):
     assert report["chosen"]["name"] == "torch fp32" and (tmp_path / "d" / "yolotune.json").is_file()
 
 
+@pytest.mark.slow
 def test_an_interrupt_before_any_candidate_passed_says_only_that(tmp_path, val, monkeypatch):
     def evaluate(*args, **kwargs):
         raise KeyboardInterrupt
@@ -159,6 +165,7 @@ def test_an_interrupt_while_preparing_data_ends_cleanly(tmp_path, val, monkeypat
     assert report["interrupted"] and report["chosen"] is None and report["candidates"] == []
 
 
+@pytest.mark.slow
 def test_progress_names_each_candidate_n_of_total(tmp_path, val):
     said = []
     search.optimize("default", val, device="cpu", out=tmp_path / "g", budget_s=1, max_batch=1, progress=said.append)
@@ -178,6 +185,7 @@ def test_cli_errors(tmp_path):
     assert res.exit_code == 2 and "annotations.json" in res.output
 
 
+@pytest.mark.slow
 def test_a_failing_candidate_is_reported_and_its_fallback_runs(tmp_path, val, monkeypatch):
     from yolotune.tune.candidates import Candidate
 
@@ -207,6 +215,7 @@ def test_candidates_are_timed_at_the_deployed_threshold():
     assert det.post.conf == 0.001
 
 
+@pytest.mark.slow
 def test_camera_frames_are_tuned_on_their_own_canvas(tmp_path, val):
     """Validation images all of one size (a camera's): every candidate runs on their least-padded canvas and the
     artifact keeps it; mixed sizes keep the square canvas."""

@@ -82,6 +82,7 @@ def test_parse_sources(tmp_path):
 DECODERS = pytest.mark.parametrize("decoders", ["threads", "processes"])
 
 
+@pytest.mark.slow
 @DECODERS
 def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path, decoders):
     from yolotune import Detector
@@ -328,6 +329,7 @@ def test_sigint_flushes_every_output_and_exits_zero(clips, tmp_path):
         assert sum(1 for _ in c.decode(video=0)) == processed
 
 
+@pytest.mark.slow
 def test_plan_predicts_from_measurements_and_verifies_by_running(tmp_path):
     from typer.testing import CliRunner
 
@@ -347,6 +349,7 @@ def test_plan_predicts_from_measurements_and_verifies_by_running(tmp_path):
     assert "where the latency goes" in res.output and set(v["latency_parts_ms"]) == {"handover", "queued", "engine"}
 
 
+@pytest.mark.slow
 def test_plan_that_fits_no_stream_says_at_what_frame_rate_one_fits(tmp_path):
     from typer.testing import CliRunner
 
@@ -587,6 +590,7 @@ def test_frames_from_registered_rings_are_copied_in_one_call():
     assert [int(d.float().mean()) for d in dsts] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_plan_sweeps_frames_registered_like_the_rings(monkeypatch):
     """plan's detect sweep uploads from memory registered the way the decoder processes' rings are, so it measures
     the runtime's upload path, and unregisters it afterwards."""
@@ -629,6 +633,7 @@ def test_plan_refuses_impossible_resolutions_and_leaves_nothing_behind(tmp_path,
     assert not list(tmp_path.glob("yolotune-plan-*"))
 
 
+@pytest.mark.slow
 def test_plan_removes_its_work_folder_on_every_exit_path(tmp_path, monkeypatch):
     import tempfile
 

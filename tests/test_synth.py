@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from yolotune.cli import app
@@ -18,6 +19,7 @@ def test_deterministic_per_seed_and_index():
     assert c_img.shape != a_img.shape or not np.array_equal(c_img, a_img)
 
 
+@pytest.mark.slow
 def test_boxes_inside_images_and_classes_valid():
     n_boxes, empty, sizes = 0, 0, []
     for i in range(40):

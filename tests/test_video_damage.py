@@ -36,6 +36,7 @@ def frames_and_errors(path):
     return frames, [i for i in items if isinstance(i, ErrorRecord)]
 
 
+@pytest.mark.slow
 def test_decoding_goes_on_past_a_damaged_middle_and_records_the_gap(clip, tmp_path):
     data = bytearray(clip.read_bytes())
     n = len(data)
@@ -67,6 +68,7 @@ def test_a_file_cut_short_is_reported_truncated_and_exits_3(clip, tmp_path):
     assert len(frames) == 150 and errors == []
 
 
+@pytest.mark.slow
 def test_frames_are_numbered_by_their_timestamps_after_a_gap_and_carry_their_time(clip, tmp_path):
     ts = remux(clip, tmp_path / "clip.ts", fmt="mpegts")
     data = ts.read_bytes()
@@ -87,6 +89,7 @@ def test_frames_are_numbered_by_their_timestamps_after_a_gap_and_carry_their_tim
     assert all("time" in r for r in rows if r["ok"]) and rows[-1]["frame"] == 149
 
 
+@pytest.mark.slow
 def test_run_goes_on_past_damage_records_the_gap_and_exits_3(clip, tmp_path):
     data = bytearray(clip.read_bytes())
     n = len(data)
