@@ -163,7 +163,7 @@ class HelpCommand(_HelpWithoutValue, typer.core.TyperCommand):
 
 def plain_help(app: typer.Typer) -> None:
     """Every command and group of ``app`` (sub-apps too) shows --help without a value."""
-    def unset(cls, default) -> bool:  # typer marks what was not given with a placeholder
+    def unset(cls, default) -> bool:  # typer.models.DefaultPlaceholder: not given
         return cls is None or cls is default or isinstance(cls, typer.models.DefaultPlaceholder)
 
     if unset(app.info.cls, typer.core.TyperGroup):
