@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from yolotune import Detector  # noqa: E402
-from yolotune.profile.run import measure_end_to_end  # noqa: E402
-from yolotune.profile.sweep import _measure  # noqa: E402
+from yolotune.profile.end_to_end import measure_end_to_end  # noqa: E402
+from yolotune.profile.sweep import measure_batch  # noqa: E402
 
 BATCH = int(os.environ.get("CASE_BATCH", "64"))
 
@@ -42,7 +42,7 @@ LADDER = [  # (lever, options added)
 def model_rate(opts: dict, batch: int) -> dict:
     with Detector("default", device="cuda", batch=max(batch, 1), **opts) as det:
         h, w = det.imgsz
-        p = _measure(det, batch, h, w, repeats=5, min_seconds=0.3)
+        p = measure_batch(det, batch, h, w, repeats=5, min_seconds=0.3)
     return {"images_per_s": p.images_per_s, "ms_per_batch": p.latency_ms, "spread_ms": p.latency_spread_ms}
 
 

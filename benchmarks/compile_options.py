@@ -19,7 +19,7 @@ from common import environment  # noqa: E402
 import torch  # noqa: E402
 
 from yolotune import Detector  # noqa: E402
-from yolotune.profile.sweep import _measure  # noqa: E402
+from yolotune.profile.sweep import measure_batch  # noqa: E402
 
 BATCH = int(os.environ.get("BATCH", "256"))
 CANVAS = (384, 640)
@@ -28,7 +28,7 @@ VARIANTS = {"default": {}, "coordinate_descent_tuning": {"coordinate_descent_tun
 
 
 def rate(det: Detector) -> float:
-    return _measure(det, BATCH, *CANVAS, repeats=5, min_seconds=0.5).images_per_s
+    return measure_batch(det, BATCH, *CANVAS, repeats=5, min_seconds=0.5).images_per_s
 
 
 def main() -> None:

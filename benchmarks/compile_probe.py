@@ -19,7 +19,7 @@ from common import environment  # noqa: E402
 import torch  # noqa: E402
 
 from yolotune import Detector  # noqa: E402
-from yolotune.profile.sweep import _measure  # noqa: E402
+from yolotune.profile.sweep import measure_batch  # noqa: E402
 
 BATCHES = [int(b) for b in os.environ.get("PROBE_BATCHES", "1,64,128").split(",")]
 
@@ -37,7 +37,7 @@ def variant(name: str, inductor: dict | None = None, **opts) -> dict:
         with Detector("default", device="cuda", batch=max(BATCHES), **opts) as det:
             h, w = det.imgsz
             for b in BATCHES:
-                p = _measure(det, b, h, w, repeats=5, min_seconds=0.3)
+                p = measure_batch(det, b, h, w, repeats=5, min_seconds=0.3)
                 row[f"b{b}"] = {"images_per_s": p.images_per_s, "ms": p.latency_ms, "spread_ms": p.latency_spread_ms}
                 if "first_s" not in row:
                     row["first_s"] = round(time.perf_counter() - t0, 1)

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from yolotune import Detector  # noqa: E402
 from yolotune.interpreter import tuned_for_threads  # noqa: E402
 from yolotune.io.decode import read_file  # noqa: E402
-from yolotune.profile.sweep import _measure  # noqa: E402
+from yolotune.profile.sweep import measure_batch  # noqa: E402
 
 N = int(os.environ.get("PHOTOS", "512"))
 REPEATS = int(os.environ.get("REPEATS", "16"))
@@ -143,7 +143,7 @@ def main() -> None:
         setup_s = time.perf_counter() - t0
         canvas = sorted(det._canvases)[0] if det._canvases else det.imgsz
         row = {"config": name, "batch": batch, "canvas": list(canvas), "setup_s": round(setup_s, 1)}
-        p = _measure(det, batch, *canvas, repeats=5, min_seconds=0.3)
+        p = measure_batch(det, batch, *canvas, repeats=5, min_seconds=0.3)
         row["model_only_images_per_s"] = round(p.images_per_s, 1)
         compiled_row = next((r for r in rows["configs"] if r["config"].startswith("compiled") and r["batch"] == batch
                       and r["canvas"] == row["canvas"]), None) if name.startswith("eager") else None

@@ -92,7 +92,7 @@ def main() -> None:
     from yolotune import Detector
     from yolotune.data.synth import write_dataset
     from yolotune.data.validate import validate
-    from yolotune.profile.sweep import _measure
+    from yolotune.profile.sweep import measure_batch
 
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ def main() -> None:
                     if mode != "fp16":
                         row["replaced"] = replace_pointwise(det.engine.module, mode)
                     h, w = det.imgsz
-                    p = _measure(det, 64, h, w, repeats=5, min_seconds=0.3)
+                    p = measure_batch(det, 64, h, w, repeats=5, min_seconds=0.3)
                     row.update(images_per_s=p.images_per_s, ms_per_batch=p.latency_ms,
                                map50_95=validate(det, val).map50_95)
             except Exception as e:  # noqa: BLE001  (report what failed, go on)

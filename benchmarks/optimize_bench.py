@@ -17,8 +17,8 @@ from common import environment, make_photo_jpegs  # noqa: E402
 
 from yolotune import Detector, load_model  # noqa: E402
 from yolotune.models.ultralytics import save_ultralytics_checkpoint  # noqa: E402
-from yolotune.profile.run import measure_end_to_end  # noqa: E402
-from yolotune.profile.sweep import _measure  # noqa: E402
+from yolotune.profile.end_to_end import measure_end_to_end  # noqa: E402
+from yolotune.profile.sweep import measure_batch  # noqa: E402
 from yolotune.tune.search import optimize  # noqa: E402
 
 
@@ -28,10 +28,10 @@ def side_by_side(artifact: Path, model_file: str, photos: list[str]) -> dict:
         b = tuned.batch
         h, w = tuned.imgsz
         with Detector(model_file, batch=b, cuda_graph=False, precision="fp16") as eager:
-            e = _measure(eager, b, h, w, repeats=5, min_seconds=0.3)
-            e1 = _measure(eager, 1, h, w, repeats=5, min_seconds=0.3)
-            t = _measure(tuned, b, h, w, repeats=5, min_seconds=0.3)
-            t1 = _measure(tuned, 1, h, w, repeats=5, min_seconds=0.3)
+            e = measure_batch(eager, b, h, w, repeats=5, min_seconds=0.3)
+            e1 = measure_batch(eager, 1, h, w, repeats=5, min_seconds=0.3)
+            t = measure_batch(tuned, b, h, w, repeats=5, min_seconds=0.3)
+            t1 = measure_batch(tuned, 1, h, w, repeats=5, min_seconds=0.3)
             row.update(batch=b, eager_fp16_images_per_s=e.images_per_s, tuned_images_per_s=t.images_per_s,
                        model_ratio=t.images_per_s / e.images_per_s, eager_fp16_b1_ms=e1.latency_ms, tuned_b1_ms=t1.latency_ms)
             measure_end_to_end(eager, photos[: 2 * b], 1)

@@ -64,8 +64,8 @@ if "first full batch" in t:
     t["Detector(artifact) to first full batch"] = round(t["Detector(artifact)"] + t["first detect"] + t["first full batch"], 3)
 t["warm_started"] = getattr(d, "warm_started", None)
 if os.environ.get("RELOAD_THROUGHPUT"):  # model + NMS at the artifact's batch: what the start-up choices cost later
-    from yolotune.profile.sweep import _measure
-    p = _measure(d, d.batch, *d.imgsz, repeats=5, min_seconds=0.3)
+    from yolotune.profile.sweep import measure_batch
+    p = measure_batch(d, d.batch, *d.imgsz, repeats=5, min_seconds=0.3)
     t["images/s at batch %d" % d.batch] = round(p.images_per_s)
 e = d.engine
 t["precompiled"] = getattr(getattr(e, "precompiled", None), "loads", None)

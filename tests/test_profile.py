@@ -233,7 +233,7 @@ def test_timing_runs_real_pictures_at_the_detectors_smallest_batch(tmp_path):
 
     from PIL import Image
 
-    from yolotune.profile.sweep import _measure, letterboxed_images
+    from yolotune.profile.sweep import measure_batch, letterboxed_images
 
     for i, size in enumerate([(64, 48), (40, 80)]):
         Image.new("RGB", size, (30 * i, 200, 90)).save(tmp_path / f"{i}.jpg")
@@ -249,10 +249,10 @@ def test_timing_runs_real_pictures_at_the_detectors_smallest_batch(tmp_path):
         return SimpleNamespace(device=torch.device("cpu"), engine=engine, buckets=buckets,
                                _step=lambda x, g: seen.append(x.clone()))
 
-    _measure(fake([1]), 1, 32, 32, repeats=1, min_seconds=0.0, sample=sample)
+    measure_batch(fake([1]), 1, 32, 32, repeats=1, min_seconds=0.0, sample=sample)
     assert {x.shape[0] for x in seen} == {1} and torch.equal(seen[0][0], sample[0])
     seen.clear()
-    _measure(fake([2, 4]), 1, 32, 32, repeats=1, min_seconds=0.0, sample=sample)
+    measure_batch(fake([2, 4]), 1, 32, 32, repeats=1, min_seconds=0.0, sample=sample)
     assert {x.shape[0] for x in seen} == {2} and torch.equal(seen[0], sample)  # padded with the next picture
 
 
@@ -260,7 +260,7 @@ def test_cudnn_autotunes_only_the_detectors_batch_and_the_batches_the_sweep_time
     """A padded bucket (4 frames first, a stream's partial batch) takes cuDNN's heuristics instead of stalling to
     tune one more shape; a batch the sweep times is tuned, as it would be as a Detector's own batch."""
     from yolotune import Detector
-    from yolotune.profile.sweep import _measure
+    from yolotune.profile.sweep import measure_batch
 
     det = Detector("default", device="cpu", batch=8, imgsz=64)
     det.device = torch.device("cuda")  # only the flag's logic: nothing here runs a convolution on a GPU
@@ -282,7 +282,7 @@ def test_cudnn_autotunes_only_the_detectors_batch_and_the_batches_the_sweep_time
     assert seen == [True, False, True] and torch.backends.cudnn.benchmark is True
     monkeypatch.setattr(det, "_step", lambda x, g: det._detect_step(x, g))
     monkeypatch.setattr(det, "device", torch.device("cpu"))  # the sweep's own device handling: CPU
-    _measure(det, 2, 64, 64, repeats=1, min_seconds=0.0)
+    measure_batch(det, 2, 64, 64, repeats=1, min_seconds=0.0)
     assert det.autotune_batches == {8, 2}
     det.device = torch.device("cuda")
     seen.clear()

@@ -150,7 +150,7 @@ def measure_layer_costs(runner: SectionRunner, x: torch.Tensor, repeats: int = 5
     costs) or the host clock on the CPU.
     """
     infos = runner.infos
-    _count_flops_and_bytes(runner, x)
+    count_flops_and_bytes(runner, x)
     cuda = x.is_cuda
     totals = [0.0] * len(infos)
     with torch.inference_mode():
@@ -187,7 +187,7 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def _count_flops_and_bytes(runner: SectionRunner, x: torch.Tensor) -> None:
+def count_flops_and_bytes(runner: SectionRunner, x: torch.Tensor) -> None:
     """FLOPs (convolutions, linear) and bytes moved (inputs + outputs + weights of every leaf module) per layer."""
     infos = runner.infos
 

@@ -44,7 +44,7 @@ def sweep_batches(detector, max_batch: int, repeats: int = 5, min_seconds: float
         if det.engine.fixed_batch not in (None, b):
             continue
         try:
-            point = _measure(det, b, h, w, repeats, min_seconds)
+            point = measure_batch(det, b, h, w, repeats, min_seconds)
         except torch.OutOfMemoryError:
             note = f"stopped at batch {b}: out of GPU memory"
             torch.cuda.empty_cache()
@@ -77,7 +77,7 @@ def letterboxed_images(paths: Iterable[str], hw: tuple[int, int], device: torch.
     return out
 
 
-def _measure(det, b: int, h: int, w: int, repeats: int, min_seconds: float,
+def measure_batch(det, b: int, h: int, w: int, repeats: int, min_seconds: float,
              sample: torch.Tensor | None = None) -> SweepPoint:
     """One b-image step timed back to back; on ``sample``'s pictures (repeated to fill the batch), else on noise."""
     cuda = det.device.type == "cuda"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from yolotune.profile.run import measure_end_to_end
+from yolotune.profile.end_to_end import measure_end_to_end
 
 
 def verify_findings(model: str, device: str, base: dict, profile: dict, paths: list[str], repeats: int,

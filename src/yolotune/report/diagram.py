@@ -87,7 +87,7 @@ def write_diagram(model: str, out: str | Path, profile: dict | None = None, imgs
     import torch
 
     from yolotune.models import load_model
-    from yolotune.profile.sections import SectionRunner, _count_flops_and_bytes
+    from yolotune.profile.sections import SectionRunner, count_flops_and_bytes
 
     loaded = load_model(model)
     inner = getattr(loaded.runnable, "model", None)
@@ -95,7 +95,7 @@ def write_diagram(model: str, out: str | Path, profile: dict | None = None, imgs
         raise ValueError(f"{model}: only PyTorch (Ultralytics) models have a layer structure to draw")
     inner = inner.float().eval()
     runner = SectionRunner(inner)
-    _count_flops_and_bytes(runner, torch.zeros(1, 3, imgsz, imgsz))
+    count_flops_and_bytes(runner, torch.zeros(1, 3, imgsz, imgsz))
     layers = [q.to_dict() for q in runner.infos]
     if profile:
         timed = {(q["index"], q["type"]): q.get("ms", 0.0) for q in profile.get("layers", [])}

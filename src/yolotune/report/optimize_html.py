@@ -5,20 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from yolotune.report import plots
-from yolotune.report.html import _STYLE, _e, _fmt, _table
+from yolotune.report.html import STYLE, escape, format_cell, html_table
 
 
 def optimize_html(r: dict) -> str:
-    parts = [f"<h1>yolotune optimize: {_e(r['model'])} on {_e(r['device'])}</h1>"]
+    parts = [f"<h1>yolotune optimize: {escape(r['model'])} on {escape(r['device'])}</h1>"]
     if r.get("summary"):
-        parts.append(f"<p><b>{_e(r['summary'])}</b></p>")
-    parts.append(f"<p class=muted>objective {_e(r['objective'])}; accuracy bound {r['max_drop_points']} mAP50-95 points; "
-                 f"budget {r['budget_s']} s; search {_e(r.get('search_s', '?'))} s; artifact reload {_e(r.get('reload_s', '?'))} s</p>")
+        parts.append(f"<p><b>{escape(r['summary'])}</b></p>")
+    parts.append(f"<p class=muted>objective {escape(r['objective'])}; accuracy bound {r['max_drop_points']} mAP50-95 points; "
+                 f"budget {r['budget_s']} s; search {escape(r.get('search_s', '?'))} s; artifact reload {escape(r.get('reload_s', '?'))} s</p>")
     parts.append("<h2>Candidates</h2>")
-    rows = [[c["name"], c.get("status", ""), _fmt(c.get("images_per_s"), 1), _fmt(c.get("latency_ms_b1"), 3),
-             _fmt(c.get("memory_mib"), 0), _fmt(c.get("map50_95"), 4), _fmt(c.get("drop_points"), 2),
-             _fmt(c.get("seconds"), 1), c.get("reason", "")] for c in r.get("candidates", [])]
-    parts.append(_table(["candidate", "status", "images/s (probe batch)", "batch-1 ms", "memory MiB", "mAP50-95",
+    rows = [[c["name"], c.get("status", ""), format_cell(c.get("images_per_s"), 1), format_cell(c.get("latency_ms_b1"), 3),
+             format_cell(c.get("memory_mib"), 0), format_cell(c.get("map50_95"), 4), format_cell(c.get("drop_points"), 2),
+             format_cell(c.get("seconds"), 1), c.get("reason", "")] for c in r.get("candidates", [])]
+    parts.append(html_table(["candidate", "status", "images/s (probe batch)", "batch-1 ms", "memory MiB", "mAP50-95",
                          "drop (points)", "seconds", "note"], rows))
     parts.append("<div class=fig>" + plots.candidates_scatter(r) + "</div>")
     if r.get("levers"):
@@ -26,10 +26,10 @@ def optimize_html(r: dict) -> str:
     if r.get("batch_sweep"):
         chosen = (r.get("chosen") or {}).get("options", {}).get("batch")
         curve = plots.sweep_curve({"sweep": {"points": r["batch_sweep"], "knee": chosen}})
-        parts.append(f"<h2>Batch size (chosen: {_e(chosen)})</h2><div class=fig>{curve}</div>")
+        parts.append(f"<h2>Batch size (chosen: {escape(chosen)})</h2><div class=fig>{curve}</div>")
     if r.get("notes"):
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in r["notes"]) + "</ul>")
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>yolotune optimize</title><style>{_STYLE}</style>"
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in r["notes"]) + "</ul>")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>yolotune optimize</title><style>{STYLE}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
 
 

@@ -23,7 +23,7 @@ import torch
 from yolotune.pipeline.buffers import register_host_memory
 from yolotune.interpreter import usable_cores
 from yolotune.serve.decoders import decoder_processes, frame_nbytes
-from yolotune.serve.runtime import RunOptions, StreamRuntime, _decoder_mode, _ring_pinner
+from yolotune.serve.runtime import RunOptions, StreamRuntime, decoder_mode, ring_pinner
 from yolotune.serve.specs import SourceSpec
 from yolotune.types import Detections, InputRef
 
@@ -58,8 +58,8 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
           say) -> dict:
     dev = detector.device
     say("measuring the detect step at each batch size")
-    decoders = _decoder_mode("auto", detector, 2)  # what the runtime uses for many streams
-    sweep = _detect_sweep(detector, height, width, page_locked=decoders == "processes" and _ring_pinner(detector) is not None)
+    decoders = decoder_mode("auto", detector, 2)  # what the runtime uses for many streams
+    sweep = _detect_sweep(detector, height, width, page_locked=decoders == "processes" and ring_pinner(detector) is not None)
     best = max(sweep, key=lambda r: r["frames_per_s"])
     knee = next(r for r in sweep if r["frames_per_s"] >= 0.9 * best["frames_per_s"])
     # With a latency budget, run at the knee: the smallest batch within 10% of the best throughput. A batch of 64

@@ -74,7 +74,7 @@ class StreamRuntime:
         self.stop = threading.Event()
         self.backlog = Backlog()
         self.wake = self.backlog.wake
-        self.decoders = _decoder_mode(self.opt.decoders, detector, len(self.specs))
+        self.decoders = decoder_mode(self.opt.decoders, detector, len(self.specs))
         # In processes, a stream's frames wait in ring slots (4 x queue_size): a live stream's queue here (queue_size)
         # plus two batches in flight, whose slots the device reads until they are collected, always fit, so a live
         # decoder never waits; a file stream's queue holds every slot, so handing a frame over never blocks, and its
@@ -97,7 +97,7 @@ class StreamRuntime:
                 self.opt.backoff_cap_s, self.pixel_format, slots, threads, self.opt.decoder_nice,
                 decoder_cpus(self.opt.runtime_cores), self.opt.queue_size, self.opt.on_demand), self._on_event,
                 self.opt.decoder_processes,
-                pin=_ring_pinner(detector))
+                pin=ring_pinner(detector))
             self.workers = self.pool.sources
         else:
             self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
@@ -417,7 +417,8 @@ def _pixel_format(choice: str, detector) -> str:
     return "yuv420p" if gpu_preprocess else "rgb24"  # on a CPU, FFmpeg's own conversion is the faster one
 
 
-def _decoder_mode(choice: str, detector, n_sources: int) -> str:
+def decoder_mode(choice: str, detector, n_sources: int) -> str:
+    """threads or processes for decoding: the choice, or for "auto" what suits this device and core count."""
     if choice not in ("auto", "threads", "processes"):
         raise ValueError(f"decoders must be auto, threads or processes, not {choice!r}")
     if choice != "auto":
@@ -443,7 +444,7 @@ def _rss_bytes() -> int:
     return rss - shmem
 
 
-def _ring_pinner(detector):
+def ring_pinner(detector):
     """How the decoder pool page-locks its rings for this detector's device (None: frames go through staging)."""
     device = getattr(detector, "device", None)
     if getattr(device, "type", "cpu") != "cuda" or not getattr(detector, "_frame_path", False):

@@ -20,7 +20,7 @@ import torch
 
 from yolotune.interpreter import usable_cores
 from yolotune.pipeline.detector import DEFAULT_CONF
-from yolotune.profile.sweep import _measure, batch_sizes, letterboxed_images
+from yolotune.profile.sweep import measure_batch, batch_sizes, letterboxed_images
 from yolotune.tune.artifact import use_engine_cache, write_artifact
 from yolotune.tune.candidates import Candidate, refinements, search_space
 from yolotune.tune.files import CandidateFiles
@@ -277,8 +277,8 @@ def _evaluate(Detector, cand: Candidate, file: Path, dev, val: Path, probe: int,
         window = 0.2 if dev.type == "cuda" else 0.8
         with _as_deployed(det):
             sample = letterboxed_images(_images(val), (h, w), det.device)
-            speed = _measure(det, det.engine.fixed_batch or probe, h, w, repeats=3, min_seconds=window, sample=sample)
-            latency = _measure(det, 1, h, w, repeats=3, min_seconds=window, sample=sample) if probe != 1 else speed
+            speed = measure_batch(det, det.engine.fixed_batch or probe, h, w, repeats=3, min_seconds=window, sample=sample)
+            latency = measure_batch(det, 1, h, w, repeats=3, min_seconds=window, sample=sample) if probe != 1 else speed
         # the reference runs over the validation set once; later candidates are scored against that run
         baseline = guard_baseline(det, val) if cand.reference else reference.result["_guard_baseline"]
         guard = accuracy_guard(det, val, reference=det if cand.reference else None, max_drop_points=max_drop,
@@ -338,7 +338,7 @@ def _choose_batch(Detector, best: Candidate, dev, objective, latency_ms, target_
             if rows and time.perf_counter() - start > max(15.0, left_s):
                 break
             try:
-                p = _measure(det, b, h, w, repeats=3, min_seconds=0.15, sample=sample)
+                p = measure_batch(det, b, h, w, repeats=3, min_seconds=0.15, sample=sample)
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 continue
@@ -403,7 +403,7 @@ def _split_lever(Detector, best: Candidate, dev, batch: int, timing_images: list
         for _ in range(3):
             for split, det in dets.items():
                 with _as_deployed(det):
-                    rates[split].append(_measure(det, batch, h, w, repeats=1, min_seconds=0.5, sample=sample).images_per_s)
+                    rates[split].append(measure_batch(det, batch, h, w, repeats=1, min_seconds=0.5, sample=sample).images_per_s)
     finally:
         for det in dets.values():
             det.close()
