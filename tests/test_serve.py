@@ -654,3 +654,17 @@ def test_plan_removes_its_work_folder_on_every_exit_path(tmp_path, monkeypatch):
         assert not list(tmp_path.glob("yolotune-plan-*"))
         with pytest.raises(ValueError, match="resolution"):
             plan_module.plan(det, 2, (0, 0))
+
+
+def test_plan_measures_one_detector_at_the_batch_it_sweeps_to(tmp_path):
+    from yolotune.serve.plan import planning_detector
+    from yolotune.tune.artifact import write_artifact
+    from yolotune.assets import resolve
+
+    with planning_detector("default", "cpu") as det:
+        assert det.batch == 8  # the CPU sweep's largest batch, chosen before the Detector is built (one build)
+    with planning_detector("default", "cpu", batch=2) as det:
+        assert det.batch == 2
+    write_artifact(tmp_path / "art", resolve("default"), {"batch": 4}, {"tuned_on": "CPU"})
+    with planning_detector(str(tmp_path / "art"), "cpu") as det:
+        assert det.batch == 4  # an artifact keeps its own

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from yolotune.cli_shared import console, EXIT_FAILURES as EXIT_STREAM_FAILURES
-from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, output_file, output_folder, trust_models
+from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, output_file, output_folder, stage_progress, trust_models
 from yolotune.cli_shared import fail as _fail
 
 
@@ -148,8 +148,8 @@ def plan_command(
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""
-    from yolotune import Detector, ModelLoadError
-    from yolotune.serve.plan import plan, resolution_problem
+    from yolotune import ModelLoadError
+    from yolotune.serve.plan import plan, planning_detector, resolution_problem
 
     trust_models(trust_model)
     if out is not None:
@@ -161,16 +161,12 @@ def plan_command(
     if resolution_problem(w, h):
         _fail(f"--{resolution_problem(w, h)}")
     try:
-        opts = {"batch": batch} if batch else {}
-        detector = Detector(model, device=device, **opts)
-        if not batch and not Path(model, "yolotune.json").is_file():
-            detector.close()
-            detector = Detector(model, device=device, batch=64 if detector.device.type == "cuda" else 8)
+        detector = planning_detector(model, device, batch)
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
-    with detector, err.status("planning") as status:
+    with detector, stage_progress("planning") as say:
         report = plan(detector, fps, (w, h), gpus=gpus, verify=verify, verify_seconds=seconds, latency_budget_ms=latency_ms,
-                      max_streams=max_streams, progress=lambda m: status.update(m))
+                      max_streams=max_streams, progress=say)
     if out is not None:
         out.write_text(json.dumps(report, indent=1, default=str))
     if json_output:

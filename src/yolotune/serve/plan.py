@@ -32,6 +32,16 @@ RESERVE = 0.2
 MIN_SIDE, MAX_SIDE = 32, 8192  # the stream sizes plan encodes a test clip at (H.264, 4:2:0: even sides)
 
 
+def planning_detector(model: str, device: str = "auto", batch: int | None = None, **options):
+    """The Detector ``plan`` measures: at ``batch``, else an artifact's own batch, else the largest batch its sweep
+    tries (64 on a GPU, 8 on a CPU)."""
+    from yolotune.pipeline.detector import Detector, resolve_device
+
+    if batch is None and not Path(model, "yolotune.json").is_file():
+        batch = 64 if resolve_device(device).type == "cuda" else 8
+    return Detector(model, device=device, **({"batch": batch} if batch else {}), **options)
+
+
 def resolution_problem(width, height) -> str | None:
     """Why (width, height) is not a stream size plan can measure, or None."""
     ok = all(isinstance(v, int) and MIN_SIDE <= v <= MAX_SIDE and v % 2 == 0 for v in (width, height))
