@@ -179,15 +179,16 @@ def test_a_video_shows_its_frames_as_progress_where_there_is_no_terminal(tmp_pat
 
 
 def test_progress_ends_with_a_last_line_when_the_total_is_unknown(tmp_path, monkeypatch):
-    from yolotune import Detector
-    from yolotune.pipeline.run import predict_to_sinks
+    from yolotune import Detector, predict_to_sinks  # the library's own predict job, as the README shows it
 
     photos = write_images(tmp_path / "in", n=3, size=(64, 64))
     calls = []
     with Detector("default", device="cpu", batch=2) as det:
         monkeypatch.setattr(det, "count_inputs", lambda _s: None)  # a video that does not declare its frames
-        predict_to_sinks(det, [photos], tmp_path / "o", ["jsonl"], progress=lambda *a: calls.append(a))
+        summary = predict_to_sinks(det, [photos], tmp_path / "o", ["jsonl", "coco"], progress=lambda *a: calls.append(a))
     assert calls and calls[-1][0] == 3
+    assert summary["ok"] == 3 and (tmp_path / "o" / "detections.jsonl").is_file()
+    assert (tmp_path / "o" / "coco_results.json").is_file() and str(tmp_path / "o" / "detections.jsonl") in summary["outputs"]
 
 
 def test_a_missing_weights_file_says_where_weights_come_from(tmp_path):

@@ -45,8 +45,8 @@ def predict_to_sinks(detector, sources: Iterable[str | Path], out: Path, formats
     finally:
         written = [p for s in sinks for p in s.close()]  # every sink writes what it has, also when interrupted
     wall = time.perf_counter() - start
-    if progress is not None and n and n != total:
-        progress(n, n, wall)  # the last word: all done (the total was unknown, or the run stopped early)
+    if progress is not None and n and total is None and not (stop is not None and stop.is_set()):
+        progress(n, n, wall)  # the last word where the total was unknown: all done
     ok = n - len(errors)
     return {
         "inputs": n,
