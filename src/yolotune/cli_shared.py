@@ -102,10 +102,6 @@ class LineProgress:
         of = f" of {total:,}" if total else ""
         err.print(f"{self.what}: {done:,}{of} in {seconds:.0f} s ({done / max(seconds, 1e-9):,.1f}/s)")
 
-    def message(self, text: str) -> None:
-        """A stage's news (profile, optimize), stamped with the time since start."""
-        err.print(f"{self.what}: {text}")
-
 
 @contextlib.contextmanager
 def stage_progress(what: str, every_s: float = 10.0):
