@@ -77,7 +77,7 @@ def _expand_directory(path: Path, out: SourceList, recursive: bool = False, walk
         if entry.is_dir():
             if media:
                 out.items.append(SourceItem(str(entry), "error", "is a directory, not an image or video file"))
-            elif recursive and _real(entry) not in walked:
+            elif recursive:
                 subdirs.append(entry)
             elif not recursive:
                 out.subfolders.append(str(entry))

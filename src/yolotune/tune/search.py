@@ -20,7 +20,7 @@ import torch
 
 from yolotune.interpreter import usable_cores
 from yolotune.pipeline.detector import DEFAULT_CONF
-from yolotune.profile.sweep import measure_batch, batch_sizes, letterboxed_images
+from yolotune.profile.sweep import batch_sizes, letterboxed_images, measure_batch
 from yolotune.tune.artifact import use_engine_cache, write_artifact
 from yolotune.tune.candidates import Candidate, refinements, search_space
 from yolotune.tune.files import CandidateFiles
