@@ -89,7 +89,7 @@ def main() -> None:
     frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
     with Detector("default", device="cuda", batch=8, precision="fp16") as det:
         for mode in ("pinned", "pageable"):
-            det.frame_upload = mode
+            det.frames.upload_mode = mode
             det.detect([frame] * 8)
             ts = []
             for _ in range(50):

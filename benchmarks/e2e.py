@@ -116,15 +116,15 @@ def section_latency(paths: list[str]):
         det.detect([frames[i % 8]])
         samples.append(time.perf_counter() - t)
     # breakdown of the one-graph path: upload (two ways) then letterbox+model+NMS+D2H replay
-    (fb,) = det._frame_buffers.values()
+    (fb,) = det.frames.buffers.values()
     breakdown = {}
     for mode in ("pageable", "pinned"):
-        det.frame_upload = mode
+        det.frames.upload_mode = mode
         up, replay, total = [], [], []
         with torch.cuda.stream(det.compute_stream), torch.inference_mode():
             for i in range(200):
                 t0 = time.perf_counter()
-                det._upload_frames([frames[i % 8]], fb)
+                det.frames.upload([frames[i % 8]], fb)
                 det.compute_stream.synchronize()
                 t1 = time.perf_counter()
                 fb.graph.replay()
@@ -136,7 +136,7 @@ def section_latency(paths: list[str]):
                 replay.append(t2 - t1)
         breakdown[mode] = {"upload": percentile_ms(up, 50), "graph_replay": percentile_ms(replay, 50),
                            "detect_p50": percentile_ms(total, 50), "detect_p99": percentile_ms(total, 99)}
-    det.frame_upload = "pinned"
+    det.frames.upload_mode = "pinned"
     # model-only graph replay at batch 1 on the same canvas, both memory formats
     model_only = {}
     canvas = fb.inputs.shape[-2:]

@@ -78,14 +78,14 @@ def concurrent(det: Detector, datas: list[bytes], batch: int, canvas: tuple[int,
     x = torch.rand(batch, 3, h, w, device="cuda").half().contiguous(memory_format=torch.channels_last)
     g = torch.tensor([[1.0, 1.0, 0.0, 0.0, float(h), float(w)]], device="cuda").repeat(batch, 1)
     with torch.inference_mode():
-        det._step(x, g)
+        det.step(x, g)
         torch.cuda.synchronize()
         th = threading.Thread(target=decoder)
         th.start()
         n, t0 = 0, time.perf_counter()
         with torch.cuda.stream(det.compute_stream):
             while time.perf_counter() - t0 < seconds:
-                det._step(x, g)
+                det.step(x, g)
                 n += batch
                 det.compute_stream.synchronize()
         dt = time.perf_counter() - t0
@@ -119,7 +119,7 @@ def main() -> None:
             if kind == "camera":
                 data = write_dataset(work / "camera-scenes", 200, seed=101, cfg=SynthConfig(sizes=((720, 1280),)))
             artifacts[kind] = work / f"artifact-{kind}"
-            report = optimize("default", data, device="cuda", out=artifacts[kind])
+            report = optimize("default", data, device="cuda", out=artifacts[kind]).to_dict()
             rows["artifact" if kind == "default" else f"artifact_{kind}"] = {
                 "chosen": report["chosen"]["name"], "options": report["chosen"]["options"],
                 "search_s": report["search_s"], "reload_s": report["reload_s"], "canvas": report.get("canvas"),
@@ -141,7 +141,7 @@ def main() -> None:
         for _ in det.predict(paths[: batch * 2]):  # compile, capture the batch's graph
             pass
         setup_s = time.perf_counter() - t0
-        canvas = sorted(det._canvases)[0] if det._canvases else det.imgsz
+        canvas = sorted(det.canvases)[0] if det.canvases else det.imgsz
         row = {"config": name, "batch": batch, "canvas": list(canvas), "setup_s": round(setup_s, 1)}
         p = measure_batch(det, batch, *canvas, repeats=5, min_seconds=0.3)
         row["model_only_images_per_s"] = round(p.images_per_s, 1)

@@ -61,7 +61,7 @@ def main() -> None:
         # the random-init yolov8m detects nothing labelled: guard it against its own FP32 detections on the photos
         data = None if model == "default" else work / "photos"
         report = optimize(model, data, device="cuda", out=art, budget_s=budgets[name], val_images=200,
-                          progress=lambda m: print(f"[{name}] {m}", flush=True))
+                          progress=lambda m: print(f"[{name}] {m}", flush=True)).to_dict()
         shutil.copy(art / "report.md", out / f"optimize_{name}.md")
         shutil.copy(art / "report.json", out / f"optimize_{name}.json")
         print((art / "report.md").read_text(), flush=True)

@@ -80,7 +80,7 @@ def main() -> None:
     val = write_dataset(work / "heldout", n, seed=1, workers=os.cpu_count())
     t0 = time.time()
     report = optimize("default", val, device="cpu", out=work / "artifact", budget_s=900, max_batch=8, workdir=work / "candidates",
-                      progress=lambda m: print(m, flush=True))
+                      progress=lambda m: print(m, flush=True)).to_dict()
     (out / "cpu_report.md").write_text((work / "artifact" / "report.md").read_text())
     (out / "cpu_report.json").write_text((work / "artifact" / "report.json").read_text())
     by = {c["name"]: c for c in report["candidates"]}

@@ -30,7 +30,7 @@ def main() -> None:
         print(f"[{steps[-1][0]:7.1f} s] {msg}", flush=True)
 
     # OBJECTIVE=latency: the batch-1 objective instead of throughput (everything else default)
-    report = optimize("default", out=art, progress=say, objective=os.environ.get("OBJECTIVE", "throughput"))
+    report = optimize("default", out=art, progress=say, objective=os.environ.get("OBJECTIVE", "throughput")).to_dict()
     wall = time.perf_counter() - t0
     # what production sees: the saved artifact loaded by fresh processes, the first right after optimize
     from reload_diag import fresh

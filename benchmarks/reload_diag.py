@@ -99,6 +99,7 @@ def fresh(art: Path, overrides: dict, env: dict | None = None) -> dict:
 
 def main() -> None:
     from yolotune.assets import resolve
+    from yolotune.options import DetectorOptions
     from yolotune.tune.artifact import write_artifact
 
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
@@ -106,15 +107,15 @@ def main() -> None:
     work = Path(os.environ.get("RELOAD_WORK") or tempfile.mkdtemp(prefix="reload-diag-"))
     model = resolve("default")
     arts = {
-        "graph": write_artifact(work / "graph", model, {"precision": "fp16", "cuda_graph": True, "batch": 64}, {}),
-        "compiled": write_artifact(work / "compiled", model, {"precision": "fp16", "cuda_graph": True, "compile": True,
-                                                              "rect": False, "batch": 128}, {}),
+        "graph": write_artifact(work / "graph", model, DetectorOptions(**{"precision": "fp16", "cuda_graph": True, "batch": 64}), {}),
+        "compiled": write_artifact(work / "compiled", model, DetectorOptions(**{"precision": "fp16", "cuda_graph": True, "compile": True,
+                                                              "rect": False, "batch": 128}), {}),
         # what the default optimize (120 s budget) saves: kernels not tuned
-        "compiled-untuned": write_artifact(work / "compiled-untuned", model, {
-            "precision": "fp16", "cuda_graph": True, "compile": "inductor-untuned", "rect": False, "batch": 128}, {}),
+        "compiled-untuned": write_artifact(work / "compiled-untuned", model, DetectorOptions(**{
+            "precision": "fp16", "cuda_graph": True, "compile": "inductor-untuned", "rect": False, "batch": 128}), {}),
         # what the batch-1 (latency) objective saves
-        "compiled-b1": write_artifact(work / "compiled-b1", model, {
-            "precision": "fp16", "cuda_graph": True, "compile": "inductor-untuned", "rect": False, "batch": 1}, {}),
+        "compiled-b1": write_artifact(work / "compiled-b1", model, DetectorOptions(**{
+            "precision": "fp16", "cuda_graph": True, "compile": "inductor-untuned", "rect": False, "batch": 1}), {}),
     }
     rows: dict = {}
     wanted = os.environ.get("ARTS", "graph,compiled").split(",")

@@ -88,8 +88,8 @@ def test_compiled_detector_builds_and_keeps_the_square_canvas_unless_asked():
     rect = Detector("default", device="cpu", compile="inductor", batch=2, rect=True)
     assert rect.rect is True
     # compiled engines hold at most two canvases: a third shape falls back to the model's square canvas
-    assert rect._canvas([(720, 1280)]) == (384, 640) and rect._canvas([(480, 1280)]) == (256, 640)
-    assert rect._canvas([(1080, 1440)]) == rect.imgsz and len(rect._canvases) == 2
+    assert rect.canvas_for([(720, 1280)]) == (384, 640) and rect.canvas_for([(480, 1280)]) == (256, 640)
+    assert rect.canvas_for([(1080, 1440)]) == rect.imgsz and len(rect.canvases) == 2
     # batch 1 would be a second compile: a lone image is padded to 2 (unless the Detector's batch is 1)
     assert det.buckets == [2] and det.bucket(1) == 2
     assert Detector("default", device="cpu", compile="inductor", batch=1).buckets == [1]
@@ -100,9 +100,9 @@ def test_compiled_candidate_tunes_kernels_only_when_the_budget_allows():
     from yolotune.tune.candidates import TUNED_COMPILE_BUDGET_S, search_space
 
     def compiled(budget):
-        return next(c for c in search_space("cuda", budget_s=budget) if c.options.get("compile"))
+        return next(c for c in search_space("cuda", budget_s=budget) if c.options.compile)
 
     assert [c.name for c in search_space("cuda")][:3] == ["eager fp32", "compiled+graph fp16", "graph fp16"]
-    assert compiled(120).options["compile"] == "inductor-untuned" and compiled(120).est_cost_s < 120 - 30
-    assert compiled(TUNED_COMPILE_BUDGET_S).options["compile"] == "inductor"
-    assert not any(c.options.get("compile") for c in search_space("cuda", compile=False))
+    assert compiled(120).options.compile == "inductor-untuned" and compiled(120).est_cost_s < 120 - 30
+    assert compiled(TUNED_COMPILE_BUDGET_S).options.compile == "inductor"
+    assert not any(c.options.compile for c in search_space("cuda", compile=False))

@@ -187,8 +187,9 @@ def test_progress_ends_with_a_last_line_when_the_total_is_unknown(tmp_path, monk
         monkeypatch.setattr(det, "count_inputs", lambda _s: None)  # a video that does not declare its frames
         summary = predict_to_sinks(det, [photos], tmp_path / "o", ["jsonl", "coco"], progress=lambda *a: calls.append(a))
     assert calls and calls[-1][0] == 3
-    assert summary["ok"] == 3 and (tmp_path / "o" / "detections.jsonl").is_file()
-    assert (tmp_path / "o" / "coco_results.json").is_file() and str(tmp_path / "o" / "detections.jsonl") in summary["outputs"]
+    assert summary.ok == 3 and summary.failed == 0 and (tmp_path / "o" / "detections.jsonl").is_file()
+    assert (tmp_path / "o" / "coco_results.json").is_file() and str(tmp_path / "o" / "detections.jsonl") in summary.outputs
+    assert summary.to_dict()["ok"] == 3  # the JSON of `predict --json`
 
 
 def test_a_missing_weights_file_says_where_weights_come_from(tmp_path):

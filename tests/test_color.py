@@ -79,14 +79,14 @@ def test_one_graph_frame_path_matches_the_per_image_path_for_rgb_and_i420(frames
     with Detector("default", device="cpu", batch=4) as det:
         want = det.detect(rgb[:7])
         want_i420 = det.detect(i420[:7])
-        det._frame_path = True  # what a CUDA detector does
+        det.frames.one_graph = True  # what a CUDA detector does
         got = det.detect(rgb[:7])  # 4 + 3: two buckets
         got_i420 = det.detect(i420[:7])
         a = det.submit_frames(i420[:4], 0)
         b = det.submit_frames(rgb[4:7], 1)
         async_got = det.collect(a) + det.collect(b)
-        assert {k[0] for k in det._frame_buffers} == {"direct", 0, 1}
-        assert {k[-1] for k in det._frame_buffers} == {"rgb", "i420"}
+        assert {k[0] for k in det.frames.buffers} == {"direct", 0, 1}
+        assert {k[-1] for k in det.frames.buffers} == {"rgb", "i420"}
     assert [d.image_size for d in got_i420] == [(360, 640)] * 7 and [d.image_size for d in async_got] == [(360, 640)] * 7
     for ref, new in ((want, got), (want_i420, got_i420), (want_i420[:4] + want[4:7], async_got)):
         frac, total = matched_fraction(rows(ref), rows(new), iou=0.9, score_tol=0.02)
@@ -100,10 +100,10 @@ def test_prepare_frames_builds_every_batch_size_for_both_slots_without_counting_
 
     with Detector("default", device="cpu", batch=4) as det:
         assert det.prepare_frames((360, 640)) == 0.0  # no one-graph path on a CPU: nothing to prepare
-        det._frame_path = True  # what a CUDA detector does
+        det.frames.one_graph = True  # what a CUDA detector does
         stats = dict(det.stats)
         assert det.prepare_frames((360, 640), "i420") > 0
-        built = {(k[0], k[1]) for k in det._frame_buffers if k[2:] == (360, 640, "i420")}
+        built = {(k[0], k[1]) for k in det.frames.buffers if k[2:] == (360, 640, "i420")}
         assert built == {(slot, b) for slot in (0, 1) for b in det.buckets} and det.buckets == [1, 2, 4]
         assert det.stats == stats and "submit" not in det.timings
         blank = np.zeros((540, 640), np.uint8)  # then the run's frames go through the prepared buffers

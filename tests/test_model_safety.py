@@ -121,10 +121,11 @@ def test_every_command_refuses_a_pose_model_with_exit_2(tmp_path, command):
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     from yolotune.assets import resolve
+    from yolotune.options import DetectorOptions
     from yolotune.tune.artifact import write_artifact
 
     root = tmp_path_factory.mktemp("art") / "tuned"
-    write_artifact(root, resolve("default"), {"batch": 4, "precision": "fp32", "imgsz": [320, 320]},
+    write_artifact(root, resolve("default"), DetectorOptions(batch=4, precision="fp32", imgsz=(320, 320)),
                    {"tuned_on": "CPU", "objective": "throughput", "report": "report.json"})
     return root
 

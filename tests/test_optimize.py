@@ -10,7 +10,7 @@ from yolotune import Detector
 from yolotune.cli import app
 from yolotune.data.synth import write_dataset
 from yolotune.tune import search
-from yolotune.tune.artifact import read_artifact
+from yolotune.models.artifact import read_artifact
 from yolotune.tune.int8 import CalibrationError, calibration_batches
 
 
@@ -67,12 +67,13 @@ def test_every_candidate_is_measured_and_guarded(optimized):
 def test_artifact_reloads_with_its_options(optimized, val):
     out, report, _ = optimized
     art = read_artifact(out)
-    assert art.options["batch"] == report["chosen"]["options"]["batch"]
-    assert "cudnn_benchmark" not in art.options  # a GPU setting: CPU artifacts do not carry it
+    assert art.options.batch == report["chosen"]["options"]["batch"]
+    assert art.options.cudnn_benchmark is None  # a GPU setting: CPU artifacts do not carry it
+    assert "cudnn_benchmark" not in json.loads((out / "yolotune.json").read_text())["options"]
     assert report["reload_s"] > 0
     images = sorted(str(p) for p in (val / "images").iterdir())[:4]
     with Detector(str(out), device="cpu") as det:
-        assert det.batch == art.options["batch"]
+        assert det.batch == art.options.batch
         results = list(det.predict(images))
     assert all(r.ok for r in results) and sum(len(r) for r in results) > 0
     with Detector(str(out), device="cpu", batch=2) as det:  # explicit options win
@@ -98,7 +99,7 @@ def test_unlabelled_data_uses_the_reference_as_labels(tmp_path, val, monkeypatch
         return real(detector, *args)
 
     monkeypatch.setattr(validate, "predict_coco", predict_coco)
-    report = search.optimize("default", images, device="cpu", out=tmp_path / "a", int8=False, budget_s=300)
+    report = search.optimize("default", images, device="cpu", out=tmp_path / "a", int8=False, budget_s=300).to_dict()
     ref, ort = report["candidates"][:2]
     assert ref["against"] == "reference pseudo-labels" and ref["map50_95"] == pytest.approx(1.0, abs=0.02)
     assert ort["status"] in ("passed", "rejected")
@@ -115,12 +116,12 @@ def test_bad_calibration_and_small_budget_are_reported_not_fatal(tmp_path, val):
     with pytest.raises(CalibrationError):
         calibration_batches([str(empty / "junk.jpg")], (640, 640))
     report = search.optimize("default", val, device="cpu", out=tmp_path / "b", calibration=empty, budget_s=1,
-                             max_batch=1)
+                             max_batch=1).to_dict()
     by_name = {c["name"]: c for c in report["candidates"]}
     assert by_name["torch fp32"]["status"] == "passed"  # the reference always runs
     assert all(by_name[n]["status"] == "skipped" and "budget" in by_name[n]["reason"] for n in by_name if n != "torch fp32")
     report = search.optimize("default", val, device="cpu", out=tmp_path / "c", calibration=empty, budget_s=600,
-                             max_batch=1)
+                             max_batch=1).to_dict()
     int8 = [c for c in report["candidates"] if "int8" in c["name"]]
     assert int8 and all(c["status"] == "skipped" and "calibration" in c["reason"] for c in int8)
     assert report["chosen"] and (tmp_path / "c" / "yolotune.json").is_file()
@@ -138,7 +139,7 @@ def test_interrupt_keeps_what_was_measured(tmp_path, val, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(search, "_evaluate", evaluate)
-    report = search.optimize("default", val, device="cpu", out=tmp_path / "d", int8=False, budget_s=600, max_batch=1)
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "d", int8=False, budget_s=600, max_batch=1).to_dict()
     assert any("interrupted" in n for n in report["notes"])
     assert report["chosen"]["name"] == "torch fp32" and (tmp_path / "d" / "yolotune.json").is_file()
 
@@ -149,7 +150,7 @@ def test_an_interrupt_before_any_candidate_passed_says_only_that(tmp_path, val, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(search, "_evaluate", evaluate)
-    report = search.optimize("default", val, device="cpu", out=tmp_path / "e", int8=False, budget_s=600, max_batch=1)
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "e", int8=False, budget_s=600, max_batch=1).to_dict()
     assert report["interrupted"] and report["chosen"] is None
     assert not any("saved" in n and "nothing saved" not in n for n in report["notes"]), report["notes"]
     assert any("interrupted" in n and "nothing saved" in n for n in report["notes"]), report["notes"]
@@ -162,7 +163,9 @@ def test_an_interrupt_while_preparing_data_ends_cleanly(tmp_path, val, monkeypat
 
     monkeypatch.setattr(search, "_dataset", dataset)
     report = search.optimize("default", None, device="cpu", out=tmp_path / "f", budget_s=600)
-    assert report["interrupted"] and report["chosen"] is None and report["candidates"] == []
+    assert report.interrupted and report.chosen is None and report.candidates == []
+    saved = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report.to_dict())) and saved["interrupted"] is True
 
 
 @pytest.mark.slow
@@ -187,18 +190,28 @@ def test_cli_errors(tmp_path):
 
 @pytest.mark.slow
 def test_a_failing_candidate_is_reported_and_its_fallback_runs(tmp_path, val, monkeypatch):
+    from yolotune.options import DetectorOptions
     from yolotune.tune.candidates import Candidate
+    from yolotune.tune.files import CandidateFiles
 
     def space(device_type, compile=True, int8=True, budget_s=120.0):
-        return [Candidate("torch fp32", {"precision": "fp32"}, reference=True),
-                Candidate("unexportable", {"precision": "fp32", "compile": "tensorrt"}),  # cannot be built
-                Candidate("fallback", {"precision": "fp32", "rect": False}, fallback_for="unexportable"),
-                Candidate("spare", {"precision": "fp32"}, fallback_for="torch fp32")]
+        return [Candidate("torch fp32", DetectorOptions(precision="fp32"), reference=True),
+                Candidate("unexportable", DetectorOptions(precision="fp32")),  # its export fails (below)
+                Candidate("fallback", DetectorOptions(precision="fp32", rect=False), fallback_for="unexportable"),
+                Candidate("spare", DetectorOptions(precision="fp32"), fallback_for="torch fp32")]
+
+    real = CandidateFiles.for_candidate
+
+    def for_candidate(self, cand):
+        if cand.name == "unexportable":
+            raise RuntimeError("the exporter cannot build this engine")
+        return real(self, cand)
 
     monkeypatch.setattr(search, "search_space", space)
-    report = search.optimize("default", val, device="cpu", out=tmp_path / "f", budget_s=600, max_batch=1, refine=False)
+    monkeypatch.setattr(CandidateFiles, "for_candidate", for_candidate)
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "f", budget_s=600, max_batch=1, refine=False).to_dict()
     by = {c["name"]: c for c in report["candidates"]}
-    assert by["unexportable"]["status"] == "failed" and "compile must be" in by["unexportable"]["reason"]
+    assert by["unexportable"]["status"] == "failed" and "cannot build" in by["unexportable"]["reason"]
     assert by["fallback"]["status"] == "passed" and by["spare"]["status"] == "not needed"
     assert report["chosen"]["name"] in ("torch fp32", "fallback")
 
@@ -208,9 +221,10 @@ def test_candidates_are_timed_at_the_deployed_threshold():
     from types import SimpleNamespace
 
     from yolotune.ops.postprocess import PostprocessConfig
+    from yolotune.tune.batch import as_deployed
 
     det = SimpleNamespace(post=PostprocessConfig(conf=0.001, topk=512))
-    with search._as_deployed(det):
+    with as_deployed(det):
         assert det.post.conf == 0.25 and det.post.topk == 512
     assert det.post.conf == 0.001
 
@@ -231,15 +245,15 @@ def test_camera_frames_are_tuned_on_their_own_canvas(tmp_path, val):
     assert search._camera_canvas(load_dataset(square)[0], model) is None  # no smaller than the model's own
 
     report = search.optimize("default", frames, device="cpu", out=tmp_path / "a", int8=False, budget_s=600,
-                             max_batch=1, refine=False)
+                             max_batch=1, refine=False).to_dict()
     assert report["canvas"] == {"images": [360, 640], "imgsz": [384, 640]}
     assert any("all 640x360" in n for n in report["notes"])
     assert all(c["options"]["imgsz"] == [384, 640] for c in report["candidates"])
-    assert read_artifact(tmp_path / "a").options["imgsz"] == [384, 640]
+    assert read_artifact(tmp_path / "a").options.imgsz == (384, 640)
     with Detector(str(tmp_path / "a"), device="cpu") as det:
         assert det.imgsz == (384, 640)
         results = list(det.predict(sorted(str(p) for p in (frames / "images").iterdir())))
         assert len(results) == 4 and all(r.ok for r in results)
     report = search.optimize("default", frames, device="cpu", out=tmp_path / "b", int8=False, budget_s=600,
-                             max_batch=1, refine=False, canvas="square")
+                             max_batch=1, refine=False, canvas="square").to_dict()
     assert "canvas" not in report and all("imgsz" not in c["options"] for c in report["candidates"])

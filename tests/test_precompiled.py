@@ -116,7 +116,7 @@ def test_the_detectors_model_inputs_are_one_kind_of_tensor_whichever_path_makes_
     assert not x.is_inference() and not x[:2].is_inference() and float(x[:2].mean()) == 1.0
     with Detector("default", device="cpu", batch=2, imgsz=160) as det:
         det.detect([np.zeros((90, 160, 3), np.uint8)] * 2)  # in inference mode
-        slots = [det._direct_slot, *det._slots]
+        slots = [det.direct_slot, *det.slots]
         assert [t.is_inference() for s in slots for t in s.inputs.values()] == [False] * sum(len(s.inputs) for s in slots)
 
 

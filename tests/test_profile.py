@@ -278,17 +278,17 @@ def test_cudnn_autotunes_only_the_detectors_batch_and_the_batches_the_sweep_time
     monkeypatch.setattr("yolotune.pipeline.detector.postprocess", lambda raw, g, post: (raw, g))
     g = torch.zeros(8, 6)
     for b in (8, 4, 8):
-        det._detect_step(torch.zeros(b, 3, 64, 64), g[:b])
+        det.detect_step(torch.zeros(b, 3, 64, 64), g[:b])
     assert seen == [True, False, True] and torch.backends.cudnn.benchmark is True
-    monkeypatch.setattr(det, "_step", lambda x, g: det._detect_step(x, g))
+    monkeypatch.setattr(det, "step", lambda x, g: det.detect_step(x, g))
     monkeypatch.setattr(det, "device", torch.device("cpu"))  # the sweep's own device handling: CPU
     measure_batch(det, 2, 64, 64, repeats=1, min_seconds=0.0)
     assert det.autotune_batches == {8, 2}
     det.device = torch.device("cuda")
     seen.clear()
-    det._detect_step(torch.zeros(2, 3, 64, 64), g[:2])
+    det.detect_step(torch.zeros(2, 3, 64, 64), g[:2])
     assert seen == [True]
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # off stays off at every batch
     seen.clear()
-    det._detect_step(torch.zeros(4, 3, 64, 64), g[:4])
+    det.detect_step(torch.zeros(4, 3, 64, 64), g[:4])
     assert seen == [False] and torch.backends.cudnn.benchmark is False

@@ -658,13 +658,14 @@ def test_plan_removes_its_work_folder_on_every_exit_path(tmp_path, monkeypatch):
 
 def test_plan_measures_one_detector_at_the_batch_it_sweeps_to(tmp_path):
     from yolotune.serve.plan import planning_detector
-    from yolotune.tune.artifact import write_artifact
     from yolotune.assets import resolve
+    from yolotune.options import DetectorOptions
+    from yolotune.tune.artifact import write_artifact
 
     with planning_detector("default", "cpu") as det:
         assert det.batch == 8  # the CPU sweep's largest batch, chosen before the Detector is built (one build)
     with planning_detector("default", "cpu", batch=2) as det:
         assert det.batch == 2
-    write_artifact(tmp_path / "art", resolve("default"), {"batch": 4}, {"tuned_on": "CPU"})
+    write_artifact(tmp_path / "art", resolve("default"), DetectorOptions(batch=4), {"tuned_on": "CPU"})
     with planning_detector(str(tmp_path / "art"), "cpu") as det:
         assert det.batch == 4  # an artifact keeps its own

@@ -109,15 +109,15 @@ def predict(
 
     with detector, tuned_for_threads():  # this process is ours: its threads share the GIL better this way
         summary = run_predict(detector, sources, out, formats, recursive=recursive)
-    for warning in summary["warnings"]:
+    for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     if json_output:
-        sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
     else:
         print_predict_summary(summary, console())
-    if summary["interrupted"]:
-        raise typer.Exit(EXIT_SIGNALS.get(summary["interrupted"], EXIT_INPUT_FAILURES))
-    raise typer.Exit(EXIT_INPUT_FAILURES if summary["failed"] else EXIT_OK)
+    if summary.interrupted:
+        raise typer.Exit(EXIT_SIGNALS.get(summary.interrupted, EXIT_INPUT_FAILURES))
+    raise typer.Exit(EXIT_INPUT_FAILURES if summary.failed else EXIT_OK)
 
 
 @app.command()
@@ -134,7 +134,7 @@ def demo(
         summary = run_demo(out, device=device, n_images=images, console=console())
     except Exception as e:  # the demo must explain itself, never dump a traceback on a fresh machine
         _fail(f"demo failed: {type(e).__name__}: {e}")
-    raise typer.Exit(EXIT_INPUT_FAILURES if summary["failed"] else EXIT_OK)
+    raise typer.Exit(EXIT_INPUT_FAILURES if summary.failed else EXIT_OK)
 
 
 @app.command()

@@ -49,20 +49,21 @@ def optimize_command(
     except (ModelLoadError, ValueError) as e:
         fail(str(e))
     screen = console()
-    table = Table(title=f"candidates on {report['device']}")
+    table = Table(title=f"candidates on {report.device}")
     for col in ("candidate", "status", "images/s", "b1 ms", "mAP50-95", "drop", "note"):
         table.add_column(col, justify="left" if col in ("candidate", "status", "note") else "right")
-    for c in report["candidates"]:
+    for cand in report.candidates:
+        c = cand.result
         num = lambda k, d: "" if c.get(k) is None else f"{c[k]:.{d}f}"  # noqa: E731
-        table.add_row(c["name"], c.get("status", ""), num("images_per_s", 1), num("latency_ms_b1", 3),
+        table.add_row(cand.name, c.get("status", ""), num("images_per_s", 1), num("latency_ms_b1", 3),
                       num("map50_95", 4), num("drop_points", 2), c.get("reason", ""))
     screen.print(table)
-    for n in report["notes"]:
+    for n in report.notes:
         screen.print(n)
-    if report.get("chosen"):
-        screen.print(report["summary"])
-        screen.print(f"artifact: {out} (reloads in {report['reload_s']} s); report: {out / 'report.md'}")
-    if report.get("interrupted"):
+    if report.chosen:
+        screen.print(report.summary)
+        screen.print(f"artifact: {out} (reloads in {report.reload_s} s); report: {out / 'report.md'}")
+    if report.interrupted:
         raise typer.Exit(EXIT_SIGNALS.get(stopped.reason, EXIT_SIGNALS["SIGINT"]))
-    if not report.get("chosen"):
+    if not report.chosen:
         raise typer.Exit(1)

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.gpu
 
 
 def test_gpu_search_keeps_fp16_accuracy_and_saves_a_reloadable_artifact(tmp_path):
-    report = optimize("default", device="cuda", out=tmp_path / "art", compile=False, val_images=64, budget_s=120)
+    report = optimize("default", device="cuda", out=tmp_path / "art", compile=False, val_images=64, budget_s=120).to_dict()
     by = {c["name"]: c for c in report["candidates"]}
     assert by["eager fp32"]["status"] == "passed"
     assert abs(by["graph fp16"]["drop_points"]) <= 0.5 and by["graph fp16"]["status"] == "passed"
@@ -26,7 +26,7 @@ def test_gpu_search_keeps_fp16_accuracy_and_saves_a_reloadable_artifact(tmp_path
 
 def test_batch_1_artifact_loads_without_cudnn_autotuning(tmp_path):
     report = optimize("default", device="cuda", out=tmp_path / "art", objective="latency", compile=False,
-                      int8=False, refine=False, val_images=32, budget_s=90)
+                      int8=False, refine=False, val_images=32, budget_s=90).to_dict()
     assert report["chosen"]["options"]["batch"] == 1 and report["chosen"]["options"]["cudnn_benchmark"] is False
     with Detector(str(tmp_path / "art")) as det:
         assert det.batch == 1 and det.describe()["cudnn_benchmark"] is False
@@ -72,7 +72,7 @@ def test_aoti_engine_matches_eager_or_refuses_cleanly(tmp_path, monkeypatch):
 
 
 def test_compiled_artifact_reloads_from_its_own_cache(tmp_path):
-    report = optimize("default", device="cuda", out=tmp_path / "art", int8=False, val_images=48, budget_s=240)
+    report = optimize("default", device="cuda", out=tmp_path / "art", int8=False, val_images=48, budget_s=240).to_dict()
     by = {c["name"]: c for c in report["candidates"]}
     assert by["compiled+graph fp16"]["status"] == "passed", by["compiled+graph fp16"]
     assert report["chosen"]["options"]["compile"] == "inductor"

@@ -64,7 +64,7 @@ def test_i420_frames_run_as_one_graph_sync_and_async(tmp_path):
         got = det.detect(i420)
         a, b = det.submit_frames(i420[:8], 0), det.submit_frames(i420[8:], 1)
         async_got = det.collect(a) + det.collect(b)
-        graphs = {k: fb.graph is not None for k, fb in det._frame_buffers.items()}
+        graphs = {k: fb.graph is not None for k, fb in det.frames.buffers.items()}
     assert all(graphs.values()) and {k[0] for k in graphs} == {"direct", 0, 1}
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from matching import matched_fraction

@@ -22,14 +22,14 @@ from typing import Callable
 import torch
 
 from yolotune.engine.tracing import traceable_heads
+from yolotune.models.artifact import ENGINE_CACHE_ENV
 
 MAX_BATCH = 1024  # the exported batch range [1, MAX_BATCH]
-CACHE_ENV = "YOLOTUNE_ENGINE_CACHE"
 
 
 def cache_root() -> Path:
     """Where packages live: $YOLOTUNE_ENGINE_CACHE (an artifact points it at its own folder) or ~/.cache/yolotune."""
-    env = os.environ.get(CACHE_ENV)
+    env = os.environ.get(ENGINE_CACHE_ENV)
     return Path(env) if env else Path.home() / ".cache" / "yolotune" / "engines"
 
 

@@ -12,17 +12,15 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 
 from yolotune.io.sources import SourceList
 from yolotune.io.video import iter_video_frames
 from yolotune.pipeline.buffers import Batch, Slot
+from yolotune.pipeline.stages import BatchStages
 from yolotune.types import ErrorRecord, InputRef
-
-if TYPE_CHECKING:
-    from yolotune.pipeline.detector import Detector
 
 _END = object()
 
@@ -35,8 +33,8 @@ class _Failure:
 class BatchProducer:
     """Iterate to get prepared batches in input order; ``release`` a slot once its results are read; ``close``."""
 
-    def __init__(self, detector: "Detector", sources: SourceList, slots: list[Slot]):
-        self.detector = detector
+    def __init__(self, stages: BatchStages, sources: SourceList, slots: list[Slot]):
+        self.stages = stages
         self.sources = sources
         self.free_slots: queue.Queue[Slot] = queue.Queue()
         for s in slots:
@@ -73,7 +71,7 @@ class BatchProducer:
         return False
 
     def _run(self) -> None:
-        det = self.detector
+        det = self.stages
         stream_ctx = torch.cuda.stream(det.decode_stream) if det.decode_stream is not None else contextlib.nullcontext()
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="yolotune-read")
         try:
@@ -111,7 +109,7 @@ class BatchProducer:
         for ref, payload in self._items():
             chunk.append((ref, payload))
             decodable += not isinstance(payload, ErrorRecord)
-            if decodable >= self.detector.batch:
+            if decodable >= self.stages.batch:
                 yield chunk
                 chunk, decodable = [], 0
         if chunk:
@@ -126,9 +124,9 @@ class BatchProducer:
         return None
 
     def _prepare(self, loaded: list) -> Batch:
-        det = self.detector
+        det = self.stages
         with det.timer("decode"):
-            batch = Batch.from_decoded(det.decoder.decode_loaded(loaded))
+            batch = det.decode(loaded)
         if not batch.images:
             return batch
         slot = self._acquire_slot()

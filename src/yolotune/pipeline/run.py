@@ -5,15 +5,40 @@ by every sink (JSONL, COCO, images, videos), the batch in flight is dropped, and
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 
+@dataclass
+class PredictSummary:
+    """What a predict job did: counts, throughput, the outputs written, and every failed input's error record."""
+
+    inputs: int
+    ok: int
+    failed: int
+    detections: int
+    seconds: float
+    images_per_s: float | None  # None when nothing was detected on (no throughput for nothing)
+    skipped_non_media: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    interrupted: str | None = None  # the signal that stopped it (SIGINT, SIGTERM), or None
+    stages_s: dict[str, float] = field(default_factory=dict)
+    decode: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # Detector.describe()
+    outputs: list[str] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)  # ErrorRecord.to_dict() of each failed input
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def predict_to_sinks(detector, sources: Iterable[str | Path], out: Path, formats: Iterable[str],
                      recursive: bool = False, stop: threading.Event | None = None,
-                     progress: Callable[[int, int | None, float], None] | None = None) -> dict:
+                     progress: Callable[[int, int | None, float], None] | None = None) -> PredictSummary:
     """Run ``detector`` over ``sources`` into the sinks named by ``formats`` under ``out``; the run summary.
 
     ``progress(done, total, seconds)`` is called every few results (total None when a video does not declare its
@@ -48,22 +73,14 @@ def predict_to_sinks(detector, sources: Iterable[str | Path], out: Path, formats
     if progress is not None and n and total is None and not (stop is not None and stop.is_set()):
         progress(n, n, wall)  # the last word where the total was unknown: all done
     ok = n - len(errors)
-    return {
-        "inputs": n,
-        "ok": ok,
-        "failed": len(errors),
-        "detections": n_dets,
-        "seconds": round(wall, 3),
-        "images_per_s": round(ok / wall, 1) if wall > 0 and ok else None,
-        "skipped_non_media": source_list.skipped,
-        "warnings": _warnings(sources, source_list, recursive) + _model_warnings(detector),
-        "interrupted": getattr(stop, "reason", None) if stop is not None and stop.is_set() else None,
-        "stages_s": {k: round(v.seconds, 4) for k, v in detector.timings.items()},
-        "decode": dict(detector.decoder.stats),
-        "config": detector.describe(),
-        "outputs": written,
-        "errors": errors,
-    }
+    return PredictSummary(
+        inputs=n, ok=ok, failed=len(errors), detections=n_dets, seconds=round(wall, 3),
+        images_per_s=round(ok / wall, 1) if wall > 0 and ok else None,
+        skipped_non_media=list(source_list.skipped),
+        warnings=_warnings(sources, source_list, recursive) + _model_warnings(detector),
+        interrupted=getattr(stop, "reason", None) if stop is not None and stop.is_set() else None,
+        stages_s={k: round(v.seconds, 4) for k, v in detector.timings.items()},
+        decode=dict(detector.decoder.stats), config=detector.describe(), outputs=written, errors=errors)
 
 
 def _model_warnings(detector) -> list[str]:

@@ -1,8 +1,9 @@
 """The Detector's own stages run one after another, each timed on its own (read -> ... -> sink).
 
 The real pipeline overlaps stages on threads and CUDA streams, which hides where time goes; here each stage runs
-serialised with the Detector's own components and options (decoder, letterbox, engine or per-section graphs,
-NMS backend, copy-back), so its cost per image can be measured, attributed and compared.
+serialised through the pipeline's own stage functions (``pipeline/stages.py``: decoder, letterbox, results) on its
+components and options, with the model split into per-section graphs, so its cost per image can be measured,
+attributed and compared.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import json
 import torch
 
 from yolotune.engine.cuda_graph import CudaGraphCache
-from yolotune.ops.letterbox import geometry_tensor, letterbox_batch
+from yolotune.ops.letterbox import geometry_tensor
 from yolotune.ops.postprocess import postprocess
 from yolotune.pipeline.buffers import Batch
 from yolotune.profile.sections import SectionRunner, detection_model
 from yolotune.profile.timeline import StageRecorder
-from yolotune.types import Detections, ErrorRecord, InputRef
+from yolotune.types import InputRef
 
 STAGES = ("read", "decode", "h2d", "preprocess", "backbone", "neck", "head", "model", "nms", "d2h", "sink")
 
@@ -33,7 +34,7 @@ class StagedPipeline:
         self.graphs = detector.uses_cuda_graph
         self._captured: dict[tuple, SectionRunner] = {}
         self._post = CudaGraphCache(self._postprocess) if self.graphs else None
-        self.slot = detector._direct_slot
+        self.slot = detector.direct_slot
         self.last_raw: tuple[torch.Tensor, torch.Tensor] | None = None  # last head output + geometry (for probes)
         self.last_input_shape: tuple[int, ...] | None = None  # [B, 3, H, W] of the last batch (rect canvases vary)
 
@@ -51,38 +52,36 @@ class StagedPipeline:
         return n_batches
 
     def run_batch(self, paths: list[str], rec: StageRecorder, index: int) -> list:
-        det = self.det
+        det, slot = self.det, self.slot
         n = len(paths)
         with rec.stage("read", index, n):
             loaded = det.decoder.load([(InputRef(p), None) for p in paths])
         with rec.stage("decode", index, n):
-            batch = Batch.from_decoded(det.decoder.decode_loaded(loaded))
+            batch = det.decode(loaded)
         images = batch.images
         if not images:
             return list(batch.order)
         bucket = det.bucket(len(images))
-        canvas = det._canvas([im.hw for im in images])
-        x = self.slot.input(canvas)
         if det.preprocess == "cpu" and det.device.type == "cuda":
-            host, device_u8 = self.slot.host_input(canvas)
+            canvas = det.canvas_for([im.hw for im in images])
             with rec.stage("preprocess", index, n):
-                geometries = letterbox_batch([im.tensor for im in images], host[: len(images)])
+                geometries = det.letterbox_on_host(slot, images, canvas)
             with rec.stage("h2d", index, n):
-                device_u8[: len(images)].copy_(host[: len(images)], non_blocking=True)
-                x[: len(images)].copy_(device_u8[: len(images)]).mul_(1.0 / 255.0)
+                det.upload_letterboxed(slot, len(images), canvas)
+            slot.geometry[:bucket].copy_(geometry_tensor(geometries, bucket, det.device))
+            slot.canvas = canvas
         else:
             with rec.stage("preprocess", index, n):
-                geometries = letterbox_batch([im.tensor for im in images], x[: len(images)])
-        geometry = self.slot.geometry[:bucket]
-        geometry.copy_(geometry_tensor(geometries, bucket, det.device))
-        raw = self._model(x[:bucket], rec, index, n)
+                det.letterbox_into(slot, images, bucket)
+        x, geometry = slot.input(slot.canvas)[:bucket], slot.geometry[:bucket]
+        raw = self._model(x, rec, index, n)
         self.last_raw = (raw, geometry)
-        self.last_input_shape = tuple(x[:bucket].shape)
+        self.last_input_shape = tuple(x.shape)
         with rec.stage("nms", index, n):
             dets, counts = self._post(raw, geometry) if self._post is not None else self._postprocess(raw, geometry)
         with rec.stage("d2h", index, n):
-            self.slot.host_dets[:bucket].copy_(dets, non_blocking=True)
-            self.slot.host_counts[:bucket].copy_(counts, non_blocking=True)
+            slot.host_dets[:bucket].copy_(dets, non_blocking=True)
+            slot.host_counts[:bucket].copy_(counts, non_blocking=True)
         with rec.stage("sink", index, n):
             results = self._sink(batch)
         return results
@@ -108,16 +107,10 @@ class StagedPipeline:
         return runner.graph_output()
 
     def _sink(self, batch: Batch) -> list:
-        """Host results as the pipeline builds them, serialised as JSON lines (what the JSONL sink writes)."""
-        det = self.det
-        dets = self.slot.host_dets[: len(batch.images)].numpy()
-        counts = self.slot.host_counts[: len(batch.images)].numpy()
-        out, buf = [], io.StringIO()
-        for entry in batch.order:
-            if isinstance(entry, ErrorRecord):
-                out.append(entry)
-            else:
-                im, d = batch.images[entry], dets[entry, : counts[entry]]
-                out.append(Detections(im.ref, im.hw, d[:, :4].copy(), d[:, 4].copy(), d[:, 5].astype("int64"), det.names))
-            buf.write(json.dumps(out[-1].to_dict()) + "\n")
+        """Host results as the pipeline builds them (``results``), serialised as the JSONL sink writes them."""
+        n = len(batch.images)
+        out = self.det.results(batch, self.slot.host_dets[:n].numpy(), self.slot.host_counts[:n].numpy())
+        buf = io.StringIO()
+        for r in out:
+            buf.write(json.dumps(r.to_dict()) + "\n")
         return out

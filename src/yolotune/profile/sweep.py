@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -100,7 +100,7 @@ def measure_batch(det, b: int, h: int, w: int, repeats: int, min_seconds: float,
         torch.cuda.synchronize(det.device)
         torch.cuda.reset_peak_memory_stats(det.device)
     with torch.inference_mode():
-        det._step(x, g)  # capture / warm up
+        det.step(x, g)  # capture / warm up
         if cuda:
             torch.cuda.synchronize(det.device)
         once = _time(det, x, g, 1, cuda)
@@ -115,15 +115,22 @@ def measure_batch(det, b: int, h: int, w: int, repeats: int, min_seconds: float,
 def _time(det, x, g, n: int, cuda: bool) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
-        det._step(x, g)
+        det.step(x, g)
     if cuda:
         torch.cuda.synchronize(det.device)
     return (time.perf_counter() - t0) / n
 
 
-def knee(points: list[SweepPoint], within: float = 0.9) -> SweepPoint | None:
-    """Smallest batch reaching ``within`` of the best throughput: where the curve flattens."""
+# The one knee rule of profile, plan and optimize: more batching buys less than this, which is within the
+# run-to-run spread of a batch's throughput (benchmarks/results/README.md), so the smaller batch is taken
+KNEE_WITHIN = 0.97
+
+
+def knee(points: list, rate: Callable[[object], float] = lambda p: p.images_per_s,
+         within: float = KNEE_WITHIN):
+    """The smallest batch whose ``rate`` reaches ``within`` of the best: where the curve flattens. ``points`` in
+    batch order (SweepPoints, or rows with a rate of their own); None for none."""
     if not points:
         return None
-    best = max(p.images_per_s for p in points)
-    return next(p for p in points if p.images_per_s >= within * best)
+    best = max(rate(p) for p in points)
+    return next(p for p in points if rate(p) >= within * best)

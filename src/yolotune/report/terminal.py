@@ -70,24 +70,25 @@ def _count(v: float) -> str:
     return f"{v:.0f}" if v >= 10 or v == 0 else f"{v:.2f}"
 
 
-def print_predict_summary(summary: dict, console: Console) -> None:
-    """predict's summary: model, engine, inputs, detections, throughput, outputs, the first errors."""
-    cfg = summary["config"]
+def print_predict_summary(summary, console: Console) -> None:
+    """predict's summary (a PredictSummary): model, engine, inputs, detections, throughput, outputs, the first
+    errors."""
+    cfg = summary.config
     table = Table(title="yolotune predict", show_header=False)
     table.add_row("model", f"{cfg['model']} ({cfg['layout']}, {cfg['classes']} classes)")
     table.add_row("engine", f"{cfg['engine']} on {cfg['device']}, {cfg['dtype']}, cuda graph: {cfg['cuda_graph']}, batch {cfg['batch']}")
-    table.add_row("inputs", f"{summary['inputs']} ({summary['ok']} ok, {summary['failed']} failed)")
-    table.add_row("detections", str(summary["detections"]))
-    if summary["images_per_s"]:
-        table.add_row("throughput", f"{summary['images_per_s']} images/s over {summary['seconds']} s")
-    table.add_row("outputs", "\n".join(summary["outputs"]))
-    if summary["skipped_non_media"]:
-        table.add_row("skipped", f"{len(summary['skipped_non_media'])} non-media files in directories")
+    table.add_row("inputs", f"{summary.inputs} ({summary.ok} ok, {summary.failed} failed)")
+    table.add_row("detections", str(summary.detections))
+    if summary.images_per_s:
+        table.add_row("throughput", f"{summary.images_per_s} images/s over {summary.seconds} s")
+    table.add_row("outputs", "\n".join(summary.outputs))
+    if summary.skipped_non_media:
+        table.add_row("skipped", f"{len(summary.skipped_non_media)} non-media files in directories")
     console.print(table)
-    for e in summary["errors"][:20]:
+    for e in summary.errors[:20]:
         console.print(f"[red]failed[/] {e['path']}{'#' + str(e['frame']) if 'frame' in e else ''}: {e['error']}",
                       markup=True, highlight=False)
-    if summary.get("interrupted"):
-        console.print(f"stopped by {summary['interrupted']}: every output holds the {summary['inputs']} inputs done")
-    if len(summary["errors"]) > 20:
-        console.print(f"... and {len(summary['errors']) - 20} more (see the JSONL output)")
+    if summary.interrupted:
+        console.print(f"stopped by {summary.interrupted}: every output holds the {summary.inputs} inputs done")
+    if len(summary.errors) > 20:
+        console.print(f"... and {len(summary.errors) - 20} more (see the JSONL output)")

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from yolotune.pipeline.buffers import register_host_memory
 from yolotune.interpreter import usable_cores
+from yolotune.pipeline.buffers import register_host_memory
+from yolotune.profile.sweep import knee as knee_of
 from yolotune.serve.decoders import decoder_processes, frame_nbytes
 from yolotune.serve.runtime import RunOptions, StreamRuntime, decoder_mode, ring_pinner
 from yolotune.serve.specs import SourceSpec
@@ -71,9 +72,9 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
     decoders = decoder_mode("auto", detector, 2)  # what the runtime uses for many streams
     sweep = _detect_sweep(detector, height, width, page_locked=decoders == "processes" and ring_pinner(detector) is not None)
     best = max(sweep, key=lambda r: r["frames_per_s"])
-    knee = next(r for r in sweep if r["frames_per_s"] >= 0.9 * best["frames_per_s"])
-    # With a latency budget, run at the knee: the smallest batch within 10% of the best throughput. A batch of 64
-    # 720p frames spends ~25 ms in the engine on the H100, and the next batch waits behind it.
+    knee = knee_of(sweep, rate=lambda r: r["frames_per_s"])
+    # With a latency budget, run at the knee (profile/sweep.py's rule): a larger batch buys no throughput, and the
+    # next batch waits behind it.
     chosen = knee if latency_budget_ms is not None else best
     say("measuring decode speed and per-stream memory")
     clip = _clip(work, width, height, fps)

@@ -447,7 +447,7 @@ def _rss_bytes() -> int:
 def ring_pinner(detector):
     """How the decoder pool page-locks its rings for this detector's device (None: frames go through staging)."""
     device = getattr(detector, "device", None)
-    if getattr(device, "type", "cpu") != "cuda" or not getattr(detector, "_frame_path", False):
+    if getattr(device, "type", "cpu") != "cuda" or not detector.frames.one_graph:
         return None
     from yolotune.pipeline.buffers import register_host_memory
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from yolotune.options import DetectorOptions
+
 
 @dataclass
 class Candidate:
     name: str
-    options: dict  # Detector options (precision, cuda_graph, compile, batch, nms, ...)
+    options: DetectorOptions  # what this candidate runs with (precision, cuda_graph, compile, nms, ...)
     engine: str = "torch"  # "torch" or "onnxruntime"
     calibration: str | None = None  # INT8 calibration method (ONNX Runtime static quantization)
     est_cost_s: float = 10.0  # rough time to build and measure, for the budget
@@ -18,7 +20,7 @@ class Candidate:
     result: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "options": self.options, "engine": self.engine, "calibration": self.calibration,
+        return {"name": self.name, "options": self.options.changed(), "engine": self.engine, "calibration": self.calibration,
                 **self.result}
 
 
@@ -33,28 +35,28 @@ def search_space(device_type: str, compile: bool = True, int8: bool = True, budg
         # Most promising first, so the default budget (120 s for yolov8n) still measures the likely winner: the
         # compiled engine (~2x eager at large batches, ~60-85 s to compile), then the CUDA graph; the rest show
         # each lever when the budget allows.
-        out = [Candidate("eager fp32", {"precision": "fp32", "cuda_graph": False}, reference=True, est_cost_s=8)]
+        out = [Candidate("eager fp32", DetectorOptions(precision="fp32", cuda_graph=False), reference=True, est_cost_s=8)]
         if compile:  # torch.compile (inductor, static canvas, dynamic batch) replayed as CUDA graphs, compiled
             # ahead of time and saved (engine/precompiled.py). AOTInductor (compile="aoti") is not searched: its
             # CUDA packages crashed their loader on an H100 (aoti.py).
             # one compile (batch 1 is padded to 2), its kernels' first run, validation: ~85 s tuned on the H100
             tuned = budget_s >= TUNED_COMPILE_BUDGET_S
-            out.append(Candidate("compiled+graph fp16", {"precision": "fp16", "cuda_graph": True, "rect": False,
-                                                         "compile": "inductor" if tuned else "inductor-untuned"},
+            out.append(Candidate("compiled+graph fp16", DetectorOptions(
+                precision="fp16", cuda_graph=True, rect=False, compile="inductor" if tuned else "inductor-untuned"),
                                  est_cost_s=85 if tuned else 65))
-        out.append(Candidate("graph fp16", {"precision": "fp16", "cuda_graph": True}, est_cost_s=8))
+        out.append(Candidate("graph fp16", DetectorOptions(precision="fp16", cuda_graph=True), est_cost_s=8))
         out += [
-            Candidate("eager fp16", {"precision": "fp16", "cuda_graph": False}, est_cost_s=8),
-            Candidate("graph bf16", {"precision": "bf16", "cuda_graph": True}, est_cost_s=8),
-            Candidate("graph fp32", {"precision": "fp32", "cuda_graph": True}, est_cost_s=8),
+            Candidate("eager fp16", DetectorOptions(precision="fp16", cuda_graph=False), est_cost_s=8),
+            Candidate("graph bf16", DetectorOptions(precision="bf16", cuda_graph=True), est_cost_s=8),
+            Candidate("graph fp32", DetectorOptions(precision="fp32", cuda_graph=True), est_cost_s=8),
         ]
         return out
     out = [
-        Candidate("torch fp32", {"precision": "fp32"}, reference=True, est_cost_s=15),
-        Candidate("onnxruntime fp32", {}, engine="onnxruntime", est_cost_s=15),
+        Candidate("torch fp32", DetectorOptions(precision="fp32"), reference=True, est_cost_s=15),
+        Candidate("onnxruntime fp32", DetectorOptions(), engine="onnxruntime", est_cost_s=15),
     ]
     if int8:
-        out += [Candidate(f"onnxruntime int8 ({m})", {}, engine="onnxruntime", calibration=m, est_cost_s=45)
+        out += [Candidate(f"onnxruntime int8 ({m})", DetectorOptions(), engine="onnxruntime", calibration=m, est_cost_s=45)
                 for m in ("minmax", "entropy", "percentile")]
     return out
 
@@ -68,9 +70,9 @@ def refinements(best: Candidate, imgsz: tuple[int, int], stride: int, topk: int 
     for f in (0.8, 0.65):
         size = max(stride, round(h * f / stride) * stride), max(stride, round(w * f / stride) * stride)
         if size != (h, w):
-            out.append(Candidate(f"{best.name} @ {size[0]}x{size[1]}", {**best.options, "imgsz": list(size)},
+            out.append(Candidate(f"{best.name} @ {size[0]}x{size[1]}", best.options.replace(imgsz=size),
                                  engine=best.engine, calibration=best.calibration,
                                  est_cost_s=best.result.get("seconds", best.est_cost_s), refines=best.name))
-    out.append(Candidate(f"{best.name}, top-k {topk // 4}", {**best.options, "topk": topk // 4}, engine=best.engine,
+    out.append(Candidate(f"{best.name}, top-k {topk // 4}", best.options.replace(topk=topk // 4), engine=best.engine,
                          calibration=best.calibration, est_cost_s=10.0, refines=best.name))
     return out

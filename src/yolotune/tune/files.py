@@ -21,7 +21,7 @@ class CandidateFiles:
     def for_candidate(self, cand: Candidate) -> Path:
         if cand.engine != "onnxruntime":
             return self.model_file
-        size = _hw(cand.options.get("imgsz", 640))
+        size = _hw(cand.options.imgsz or 640)
         onnx = self.onnx(size)
         if not cand.calibration:
             return onnx
