@@ -64,7 +64,7 @@ def run(detector, specs, seconds: float, batch: int, on_demand: bool = True) -> 
                                                    open_timeout_s=20, read_timeout_s=20, on_demand=on_demand))
     timeline = []  # (seconds since start, frames dropped so far): drops of the start-up apart from the steady ones
     s = rt.run(on_tick=lambda r: timeline.append((time.perf_counter() - r.started,
-                                                  sum(q.dropped + w.status.dropped for q, w in zip(r.queues, r.workers)))))
+                                                  sum(q.dropped + w.status.dropped for q, w in zip(r.queues, r.workers))))).to_dict()
     warm = next((d for t, d in timeline if t >= seconds / 4), 0)
     rates = [st["steady_fps"] for st in s["streams"]]
     return {"streams": len(specs), "seconds": s["seconds"], "processed": s["frames"], "processed_fps": s["fps"],
@@ -80,7 +80,7 @@ def run(detector, specs, seconds: float, batch: int, on_demand: bool = True) -> 
 
 def main() -> None:
     from yolotune import Detector
-    from yolotune.serve.specs import SourceSpec
+    from yolotune.io.stream_specs import SourceSpec
 
     import live_server
 

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
         t0 = time.time()
         try:
             p = profile(model, photos, pipeline=pipeline, images=images, repeats=3, verify=True,
-                        progress=lambda m: print(f"[{name} {pipeline}] {m}", flush=True))
+                        progress=lambda m: print(f"[{name} {pipeline}] {m}", flush=True)).to_dict()
         except Exception as e:
             print(f"[{name} {pipeline}] failed: {type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}", flush=True)
             continue

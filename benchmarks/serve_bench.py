@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from yolotune import Detector, load_model  # noqa: E402
 from yolotune.serve.plan import _clip, _verify, plan  # noqa: E402
 from yolotune.serve.runtime import RunOptions, StreamRuntime  # noqa: E402
-from yolotune.serve.specs import SourceSpec  # noqa: E402
+from yolotune.io.stream_specs import SourceSpec  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 W, H = (int(v) for v in os.environ.get("RES", "1280x720" if CUDA else "640x360").split("x"))
@@ -48,7 +48,7 @@ def throughput(det, clip: Path, n: int, seconds: float, pixel_format: str = "aut
     specs = [SourceSpec(str(clip), "file", f"t{i:03d}", loop=True) for i in range(n)]
     getattr(det, "timings", {}).clear()  # the Detector's stage timings of this run only
     s = StreamRuntime(det, specs, RunOptions(out=None, max_batch=BATCH, max_wait_ms=5, queue_size=4, duration_s=seconds,
-                                             pixel_format=pixel_format, decoder_processes=DECODER_PROCS)).run()
+                                             pixel_format=pixel_format, decoder_processes=DECODER_PROCS)).run().to_dict()
     rates = [st["steady_fps"] for st in s["streams"]]  # since each stream's first result: start-up excluded
     return {"streams": n, "total_fps": sum(rates), "min_stream_fps": min(rates), "mean_batch": s["mean_batch"],
             "pixel_format": s["pixel_format"], "decoders": s["decoders"], "engine_thread_s": s["engine_thread_s"],
@@ -124,7 +124,7 @@ def main() -> None:
                 for n in sorted(set(STREAMS) | (set(PEER_STREAMS) if PEER else set())):
                     r["throughput"].append(throughput(det, clip, n, min(SECONDS, 15), pf))
                     print(name, "throughput", json.dumps(r["throughput"][-1]), flush=True)
-            r["plan"] = plan(det, FPS, (W, H), verify=True, verify_seconds=min(SECONDS, 15), latency_budget_ms=LATENCY_MS)
+            r["plan"] = plan(det, FPS, (W, H), verify=True, verify_seconds=min(SECONDS, 15), latency_budget_ms=LATENCY_MS).to_dict()
             r["plan"].pop("sweep", None)
             print(name, "plan", json.dumps({k: r["plan"].get(k) for k in ("limits", "binding", "predicted_streams", "verified_streams",
                                                                        "host_pipeline_fps", "host_pipeline_errors")}), flush=True)

@@ -18,11 +18,12 @@ import torch
 
 from stand_ins import SlowDetector
 from yolotune.data.synth import write_video
-from yolotune.serve.queues import Backlog, FrameQueue, StreamFrame
+from yolotune.io.streams import StreamFrame
+from yolotune.serve.queues import Backlog, FrameQueue
 from yolotune.serve.runtime import RunOptions, StreamRuntime
 from yolotune.serve.scheduler import BatchScheduler
-from yolotune.serve.sources import Backoff
-from yolotune.serve.specs import SourceSpec, parse_source, read_source_list
+from yolotune.io.streams import Backoff
+from yolotune.io.stream_specs import SourceSpec, parse_source, read_source_list
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +56,17 @@ class FlakyEngine(SlowDetector):
 
 def test_engine_failures_are_reported_per_stream_and_three_in_a_row_stop_the_run(clips, tmp_path):
     engine = FlakyEngine({2})
-    summary = StreamRuntime(engine, [parse_source(str(clips["b"]))], RunOptions(out=tmp_path / "one", max_batch=4)).run()
+    typed = StreamRuntime(engine, [parse_source(str(clips["b"]))], RunOptions(out=tmp_path / "one", max_batch=4)).run()
+    summary = typed.to_dict()  # what `run --json` prints
     s = summary["streams"][0]
     failed = engine.batches[1]  # the frames of the failed batch: as many as had arrived, up to 4 (a busy machine: fewer)
     assert 1 <= failed <= 4 and summary["engine_errors"] == failed
     assert s["processed"] == 17 - failed and s["state"] == "finished"
+    assert typed.engine_errors == failed and typed.streams[0].processed == s["processed"] and typed.any_failed
     rows = read_jsonl(tmp_path / "one" / "b" / "detections.jsonl")
     err = [r for r in rows if r.get("event") == "engine-error"]
     assert len(err) == 1 and "illegal memory access" in err[0]["message"] and err[0]["ok"] is False
-    summary = StreamRuntime(FlakyEngine({1, 2, 3}), [parse_source(str(clips["a"]))], RunOptions(out=None, max_batch=4)).run()
+    summary = StreamRuntime(FlakyEngine({1, 2, 3}), [parse_source(str(clips["a"]))], RunOptions(out=None, max_batch=4)).run().to_dict()
     assert summary["stopped_by"].startswith("engine failed 3 batches in a row") and summary["frames"] == 0
 
 
@@ -89,7 +92,7 @@ def test_file_streams_every_frame_in_order_with_the_real_model(clips, tmp_path, 
 
     specs = [parse_source(str(clips["a"])), parse_source(str(clips["b"])), parse_source(str(clips["a"]), name="a")]
     with Detector("default", device="cpu", batch=4) as det:
-        summary = StreamRuntime(det, specs, RunOptions(out=tmp_path, max_batch=4, queue_size=2, decoders=decoders)).run()
+        summary = StreamRuntime(det, specs, RunOptions(out=tmp_path, max_batch=4, queue_size=2, decoders=decoders)).run().to_dict()
     assert summary["decoders"] == decoders
     loop = summary["engine_thread_s"]  # where the engine thread's time went
     assert loop["submitting"] > 0 and 0 < sum(loop.values()) <= summary["seconds"] + 0.5
@@ -111,7 +114,7 @@ def test_overload_drops_oldest_on_live_sources_and_memory_stays_bounded(clips, t
     live = SourceSpec(str(clips["a"]), "url", "cam")  # a live source: replays on EOF, drops when behind
     rt = StreamRuntime(slow, [live], RunOptions(out=tmp_path, max_batch=1, queue_size=3, duration_s=2.0,
                                                 backoff_base_s=0.01, decoders=decoders))
-    summary = rt.run()
+    summary = rt.run().to_dict()
     s = summary["streams"][0]
     assert s["dropped"] > 0 and s["max_queue_depth"] <= 3
     queue_drops = s["dropped"] - s["dropped_before_decode"]
@@ -165,7 +168,7 @@ def test_reconnects_after_the_server_drops_and_other_streams_carry_on(clips, tmp
         rt = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path, max_batch=4, duration_s=3.5,
                                                                open_timeout_s=2, read_timeout_s=2, backoff_base_s=0.05,
                                                                decoders=decoders))
-        summary = rt.run()
+        summary = rt.run().to_dict()
     finally:
         server.close()
     cam, other = summary["streams"]
@@ -184,7 +187,7 @@ def test_a_url_that_never_answers_times_out_with_a_clear_error(clips, tmp_path):
         specs = [SourceSpec(f"tcp://127.0.0.1:{silent.getsockname()[1]}", "url", "dead"), parse_source(str(clips["b"]))]
         t0 = time.perf_counter()
         summary = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path, open_timeout_s=0.5, read_timeout_s=0.5,
-                                                                     max_retries=1, backoff_base_s=0.05)).run()
+                                                                     max_retries=1, backoff_base_s=0.05)).run().to_dict()
         elapsed = time.perf_counter() - t0
     finally:
         silent.close()
@@ -203,7 +206,7 @@ def test_corrupt_and_truncated_videos_fail_alone(clips, tmp_path, decoders):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00not a video" * 500)
     specs = [parse_source(str(truncated)), parse_source(str(garbage)), parse_source(str(clips["b"]))]
-    summary = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path / "out", decoders=decoders)).run()
+    summary = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path / "out", decoders=decoders)).run().to_dict()
     by = {s["name"]: s for s in summary["streams"]}
     assert by["truncated"]["state"] == "failed" and by["garbage"]["state"] == "failed"
     assert by["garbage"]["error"] and by["b"]["processed"] == 17
@@ -279,7 +282,7 @@ def test_metrics_endpoint_serves_per_stream_metrics(clips, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rt = StreamRuntime(SlowDetector(0.0), [parse_source(str(clips["b"]))], RunOptions(out=None, metrics_port=port))
-    summary = rt.run()
+    summary = rt.run().to_dict()
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'yolotune_frames_total{stream="b"} 17.0' in body
     assert 'yolotune_frame_latency_seconds_count{stream="b"} 17.0' in body and "yolotune_queue_depth" in body
@@ -299,7 +302,7 @@ def test_watched_folder_picks_up_new_images(tmp_path):
         (folder / "0003.jpg").write_bytes(b"broken")
 
     threading.Thread(target=add_later, daemon=True).start()
-    summary = StreamRuntime(SlowDetector(0.0), [parse_source(str(folder))], RunOptions(out=tmp_path / "o", duration_s=1.5)).run()
+    summary = StreamRuntime(SlowDetector(0.0), [parse_source(str(folder))], RunOptions(out=tmp_path / "o", duration_s=1.5)).run().to_dict()
     assert summary["streams"][0]["processed"] == 2
     rows = read_jsonl(tmp_path / "o" / "drop" / "detections.jsonl")
     assert [r["frame"] for r in rows if "frame" in r] == [0, 1]
@@ -404,7 +407,7 @@ def test_i420_frames_through_the_runtime_match_rgb(clips, tmp_path):
     with Detector("default", device="cpu", batch=4) as det:
         for fmt in ("rgb24", "yuv420p"):
             s = StreamRuntime(det, [parse_source(str(clips["a"]))], RunOptions(out=tmp_path / fmt, formats=("jsonl", "video"),
-                                                                               pixel_format=fmt)).run()
+                                                                               pixel_format=fmt)).run().to_dict()
             assert s["pixel_format"] == fmt and s["streams"][0]["processed"] == 24
             rows = [r for r in read_jsonl(tmp_path / fmt / "a" / "detections.jsonl") if "frame" in r]
             counts[fmt] = sum(len(r["detections"]) for r in rows)
@@ -427,7 +430,7 @@ def test_http_stream_source(clips, tmp_path):
         url = f"http://127.0.0.1:{server.server_address[1]}/{clips['ts'].name}"
         spec = parse_source(url)
         assert spec.kind == "url" and spec.name == f"127.0.0.1-{server.server_address[1]}-live.ts"
-        summary = StreamRuntime(SlowDetector(0.0), [spec], RunOptions(out=None, duration_s=2.0, backoff_base_s=0.05)).run()
+        summary = StreamRuntime(SlowDetector(0.0), [spec], RunOptions(out=None, duration_s=2.0, backoff_base_s=0.05)).run().to_dict()
     finally:
         server.shutdown()
     s = summary["streams"][0]
@@ -435,7 +438,7 @@ def test_http_stream_source(clips, tmp_path):
 
 
 def test_a_failing_sink_is_reported_and_does_not_stop_the_run(clips, tmp_path, monkeypatch):
-    from yolotune.serve.sinks import StreamSinks
+    from yolotune.io.stream_sinks import StreamSinks
 
     real = StreamSinks.write
 
@@ -445,7 +448,7 @@ def test_a_failing_sink_is_reported_and_does_not_stop_the_run(clips, tmp_path, m
         real(self, frame, det, lat)
 
     monkeypatch.setattr(StreamSinks, "write", flaky)
-    summary = StreamRuntime(SlowDetector(0.0), [parse_source(str(clips["b"]))], RunOptions(out=tmp_path)).run()
+    summary = StreamRuntime(SlowDetector(0.0), [parse_source(str(clips["b"]))], RunOptions(out=tmp_path)).run().to_dict()
     assert summary["streams"][0]["processed"] == 17 and summary["sink_errors"] == 4  # frames 0, 5, 10, 15
     rows = read_jsonl(tmp_path / "b" / "detections.jsonl")
     assert len([r for r in rows if "frame" in r]) == 13
@@ -465,7 +468,7 @@ def test_a_decoder_process_that_dies_fails_its_streams_and_the_others_carry_on(c
         doomed.kill()
 
     threading.Thread(target=kill_when_running, daemon=True).start()
-    summary = rt.run()
+    summary = rt.run().to_dict()
     dead, other = summary["streams"]
     assert dead["state"] == "failed" and "ended unexpectedly" in dead["error"]
     assert other["state"] == "finished" and other["processed"] == 17
@@ -539,7 +542,7 @@ def test_decoders_leave_the_runtime_its_cores():
 def test_latency_is_split_into_handover_queue_and_engine(clips, tmp_path):
     """Every result's latency in three parts, so a slow p99 says where to look; they add up to the whole."""
     specs = [parse_source(str(clips["a"])), parse_source(str(clips["b"]))]
-    s = StreamRuntime(SlowDetector(0.02), specs, RunOptions(out=None, max_batch=4, queue_size=2)).run()
+    s = StreamRuntime(SlowDetector(0.02), specs, RunOptions(out=None, max_batch=4, queue_size=2)).run().to_dict()
     parts = s["latency_parts_ms"]
     assert set(parts) == {"handover", "queued", "engine"} and all(p["p50"] >= 0 for p in parts.values())
     assert parts["engine"]["p50"] >= 20  # the stand-in engine's 20 ms per batch
@@ -643,7 +646,8 @@ def test_plan_removes_its_work_folder_on_every_exit_path(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with Detector("default", device="cpu", batch=1) as det:
         report = plan_module.plan(det, 2, (160, 96), verify=False)
-        assert report["predicted_streams"] >= 1 and not list(tmp_path.glob("yolotune-plan-*"))
+        assert report.predicted_streams >= 1 and report.to_dict()["predicted_streams"] == report.predicted_streams
+        assert report.knee_batch <= report.best_batch and report.verified_streams is None and not list(tmp_path.glob("yolotune-plan-*"))
 
         def interrupted(*_a, **_k):
             raise KeyboardInterrupt

@@ -15,7 +15,7 @@ import live_server
 from stand_ins import SlowDetector as SlowEngine
 from yolotune.data.synth import write_video
 from yolotune.serve.runtime import RunOptions, StreamRuntime
-from yolotune.serve.specs import SourceSpec, parse_source
+from yolotune.io.stream_specs import SourceSpec, parse_source
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def serving(clip, ports):
 def in_background(rt: StreamRuntime) -> tuple[threading.Thread, dict]:
     """Run ``rt`` on a thread; the dict gets its summary when it ends."""
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(rt.run()), daemon=True)
+    runner = threading.Thread(target=lambda: result.update(rt.run().to_dict()), daemon=True)
     runner.start()
     return runner, result
 
@@ -78,7 +78,7 @@ def test_live_overload_drops_frames_before_decoding_them(clips, tmp_path, decode
     try:
         specs = [parse_source(f"cam{i}={url_of(p)}") for i, p in enumerate(ports)]
         summary = StreamRuntime(SlowEngine(0.1), specs, RunOptions(out=tmp_path, max_batch=2, duration_s=4,
-                                                                  queue_size=4, decoders=decoders)).run()
+                                                                  queue_size=4, decoders=decoders)).run().to_dict()
     finally:
         server.terminate()
     for s in summary["streams"]:
@@ -101,7 +101,7 @@ def test_realtime_files_drop_like_cameras_unless_lossless(clips, tmp_path):
     def run(lossless):
         specs = [parse_source(f"f{i}={clips['small']}", loop=True, realtime=True, lossless=lossless) for i in range(3)]
         rt = StreamRuntime(SlowEngine(0.1), specs, RunOptions(out=None, max_batch=1, duration_s=3, queue_size=4))
-        return rt, rt.run()
+        return rt, rt.run().to_dict()
 
     rt, dropping = run(False)
     assert all(s["dropped"] > 0 and s["max_lag_s"] < 1.0 for s in dropping["streams"])  # old frames go, counted

@@ -41,7 +41,7 @@ def test_explicit_file_with_unknown_suffix_is_an_image_to_sniff(tmp_path):
 
 
 def test_decoder_threads_share_the_cores_between_sources():
-    from yolotune.serve.sources import decoder_threads
+    from yolotune.io.streams import decoder_threads
 
     assert decoder_threads(1, 16) == 0  # one source: FFmpeg's own choice (a thread per core)
     assert decoder_threads(4, 16) == 4 and decoder_threads(100, 16) == 1 and decoder_threads(4, 2) == 1
@@ -54,7 +54,7 @@ def test_i420_pictures_copy_into_a_slot_exactly_as_to_ndarray_lays_them_out(tmp_
     import numpy as np
 
     from yolotune.data.synth import write_video
-    from yolotune.serve.sources import I420Picture
+    from yolotune.io.streams import I420Picture
 
     clip = write_video(tmp_path / "narrow.mp4", frames=3, size=(60, 100), seed=4)
     with av.open(str(clip)) as c:

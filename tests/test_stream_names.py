@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from yolotune.cli import app
-from yolotune.serve.specs import name_streams, parse_source, read_source_list
+from yolotune.io.stream_specs import name_streams, parse_source, read_source_list
 
 
 def names(*texts):
@@ -63,7 +63,7 @@ def test_a_stream_named_dotdot_writes_inside_out(tmp_path):
 
 
 def test_sinks_refuse_a_name_that_leaves_out(tmp_path):
-    from yolotune.serve.sinks import StreamSinks
+    from yolotune.io.stream_sinks import StreamSinks
 
     for bad in ("..", "../x", "a/b", "/abs", ""):
         with pytest.raises(ValueError):

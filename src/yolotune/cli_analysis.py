@@ -43,10 +43,11 @@ def profile_command(
     overrides = dict(batch=batch, precision=precision, cuda_graph=cuda_graph, preprocess=preprocess, nms=nms)
     try:
         with stage_progress("profiling") as say:
-            result = profile(model, sources or None, pipeline=pipeline, device=device, images=images, repeats=repeats,
+            report = profile(model, sources or None, pipeline=pipeline, device=device, images=images, repeats=repeats,
                              sweep=sweep, max_batch=max_batch, verify=verify, progress=say, **overrides)
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
+    result = report.to_dict()
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.json").write_text(json.dumps(result, indent=1))
     write_trace(result, out / "trace.json")

@@ -58,7 +58,7 @@ def run_command(
     output_folder(out)
     from yolotune import Detector, ModelLoadError
     from yolotune.serve.runtime import RunOptions, StreamRuntime
-    from yolotune.serve.specs import name_streams, parse_source, read_source_list
+    from yolotune.io.stream_specs import name_streams, parse_source, read_source_list
 
     texts = list(source)
     if sources_file is not None:
@@ -97,34 +97,33 @@ def run_command(
         else:
             summary = runtime.run()
     if json_output:
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     else:
         print_run_summary(summary, console())
-    failed = summary["failed"] or summary["damaged"] or summary["engine_errors"] or summary["sink_errors"]
-    raise typer.Exit(EXIT_STREAM_FAILURES if failed else EXIT_OK)
+    raise typer.Exit(EXIT_STREAM_FAILURES if summary.any_failed else EXIT_OK)
 
 
-def print_run_summary(s: dict, console: Console) -> None:
+def print_run_summary(s, console: Console) -> None:
+    """run's summary (a RunSummary): a row per stream, where the latency went, how it stopped."""
     from rich.table import Table
 
-    t = Table(title=f"{len(s['streams'])} streams, {s['frames']} frames in {s['seconds']} s ({s['fps']:.1f} frames/s, "
-                    f"mean batch {s['mean_batch']:.1f}) on {s['device']}")
+    t = Table(title=f"{len(s.streams)} streams, {s.frames} frames in {s.seconds} s ({s.fps:.1f} frames/s, "
+                    f"mean batch {s.mean_batch:.1f}) on {s.device}")
     for col in ("stream", "state", "processed", "dropped", "lost", "outages", "fps", "p50 ms", "p99 ms", "max lag s",
                 "error"):
         t.add_column(col)
     f = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
-    for r in s["streams"]:
-        t.add_row(r["name"], r["state"], str(r["processed"]), str(r["dropped"]), str(r["frames_lost"]),
-                  str(r["outages"]), f(r["fps"]), f(r["latency_p50_ms"]), f(r["latency_p99_ms"]), f(r["max_lag_s"]),
-                  (r["error"] or r["last_error"] or "")[:70])
+    for r in s.streams:
+        t.add_row(r.name, r.state, str(r.processed), str(r.dropped), str(r.frames_lost), str(r.outages), f(r.fps),
+                  f(r.latency_p50_ms), f(r.latency_p99_ms), f(r.max_lag_s), (r.error or r.last_error or "")[:70])
     console.print(t)
-    if s.get("latency_parts_ms"):
-        console.print(f"where the latency goes (p50 / p99): {latency_parts_line(s['latency_parts_ms'])}; "
-                      f"engine thread: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["engine_thread_s"].items()))
-    if s.get("stopped_by"):
-        console.print(f"stopped by {s['stopped_by']}; every output was flushed")
-    if s["outputs"]:
-        console.print(f"outputs: {Path(s['outputs'][0]).parent.parent}")
+    if s.latency_parts_ms:
+        console.print(f"where the latency goes (p50 / p99): {latency_parts_line(s.latency_parts_ms)}; "
+                      f"engine thread: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.engine_thread_s.items()))
+    if s.stopped_by:
+        console.print(f"stopped by {s.stopped_by}; every output was flushed")
+    if s.outputs:
+        console.print(f"outputs: {Path(s.outputs[0]).parent.parent}")
 
 
 def latency_parts_line(parts: dict) -> str:
@@ -167,12 +166,13 @@ def plan_command(
     with detector, stage_progress("planning") as say:
         report = plan(detector, fps, (w, h), gpus=gpus, verify=verify, verify_seconds=seconds, latency_budget_ms=latency_ms,
                       max_streams=max_streams, progress=say)
+    data = report.to_dict()
     if out is not None:
-        out.write_text(json.dumps(report, indent=1, default=str))
+        out.write_text(json.dumps(data, indent=1, default=str))
     if json_output:
-        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
-    print_plan(report, console())
+    print_plan(data, console())
 
 
 def print_plan(r: dict, console: Console) -> None:

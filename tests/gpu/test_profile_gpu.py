@@ -15,7 +15,7 @@ def photos(tmp_path_factory):
 
 
 def test_plain_pipeline_is_found_launch_bound_and_the_fix_verified(photos):
-    p = profile("default", photos, pipeline="plain", images=24, repeats=1, max_batch=8, verify=True)
+    p = profile("default", photos, pipeline="plain", images=24, repeats=1, max_batch=8, verify=True).to_dict()
     k = p["kernels"]
     model_launches = sum(k[s]["launches"] for s in ("backbone", "neck", "head"))
     assert model_launches > 100 and k["backbone"]["graph_launches"] == 0  # eager: one launch per kernel
@@ -30,7 +30,7 @@ def test_plain_pipeline_is_found_launch_bound_and_the_fix_verified(photos):
 
 
 def test_optimized_pipeline_replays_graphs(photos):
-    p = profile("default", photos, pipeline="optimized", images=24, repeats=1, max_batch=16, batch=8)
+    p = profile("default", photos, pipeline="optimized", images=24, repeats=1, max_batch=16, batch=8).to_dict()
     k = p["kernels"]
     for s in ("backbone", "neck", "head", "nms"):
         assert k[s]["graph_launches"] == pytest.approx(1 / 8)  # one graph per section per batch of 8

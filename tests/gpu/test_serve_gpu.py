@@ -11,7 +11,7 @@ from yolotune import Detector
 from yolotune.data.synth import write_video
 from yolotune.serve.plan import plan
 from yolotune.serve.runtime import RunOptions, StreamRuntime
-from yolotune.serve.specs import parse_source
+from yolotune.io.stream_specs import parse_source
 
 pytestmark = pytest.mark.gpu
 
@@ -22,7 +22,7 @@ def test_streams_on_the_gpu_match_direct_detection(tmp_path):
     clip = write_video(tmp_path / "c.mp4", frames=30, size=(720, 1280), seed=5)
     specs = [parse_source(str(clip), name=f"cam{i}") for i in range(6)]
     with Detector("default", device="cuda", batch=8) as det:
-        summary = StreamRuntime(det, specs, RunOptions(out=tmp_path / "out", max_batch=8, queue_size=4)).run()
+        summary = StreamRuntime(det, specs, RunOptions(out=tmp_path / "out", max_batch=8, queue_size=4)).run().to_dict()
         with av.open(str(clip)) as c:  # the same pixels the runtime moved (I420 by default on a GPU)
             frames = [f.to_ndarray(format=summary["pixel_format"]) for f in c.decode(video=0)]
         direct = det.detect(frames)
@@ -44,7 +44,7 @@ def test_streams_on_the_gpu_match_direct_detection(tmp_path):
 
 def test_plan_on_the_gpu_counts_device_memory_and_verifies():
     with Detector("default", device="cuda", batch=16) as det:
-        r = plan(det, 30, (640, 360), verify=True, verify_seconds=3, max_streams=16, latency_budget_ms=200)
+        r = plan(det, 30, (640, 360), verify=True, verify_seconds=3, max_streams=16, latency_budget_ms=200).to_dict()
     assert "device_memory" in r["limits"] and r["device_bytes_per_stream"] > 0
     assert r["predicted_streams"] == 16 and r["verification"][0]["frames"] > 0
     assert r["verified_streams"] >= 1

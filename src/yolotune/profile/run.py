@@ -18,37 +18,36 @@ from typing import Callable
 import torch
 
 from yolotune.io.sources import expand_sources
+from yolotune.options import DetectorOptions
 from yolotune.profile import probes
 from yolotune.profile.counters import NvmlSampler
 from yolotune.profile.diagnose import diagnose
 from yolotune.profile.end_to_end import e2e_inputs, measure_end_to_end
 from yolotune.profile.kernels import profile_kernels
+from yolotune.profile.result import ProfileReport
 from yolotune.profile.roofline import RooflinePoint, device_peaks
 from yolotune.profile.sections import SECTIONS, SectionRunner, detection_model, measure_layer_costs
 from yolotune.profile.staged import STAGES, StagedPipeline
 from yolotune.profile.sweep import knee, sweep_batches
 from yolotune.profile.timeline import StageRecorder
 
-PROFILE_VERSION = 1
-
 # What users typically run (decode with OpenCV/Pillow on the CPU, one image at a time, eager FP32, an NMS loop),
 # and yolotune's own configuration. Both are plain Detector options, so a profile can be reproduced exactly.
-PRESETS: dict[str, dict] = {
-    "plain": {"preprocess": "cpu", "gpu_decode": False, "workers": 1, "cuda_graph": False, "precision": "fp32",
-              "batch": 1, "nms": "loop"},
-    "optimized": {"batch": 32},
+PRESETS: dict[str, DetectorOptions] = {
+    "plain": DetectorOptions(preprocess="cpu", gpu_decode=False, workers=1, cuda_graph=False, precision="fp32",
+                             batch=1, nms="loop"),
+    "optimized": DetectorOptions(batch=32),
 }
 
 
-def preset_options(pipeline: str, device_type: str, overrides: dict) -> dict:
+def preset_options(pipeline: str, device_type: str, overrides: dict) -> DetectorOptions:
+    """The preset, fitted to the device (a CPU runs its own precision, at most batch 8), with the overrides set."""
     if pipeline not in PRESETS:
         raise ValueError(f"pipeline must be one of {sorted(PRESETS)}, not {pipeline!r}")
-    opts = dict(PRESETS[pipeline])
+    opts = PRESETS[pipeline]
     if device_type == "cpu":
-        opts.pop("precision", None)
-        opts["batch"] = min(opts["batch"], 8)
-    opts.update({k: v for k, v in overrides.items() if v is not None})
-    return opts
+        opts = opts.replace(precision=None, batch=min(opts.batch, 8))
+    return opts.merged(overrides)
 
 
 def image_paths(sources, limit: int | None, workdir: Path) -> list[str]:
@@ -120,11 +119,12 @@ def profile(
     workdir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     **overrides,
-) -> dict:
+) -> ProfileReport:
     """Profile ``model`` on ``sources`` with a pipeline preset ("plain" or "optimized") plus Detector overrides.
 
-    Returns a JSON-ready dict: device, options, stages (ms/image with spread), kernels, layers, roofline, sweep,
-    GPU counters, end-to-end throughput, findings (and verification). Raises ValueError for bad options or inputs.
+    Returns the ProfileReport: device, options, stages (ms/image with spread), kernels, layers, roofline, sweep,
+    GPU counters, end-to-end throughput, findings (and verification); ``to_dict()`` is profile.json. Raises
+    ValueError for bad options or inputs.
     """
     import tempfile
 
@@ -137,7 +137,7 @@ def profile(
     work = Path(workdir) if workdir else Path(tmp.enter_context(tempfile.TemporaryDirectory(prefix="yolotune-profile-")))
     with tmp:
         paths = image_paths(sources, images, work)
-        det = Detector(model, device=str(dev), **opts)
+        det = Detector(model, opts.replace(device=str(dev)))
         phases: list[dict] = []
         t_origin = time.perf_counter()
 
@@ -148,12 +148,13 @@ def profile(
             yield
             phases.append({"name": name, "start": start - t_origin, "end": time.perf_counter() - t_origin})
 
-        result: dict = {"version": PROFILE_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "model": str(model), "pipeline": pipeline, "device": _device_info(det.device)}
-        result["options"] = {**opts, **det.describe(), "cuda_graph_active": det.uses_cuda_graph,
-                             "decode_workers": det.decoder.workers}
         sizes = [os.path.getsize(q) for q in set(paths)]
-        result["inputs"] = {"images": len(paths), "files": len(sizes), "mean_bytes": sum(sizes) / max(1, len(sizes))}
+        result = ProfileReport(
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model=str(model), pipeline=pipeline,
+            device=_device_info(det.device),
+            options={**opts.changed(), **det.describe(), "cuda_graph_active": det.uses_cuda_graph,
+                     "decode_workers": det.decoder.workers},
+            inputs={"images": len(paths), "files": len(sizes), "mean_bytes": sum(sizes) / max(1, len(sizes))})
         staged = StagedPipeline(det)
         with NvmlSampler(det.device) as sampler, det:
             with phase("warm-up"):
@@ -163,47 +164,48 @@ def profile(
                 for r in range(repeats):
                     staged.run(paths, rec, first_batch=r * 10**6)
                 spans = rec.finish()
-            result["stages"] = _stage_stats(spans, len(paths) * repeats)
-            result["serial_ms_per_image"] = sum(s["ms_per_image"] for s in result["stages"])
+            result.stages = _stage_stats(spans, len(paths) * repeats)
+            result.serial_ms_per_image = sum(s["ms_per_image"] for s in result.stages)
             if kernels:
                 with phase("kernels"):
                     few = paths[: det.batch * 2]
                     stats = profile_kernels(lambda: staged.run(few, StageRecorder(det.device, annotate=True)), det.device, len(few))
-                result["kernels"] = {k: v.to_dict() for k, v in stats.items()}
-                result["launches_per_image"] = sum(v.launches for v in stats.values())
+                result.kernels = {k: v.to_dict() for k, v in stats.items()}
+                result.launches_per_image = sum(v.launches for v in stats.values())
             with phase("layers"):
-                result["layers"], result["roofline"] = _layers_and_roofline(det, result["stages"], staged.last_input_shape)
+                result.layers, result.roofline = _layers_and_roofline(det, result.stages, staged.last_input_shape)
             with phase("probes"):
-                result["probes"] = _probes(det, staged, paths)
+                result.probes = _probes(det, staged, paths)
             with phase("end-to-end"):
                 warm = measure_end_to_end(det, paths[: det.batch * 4], 1)  # warm-up: the pipeline's own graphs
                 e2e_paths = e2e_inputs(paths, warm["images_per_s"])
                 e2e_start = time.perf_counter()
-                result["e2e"] = measure_end_to_end(det, e2e_paths, repeats)
+                result.e2e = measure_end_to_end(det, e2e_paths, repeats)
                 e2e_end = time.perf_counter()
             if sweep:
                 with phase("sweep"):
                     cap = max_batch or (256 if det.device.type == "cuda" else 8)
                     points, note = sweep_batches(det, cap)
                     k = knee(points)
-                    result["sweep"] = {"points": [p.to_dict() for p in points], "knee": k.batch if k else None, "note": note}
+                    result.sweep = {"points": [p.to_dict() for p in points], "knee": k.batch if k else None, "note": note}
             if verify:
-                result["findings"] = [f.to_dict() for f in diagnose(result)]
+                result.findings = diagnose(result.to_dict())
                 from yolotune.profile.verify import verify_findings
 
                 with phase("verify"):
-                    result["verify"] = verify_findings(model, str(det.device), opts, result, e2e_paths, repeats, say)
+                    result.verify = verify_findings(model, str(det.device), opts, result.to_dict(), e2e_paths, repeats,
+                                                    say)
         series = sampler.series
-        result["counters"] = {**series.to_dict(), "t": [t - t_origin for t in series.t],
+        result.counters = {**series.to_dict(), "t": [t - t_origin for t in series.t],
                               "e2e_gpu_util_mean": series.mean("gpu_util", e2e_start, e2e_end),
                               "e2e_mem_util_mean": series.mean("mem_util", e2e_start, e2e_end),
                               "e2e_sm_clock_mhz_mean": series.mean("sm_clock_mhz", e2e_start, e2e_end),
                               "e2e_power_w_mean": series.mean("power_w", e2e_start, e2e_end)}
-        result["timeline"] = [[s.stage, s.batch, s.images, s.host_start - t_origin, s.host_enqueued - t_origin,
+        result.timeline = [[s.stage, s.batch, s.images, s.host_start - t_origin, s.host_enqueued - t_origin,
                                s.host_end - t_origin, None if s.gpu_start is None else s.gpu_start - t_origin,
                                None if s.gpu_end is None else s.gpu_end - t_origin] for s in spans]
-        result["phases"] = phases
-        result["findings"] = [f.to_dict() for f in diagnose(result)]
+        result.phases = phases
+        result.findings = diagnose(result.to_dict())
         return result
 
 

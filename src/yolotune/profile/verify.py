@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from yolotune.options import DetectorOptions
 from yolotune.profile.end_to_end import measure_end_to_end
 
 
-def verify_findings(model: str, device: str, base: dict, profile: dict, paths: list[str], repeats: int,
+def verify_findings(model: str, device: str, base: DetectorOptions, profile: dict, paths: list[str], repeats: int,
                     say: Callable[[str], None]) -> list[dict]:
     """For every finding with options (and all of them together): images/s with those options vs the profile's
     end-to-end run, predicted vs measured gain."""
@@ -22,11 +23,9 @@ def verify_findings(model: str, device: str, base: dict, profile: dict, paths: l
             merged.update(o)
         candidates.append(("all", merged, None))
     for kind, options, predicted in candidates:
-        opts = {**base, **options}
-        opts = {k: v for k, v in opts.items() if v is not None}
         say(f"verify {kind}: {options}")
         try:
-            with Detector(model, device=device, **opts) as det:
+            with Detector(model, base.merged(options).replace(device=device)) as det:
                 measure_end_to_end(det, paths[: det.batch * 2], 1)  # warm-up: graph capture, autotuning
                 e2e = measure_end_to_end(det, paths, repeats)
         except Exception as e:  # a recommendation that cannot run here is reported, not fatal

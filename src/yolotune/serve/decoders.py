@@ -29,9 +29,9 @@ from multiprocessing import connection, shared_memory
 import numpy as np
 
 from yolotune.interpreter import usable_cores
-from yolotune.serve.queues import FrameQueue, StreamFrame
-from yolotune.serve.sources import Backoff, SourceStatus, SourceWorker
-from yolotune.serve.specs import SourceSpec
+from yolotune.io.stream_specs import SourceSpec
+from yolotune.io.streams import Backoff, SourceStatus, SourceWorker, StreamFrame
+from yolotune.serve.queues import FrameQueue
 
 
 @dataclass
@@ -43,7 +43,7 @@ class DecoderOptions:
     backoff_cap_s: float
     pixel_format: str
     slots: int  # ring slots per stream
-    decoder_threads: int = 1  # FFmpeg threads per decoder (serve.sources.decoder_threads)
+    decoder_threads: int = 1  # FFmpeg threads per decoder (io.streams.decoder_threads)
     # Added to the decoder processes' niceness: ~100 decoder threads share 16 cores with the engine thread, whose
     # delay lands on every frame, while a decoder has its ring's slack. (An A/B on the H100 showed no consistent
     # p99 change: benchmarks/results/serve/README.md, "the tail".)

@@ -101,7 +101,7 @@ class PrometheusMetrics:
         self.latency.labels(name).observe(latency_s)
 
     def refresh(self, i: int, depth: int, dropped: int, status, fps: float) -> None:
-        """Stream ``i`` now: queue depth, frames dropped in all, its source's status (serve/sources.SourceStatus)."""
+        """Stream ``i`` now: queue depth, frames dropped in all, its source's status (io/streams.SourceStatus)."""
         name = self._names[i]
         self.queue_depth.labels(name).set(depth)
         self.fps.labels(name).set(fps)

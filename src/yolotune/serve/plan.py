@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from yolotune.interpreter import usable_cores
+from yolotune.io.stream_specs import SourceSpec
 from yolotune.pipeline.buffers import register_host_memory
 from yolotune.profile.sweep import knee as knee_of
 from yolotune.serve.decoders import decoder_processes, frame_nbytes
+from yolotune.serve.plan_report import PlanReport
 from yolotune.serve.runtime import RunOptions, StreamRuntime, decoder_mode, ring_pinner
-from yolotune.serve.specs import SourceSpec
 from yolotune.types import Detections, InputRef
 
 MAX_TRIALS = 6  # verification runs before plan gives up (each runs its streams for verify_seconds)
@@ -52,7 +53,7 @@ def resolution_problem(width, height) -> str | None:
 
 def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verify: bool = True,
          verify_seconds: float = 20.0, queue_size: int = 4, max_wait_ms: float | None = None,
-         latency_budget_ms: float | None = None, max_streams: int | None = None, progress=None) -> dict:
+         latency_budget_ms: float | None = None, max_streams: int | None = None, progress=None) -> PlanReport:
     """``resolution`` is (width, height). Returns the plan: measurements, per-resource limits, prediction, and
     (with ``verify``) the verified stream count with its measurements."""
     width, height = resolution
@@ -66,7 +67,7 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
 
 def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, verify: bool, verify_seconds: float,
           queue_size: int, max_wait_ms: float | None, latency_budget_ms: float | None, max_streams: int | None,
-          say) -> dict:
+          say) -> PlanReport:
     dev = detector.device
     say("measuring the detect step at each batch size")
     decoders = decoder_mode("auto", detector, 2)  # what the runtime uses for many streams
@@ -107,39 +108,37 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
     predicted = max(0, int(limits[binding]))
     if max_streams is not None:
         predicted = min(predicted, max_streams)
-    report = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
-        "gpus": gpus, "fps": fps, "resolution": [width, height], "reserve": RESERVE, "cpu_cores": cores,
-        "sweep": sweep, "best_batch": best["batch"], "knee_batch": knee["batch"],
-        "batch": chosen["batch"], "frames_per_s": chosen["frames_per_s"], "decode_fps_per_core": decode_fps, "decode_cores": decode_cores,
-        "host_pipeline_fps": host_fps, "host_pipeline_errors": host_errors,
-        "host_bytes_per_stream": host_per_stream, "device_bytes_per_stream": device_per_stream,
-        "total_host_bytes": total_host, "total_device_bytes": total_device,
-        "limits": {k: round(v, 1) for k, v in limits.items()}, "binding": binding, "predicted_streams": predicted,
-        "latency_budget_ms": latency_budget_ms, "verification": [], "verified_streams": None,
-    }
+    report = PlanReport(
+        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU", gpus=gpus, fps=fps,
+        resolution=[width, height], reserve=RESERVE, cpu_cores=cores, sweep=sweep, best_batch=best["batch"],
+        knee_batch=knee["batch"], batch=chosen["batch"], frames_per_s=chosen["frames_per_s"],
+        decode_fps_per_core=decode_fps, decode_cores=decode_cores, host_pipeline_fps=host_fps,
+        host_pipeline_errors=host_errors, host_bytes_per_stream=host_per_stream,
+        device_bytes_per_stream=device_per_stream, total_host_bytes=total_host, total_device_bytes=total_device,
+        limits={k: round(v, 1) for k, v in limits.items()}, binding=binding, predicted_streams=predicted,
+        latency_budget_ms=latency_budget_ms)
     if predicted == 0:
-        report["one_stream"] = one_stream_fit(limits, fps, chosen["frames_per_s"], host_fps or decode_fps * decode_cores)
+        report.one_stream = one_stream_fit(limits, fps, chosen["frames_per_s"], host_fps or decode_fps * decode_cores)
     if not host_fps:
-        report.setdefault("notes", []).append("the host-side run delivered no frames; the decode limit is one core's "
+        report.notes.append("the host-side run delivered no frames; the decode limit is one core's "
                                               "rate times the decoder cores")
     if verify and predicted > 0:
         if gpus > 1:
-            report.setdefault("notes", []).append(f"verified on this machine's one device with {predicted // gpus} "
+            report.notes.append(f"verified on this machine's one device with {predicted // gpus} "
                                                   "streams (the per-GPU share)")
         per_device = max(1, predicted // gpus)
         n = per_device
         for _ in range(MAX_TRIALS):  # step down until a run holds
             say(f"verifying {n} streams for {verify_seconds:.0f} s")
             row = _verify(detector, clip, n, fps, verify_seconds, queue_size, max_wait_ms, chosen["batch"], latency_budget_ms)
-            report["verification"].append(row)
+            report.verification.append(row)
             if row["holds"]:
                 break
             n = next_trial(row, fps, latency_budget_ms)
-            if n == report["verification"][-1]["streams"]:
+            if n == report.verification[-1]["streams"]:
                 break
-        held = [r["streams"] for r in report["verification"] if r["holds"]]
-        report["verified_streams"] = (max(held) * gpus) if held else 0
+        held = [r["streams"] for r in report.verification if r["holds"]]
+        report.verified_streams = (max(held) * gpus) if held else 0
     return report
 
 
@@ -256,10 +255,10 @@ def _host_pipeline_fps(clip: Path, decoders: str, pixel_format: str, streams: in
     s = StreamRuntime(_NoEngine(), specs, RunOptions(out=None, max_batch=64, max_wait_ms=5, queue_size=4,
                                                      duration_s=seconds, pixel_format=pixel_format,
                                                      decoders=decoders)).run()
-    errors = sorted({st["error"] for st in s["streams"] if st.get("error")})
-    if s.get("last_engine_error"):
-        errors.append(f"engine: {s['last_engine_error']}")
-    return float(sum(st["steady_fps"] for st in s["streams"])), errors
+    errors = sorted({st.error for st in s.streams if st.error})
+    if s.last_engine_error:
+        errors.append(f"engine: {s.last_engine_error}")
+    return float(sum(st.steady_fps for st in s.streams)), errors
 
 
 def _decode_fps_one_core(clip: Path, pixel_format: str = "rgb24") -> float:
@@ -324,25 +323,25 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
         torch.cuda.reset_peak_memory_stats(detector.device)
     rt = StreamRuntime(detector, specs, opts)
     s = rt.run()
-    warm = s["seconds"]
-    rates = [st["steady_fps"] for st in s["streams"]]  # since each stream's first result: start-up excluded
-    lags = [st["max_lag_s"] for st in s["streams"]]
+    warm = s.seconds
+    rates = [st.steady_fps for st in s.streams]  # since each stream's first result: start-up excluded
+    lags = [st.max_lag_s for st in s.streams]
     row = {
-        "streams": n, "seconds": warm, "frames": s["frames"], "total_fps": s["fps"],
+        "streams": n, "seconds": warm, "frames": s.frames, "total_fps": s.fps,
         "min_stream_fps": min(rates), "mean_stream_fps": float(np.mean(rates)), "max_lag_s": max(lags),
-        "dropped": s["dropped"], "latency_p50_ms": s["latency_p50_ms"], "latency_p99_ms": s["latency_p99_ms"],
-        "mean_batch": s["mean_batch"], "pixel_format": s["pixel_format"],
-        "host_rss_growth_mib": (s["host_rss_mib"] or {}).get("growth_after_warmup"), "host_rss_mib": s["host_rss_mib"],
+        "dropped": s.dropped, "latency_p50_ms": s.latency_p50_ms, "latency_p99_ms": s.latency_p99_ms,
+        "mean_batch": s.mean_batch, "pixel_format": s.pixel_format,
+        "host_rss_growth_mib": (s.host_rss_mib or {}).get("growth_after_warmup"), "host_rss_mib": s.host_rss_mib,
         "device_peak_mib": (torch.cuda.max_memory_allocated(detector.device) / 2**20) if detector.device.type == "cuda" else None,
     }
-    row["engine_errors"], row["stopped_by"] = s["engine_errors"], s["stopped_by"]
-    row["decoders"], row["engine_thread_s"], row["warmup_s"] = s["decoders"], s["engine_thread_s"], s["warmup_s"]
-    row["latency_parts_ms"] = s["latency_parts_ms"]
-    if s.get("last_engine_error"):
-        row["last_engine_error"] = s["last_engine_error"]
+    row["engine_errors"], row["stopped_by"] = s.engine_errors, s.stopped_by
+    row["decoders"], row["engine_thread_s"], row["warmup_s"] = s.decoders, s.engine_thread_s, s.warmup_s
+    row["latency_parts_ms"] = s.latency_parts_ms
+    if s.last_engine_error:
+        row["last_engine_error"] = s.last_engine_error
     # It must also have run its time and kept every stream near its rate: a run that stopped early or processed
     # nothing shows no lag and no drops.
-    row["holds"] = bool(row["max_lag_s"] < 1.0 and row["dropped"] == 0 and s["engine_errors"] == 0
-                        and s["stopped_by"] in (None, "duration") and warm >= 0.9 * seconds and row["min_stream_fps"] >= 0.8 * fps
+    row["holds"] = bool(row["max_lag_s"] < 1.0 and row["dropped"] == 0 and s.engine_errors == 0
+                        and s.stopped_by in (None, "duration") and warm >= 0.9 * seconds and row["min_stream_fps"] >= 0.8 * fps
                         and (latency_budget_ms is None or (row["latency_p99_ms"] or 0) <= latency_budget_ms))
     return row

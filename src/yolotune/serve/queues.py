@@ -1,7 +1,7 @@
 """Bounded per-stream frame queues with an explicit overload policy, and a wake-up signal shared with the scheduler.
 
 "drop_oldest" (camera-like sources): when full, the oldest waiting frame is discarded and counted, so a slow pipeline
-serves the newest frames and memory stays bounded; their readers consult ``Admission`` first, so past capacity they
+serves the newest frames and memory stays bounded; their readers consult ``Admission`` (io/streams.py) first, so past capacity they
 hold packets back undecoded rather than decode frames for this queue to drop. "block" (files): the reader waits
 for room; nothing is dropped.
 """
@@ -11,28 +11,9 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
+from yolotune.io.streams import StreamFrame
 
 POLICIES = ("drop_oldest", "block")
-
-
-@dataclass
-class StreamFrame:
-    stream: int
-    index: int  # frame number within its stream, from 0
-    image: np.ndarray  # [h, w, 3] uint8 RGB, or [h * 3 / 2, w] uint8 I420 planes
-    decoded_at: float  # perf_counter when decoding finished: latency is measured from here
-    pts: float | None = None  # presentation time in the source, seconds
-    slot: tuple | None = None  # where a decoder process left the pixels (serve/decoders.py), until given back
-    on_drop: Callable[[list["StreamFrame"]], None] | None = None  # gives the slot back when the frame is dropped
-    # where its latency goes: decoded_at -> queued_at (handed over: a decoder process's pipe) -> batched_at (taken
-    # into a batch) -> result
-    queued_at: float = 0.0
-    batched_at: float = 0.0
-    captured_at: float = 0.0  # wall clock (time.time) when it arrived or was due: the "time" of its record
 
 
 class Backlog:
@@ -142,46 +123,3 @@ class FrameQueue:
     @property
     def done(self) -> bool:
         return self.closed and not self._frames
-
-
-class Admission:
-    """How many frames a camera-like source may decode and deliver now (``room(held)``, where ``held`` is how many
-    packets it holds back undecoded): the room in its queue, within a limit. The limit halves (down to ``RUN``), and
-    the queue drops its oldest frames down to it, when the source holds back more packets than its whole queue takes
-    (it is far behind: the frames waiting are stale); it grows by one when the queue ran dry and
-    the packet before found room too (the consumer keeps pace). Past capacity a stream so keeps a short run of frames waiting, and below it the whole queue absorbs bursts
-    and slow batches. ``target`` gives ``capacity``, ``outstanding()`` and ``set_limit(n)``."""
-
-    RUN = 3  # frames decoded from one keyframe when far behind (io/video.py): the limit never goes below it
-
-    def __init__(self, target):
-        self.target = target
-        self.capacity = max(1, int(target.capacity))
-        self.limit = self.capacity
-        self.run = min(self.RUN, self.capacity)
-        self.shrunk = False  # already halved while holding back this time
-        self.kept_pace = True  # the last packet found room (no hold since): growing the limit is safe
-
-    @property
-    def far_behind(self) -> bool:
-        """Held back (the limit shrank): a frame from a keyframe is decoded only with the run after it (io/video.py)."""
-        return self.limit < self.capacity
-
-    def room(self, held: int = 1) -> int:
-        waiting = self.target.outstanding()
-        if waiting >= self.limit:
-            if held > self.capacity and not self.shrunk:
-                self.limit = max(self.run, self.limit // 2)
-                self.target.set_limit(self.limit)
-                self.shrunk = True
-            self.kept_pace = False
-            return 0
-        self.shrunk = False
-        free = self.limit - waiting
-        # the last packet found room too: the consumer keeps pace with the stream, so it may have more
-        if self.kept_pace and waiting == 0 and held <= free and self.limit < self.capacity:
-            self.limit += 1
-            self.target.set_limit(self.limit)
-            free += 1
-        self.kept_pace = True
-        return free

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Callable
 
 from yolotune.interpreter import startup_objects_frozen
+from yolotune.io.stream_sinks import StreamSinks
+from yolotune.io.stream_specs import SourceSpec, name_streams
+from yolotune.io.streams import Backoff, SourceWorker, decoder_threads
 from yolotune.serve.decoders import DecoderOptions, DecoderPool, decoder_cpus, frame_nbytes
 from yolotune.serve.metrics import PrometheusMetrics, StreamStats
 from yolotune.serve.queues import Backlog, FrameQueue
 from yolotune.serve.scheduler import BatchScheduler
-from yolotune.serve.sinks import StreamSinks
-from yolotune.serve.sources import Backoff, SourceWorker, decoder_threads
-from yolotune.serve.specs import SourceSpec, name_streams
+from yolotune.serve.summary import RunSummary, summarize
 
 
 @dataclass
@@ -126,7 +127,7 @@ class StreamRuntime:
         self._events.put((i, state, message, when or time.time()))
 
     # ------------------------------------------------------------------------------------------------ run
-    def run(self, on_tick: Callable[["StreamRuntime"], None] | None = None) -> dict:
+    def run(self, on_tick: Callable[["StreamRuntime"], None] | None = None) -> RunSummary:
         """Run until every source is done, ``duration_s`` passes, or SIGINT/SIGTERM; flush sinks; the summary."""
         restore = self._install_signal_handlers()
         if self.opt.metrics_port is not None:
@@ -350,62 +351,8 @@ class StreamRuntime:
         return restore
 
     # ------------------------------------------------------------------------------------------------ report
-    def summary(self) -> dict:
-        now = time.perf_counter()
-        wall = max(now - self.started, 1e-9)
-        streams = [self._stream_summary(spec, st, q, w.status, wall, now)
-                   for spec, st, q, w in zip(self.specs, self.stats, self.queues, self.workers)]
-        processed = sum(s["processed"] for s in streams)
-        all_lat = [x for st in self.stats for x in st.latencies_s]
-        import numpy as np
-
-        lat = np.asarray(all_lat) * 1e3 if all_lat else None
-        return {
-            "streams": streams, "seconds": round(wall, 2), "frames": processed, "batches": self.batches,
-            "fps": processed / wall, "mean_batch": processed / self.batches if self.batches else 0.0,
-            "latency_p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
-            "latency_p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
-            "dropped": sum(s["dropped"] for s in streams), "engine_errors": self.engine_errors,
-            "last_engine_error": self.last_engine_error, "sink_errors": self.sink_errors,
-            # what the exit code reports: streams that failed or never connected, and frames lost to damage
-            "failed": [s["name"] for s in streams if s["state"] in ("failed", "never-connected")],
-            "never_connected": [s["name"] for s in streams if s["state"] == "never-connected"],
-            "damaged": [s["name"] for s in streams if s["frames_lost"]],
-            "stopped_by": self.interrupted, "outputs": getattr(self, "outputs", []), "device": str(self.detector.device),
-            "metrics_port": self.metrics.port, "host_rss_mib": self._rss_summary(), "pixel_format": self.pixel_format,
-            "decoders": self.decoders,
-            "warmup_s": round(getattr(self, "warmup_s", 0.0), 2),
-            "decoder_rings_mib": round(self.pool.mapped_bytes / 2**20, 1) if self.pool else 0.0,
-            "engine_thread_s": {k: round(v, 3) for k, v in self.loop_seconds.items()},
-            "latency_parts_ms": {part: {"p50": round(float(np.percentile(v, 50)) * 1e3, 2),
-                                        "p99": round(float(np.percentile(v, 99)) * 1e3, 2)}
-                                 for part, v in self.latency_parts.items() if v},
-        }
-
-    def _stream_summary(self, spec: SourceSpec, st, q: FrameQueue, status, wall: float, now: float) -> dict:
-        """One stream's row: what came in, what was processed, dropped (before decoding, or from the queue), lost
-        to damage, and its connection's history."""
-        return {
-            "name": spec.name, "source": spec.uri, "kind": spec.kind, "state": status.state,
-            "received": status.received, "decoded": status.frames, "processed": st.frames,
-            "dropped": q.dropped + status.dropped, "dropped_before_decode": status.dropped,
-            "unprocessed_at_stop": len(q), "frames_lost": status.frames_lost,
-            "outages": status.outages, "reconnects": status.reconnects, "reconnect_attempts": status.attempts,
-            "detections": st.detections, "fps": st.frames / wall, "steady_fps": st.steady_fps(getattr(self, "stopped_at", now)),
-            "latency_p50_ms": st.percentile_ms(50), "latency_p99_ms": st.percentile_ms(99),
-            "max_queue_depth": q.max_depth, "lag_s": round(status.lag_s, 3), "max_lag_s": round(status.max_lag_s, 3),
-            "error": status.error, "last_error": status.last_error,
-        }
-
-    def _rss_summary(self) -> dict | None:
-        """Host memory over the run: after the first quarter (warm-up done) vs the end, to see growth."""
-        if len(self.rss) < 2:
-            return None
-        t0, t1 = self.rss[0][0], self.rss[-1][0]
-        warm = next(r for t, r in self.rss if t >= t0 + (t1 - t0) / 4)
-        mib = lambda b: round(b / 2**20, 1)  # noqa: E731
-        return {"start": mib(self.rss[0][1]), "after_warmup": mib(warm), "end": mib(self.rss[-1][1]),
-                "max": mib(max(r for _, r in self.rss)), "growth_after_warmup": mib(self.rss[-1][1] - warm)}
+    def summary(self) -> RunSummary:
+        return summarize(self, time.perf_counter())
 
 
 def _pixel_format(choice: str, detector) -> str:

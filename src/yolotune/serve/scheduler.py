@@ -16,7 +16,8 @@ import heapq
 import threading
 import time
 
-from yolotune.serve.queues import Backlog, FrameQueue, StreamFrame
+from yolotune.io.streams import StreamFrame
+from yolotune.serve.queues import Backlog, FrameQueue
 
 
 class BatchScheduler:

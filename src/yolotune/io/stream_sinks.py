@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from yolotune.io.sinks import AnnotatedVideoSink
-from yolotune.serve.queues import StreamFrame
+from yolotune.io.streams import StreamFrame
 from yolotune.types import Detections
 
 STREAM_FORMATS = ("jsonl", "video")
@@ -20,7 +20,7 @@ class StreamSinks:
         bad = [f for f in formats if f not in STREAM_FORMATS]
         if bad:
             raise ValueError(f"unknown stream output {', '.join(bad)}; choose from {', '.join(STREAM_FORMATS)}")
-        from yolotune.serve.specs import STREAM_NAME
+        from yolotune.io.stream_specs import STREAM_NAME
 
         self.name = name
         self.dir = out / name

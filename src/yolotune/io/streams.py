@@ -1,7 +1,8 @@
 """Stream sources: video files (optionally looped or paced), network URLs, V4L2 cameras and watched image folders.
 
-Each source runs in its own thread (PyAV and Pillow release the GIL while decoding) and puts decoded frames into its
-bounded queue. Video goes through io/video.py's reader: damaged packets cost only their frames (a ``decode-gap``
+Each source runs in its own thread (PyAV and Pillow release the GIL while decoding) and puts decoded frames
+(``StreamFrame``) into its bounded queue (any object with ``put(frame, stop)`` and ``close()``: serve/queues.py's,
+or a decoder process's ring). Video goes through io/video.py's reader: damaged packets cost only their frames (a ``decode-gap``
 event), and frames are numbered by their timestamps across loops and reconnects. Camera-like sources (live ones,
 and files in real time) decode on demand: past the pipeline's capacity, frames are dropped before they are decoded
 and counted. Live sources that fail are reopened with exponential backoff and full jitter; a file that ends
@@ -21,9 +22,70 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from yolotune.io.stream_specs import SourceSpec
 from yolotune.io.video import CATCH_UP, FrameGap, VideoReader
-from yolotune.serve.queues import Admission, FrameQueue, StreamFrame
-from yolotune.serve.specs import SourceSpec
+
+
+@dataclass
+class StreamFrame:
+    """A decoded frame of one stream, on its way through a bounded queue to the engine."""
+
+    stream: int
+    index: int  # frame number within its stream, from 0
+    image: np.ndarray  # [h, w, 3] uint8 RGB, or [h * 3 / 2, w] uint8 I420 planes
+    decoded_at: float  # perf_counter when decoding finished: latency is measured from here
+    pts: float | None = None  # presentation time in the source, seconds
+    slot: tuple | None = None  # where a decoder process left the pixels (serve/decoders.py), until given back
+    on_drop: Callable[[list["StreamFrame"]], None] | None = None  # gives the slot back when the frame is dropped
+    # where its latency goes: decoded_at -> queued_at (handed over: a decoder process's pipe) -> batched_at (taken
+    # into a batch) -> result
+    queued_at: float = 0.0
+    batched_at: float = 0.0
+    captured_at: float = 0.0  # wall clock (time.time) when it arrived or was due: the "time" of its record
+
+
+class Admission:
+    """How many frames a camera-like source may decode and deliver now (``room(held)``, where ``held`` is how many
+    packets it holds back undecoded): the room in its queue, within a limit. The limit halves (down to ``RUN``), and
+    the queue drops its oldest frames down to it, when the source holds back more packets than its whole queue takes
+    (it is far behind: the frames waiting are stale); it grows by one when the queue ran dry and
+    the packet before found room too (the consumer keeps pace). Past capacity a stream so keeps a short run of frames waiting, and below it the whole queue absorbs bursts
+    and slow batches. ``target`` gives ``capacity``, ``outstanding()`` and ``set_limit(n)``."""
+
+    RUN = 3  # frames decoded from one keyframe when far behind (io/video.py): the limit never goes below it
+
+    def __init__(self, target):
+        self.target = target
+        self.capacity = max(1, int(target.capacity))
+        self.limit = self.capacity
+        self.run = min(self.RUN, self.capacity)
+        self.shrunk = False  # already halved while holding back this time
+        self.kept_pace = True  # the last packet found room (no hold since): growing the limit is safe
+
+    @property
+    def far_behind(self) -> bool:
+        """Held back (the limit shrank): a frame from a keyframe is decoded only with the run after it (io/video.py)."""
+        return self.limit < self.capacity
+
+    def room(self, held: int = 1) -> int:
+        waiting = self.target.outstanding()
+        if waiting >= self.limit:
+            if held > self.capacity and not self.shrunk:
+                self.limit = max(self.run, self.limit // 2)
+                self.target.set_limit(self.limit)
+                self.shrunk = True
+            self.kept_pace = False
+            return 0
+        self.shrunk = False
+        free = self.limit - waiting
+        # the last packet found room too: the consumer keeps pace with the stream, so it may have more
+        if self.kept_pace and waiting == 0 and held <= free and self.limit < self.capacity:
+            self.limit += 1
+            self.target.set_limit(self.limit)
+            free += 1
+        self.kept_pace = True
+        return free
+
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # states a source reports; "never-connected": a live source that ran out of time or tries before its first frame
@@ -104,7 +166,7 @@ def decoder_threads(n_sources: int, cores: int | None = None) -> int:
 class SourceWorker(threading.Thread):
     """Reads one source into its queue until it ends, fails for good, or ``stop`` is set."""
 
-    def __init__(self, index: int, spec: SourceSpec, queue: FrameQueue, stop: threading.Event,
+    def __init__(self, index: int, spec: SourceSpec, queue, stop: threading.Event,
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0, max_retries: int | None = None,
                  backoff: Backoff | None = None, on_event: Callable[..., None] | None = None,
                  pixel_format: str = "rgb24", decoder_threads: int = 0, nice: int = 0, catch_up: int = CATCH_UP,
