@@ -81,6 +81,19 @@ def test_html_report_is_self_contained(cpu_profile):
     assert not any(tag in text for tag in ("<script", "<link", "@import", 'src="http', "<img"))
 
 
+def test_report_renders_a_saved_profile_again(cpu_profile, tmp_path):
+    """Reports are made by a command from profile.json, so none need be kept: the same page as profile wrote."""
+    out, _, _ = cpu_profile
+    res = CliRunner().invoke(app, ["report", str(out / "profile.json"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page == (out / "report.html").read_text()
+    assert json.loads((tmp_path / "r" / "trace.json").read_text())["traceEvents"]
+    (tmp_path / "bad.json").write_text("{}")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "bad.json"), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "not a yolotune profile" in res.output
+
+
 @pytest.mark.parametrize("cfg,head", [("yolov8n.yaml", "Detect"), ("yolo11n.yaml", "Detect"), ("yolov10n.yaml", "v10Detect")])
 def test_sections_come_from_the_model_structure(cfg, head):
     net = load_model(cfg).runnable.model.eval()

@@ -70,8 +70,8 @@ def predict(
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on).", metavar=""),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA.", metavar=""),
     compile: Optional[str] = typer.Option(None, help="Compile the model: inductor (torch.compile), aoti (AOTInductor, "
-                                          "packaged and cached on disk; load-checked in a child process first, as "
-                                          "it crashed torch 2.11's loader on an H100), none."),
+                                          "packaged and cached on disk; load-checked in a child process first: "
+                                          "its loader can crash), none."),
     preprocess: str = typer.Option("auto", help="Where to decode + letterbox: gpu (nvJPEG, batched on the device), cpu (threads; Ultralytics-identical pixels), auto."),
     workers: Optional[int] = typer.Option(None, help="CPU decode threads."),
     agnostic: bool = typer.Option(False, help="Class-agnostic NMS.", metavar=""),
@@ -242,9 +242,10 @@ def data_synth(
     console().print(f"wrote {n} images to {out.resolve()}" + (f" and a {video_frames}-frame clip" if video_frames else ""))
 
 
-from yolotune.cli_analysis import compare_command, diagram_command, profile_command  # noqa: E402
+from yolotune.cli_analysis import compare_command, diagram_command, profile_command, report_command  # noqa: E402
 
 app.command("profile")(profile_command)
+app.command("report")(report_command)
 app.command("diagram")(diagram_command)
 app.command("compare")(compare_command)
 

@@ -59,6 +59,30 @@ def profile_command(
     console().print(f"wrote {out / 'profile.json'}, {out / 'trace.json'} (ui.perfetto.dev), {out / 'report.html'}")
 
 
+def report_command(
+    profile_json: Path = typer.Argument(..., metavar="PROFILE", help="A profile.json that `yolotune profile` wrote."),
+    out: Path = typer.Option(Path("yolotune-report"), help="Directory for report.html and trace.json."),
+) -> None:
+    """Render a saved profile again: the HTML report and the Perfetto trace, as `profile` writes them."""
+    output_folder(out)
+    from yolotune.profile.trace import write_trace
+    from yolotune.report.html import write_profile_report
+
+    try:
+        result = json.loads(profile_json.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"{profile_json}: cannot be read ({e})")
+    except json.JSONDecodeError as e:
+        _fail(f"{profile_json}: not a yolotune profile (not JSON: {e})")
+    if not isinstance(result, dict) or not {"stages", "e2e", "device"} <= set(result):
+        _fail(f"{profile_json}: not a yolotune profile (no stages, e2e or device); give the profile.json that "
+              "`yolotune profile` wrote")
+    out.mkdir(parents=True, exist_ok=True)
+    write_trace(result, out / "trace.json")
+    write_profile_report(result, out / "report.html")
+    console().print(f"wrote {out / 'report.html'}, {out / 'trace.json'} (ui.perfetto.dev)")
+
+
 def diagram_command(
     model: str = typer.Argument(..., metavar="MODEL", help="Model: default, Ultralytics .pt / .yaml."),
     out: Path = typer.Option(Path("model.svg"), help="Output .svg or .png."),

@@ -5,8 +5,7 @@ runtime's run (a library call too) only the first (an application's own freeze i
 - objects alive after start-up (torch, the model: hundreds of thousands) frozen out of the garbage collector's
   sight, so a full collection does not walk them all while holding the GIL and every thread waits;
 - a 1 ms thread switch interval instead of 5 ms, so a thread back from a GPU wait or a file read gets the GIL
-  sooner. On the H100, 720p JPEGs end to end: 6,002 / 5,923 / 5,942 / 6,181 images/s against 4,459 / 5,994 /
-  5,868 / 5,904 with the defaults, same process (benchmarks/results/e2e_diag_h100.md).
+  sooner (benchmarks/results/e2e_diag_h100.md, "interpreter").
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ def usable_cores() -> int:
 def freeze_startup_objects() -> bool:
     """gc.collect() then gc.freeze(). Returns whether the caller may unfreeze afterwards: False when objects were
     frozen already (by the application, say), as gc.unfreeze() would undo that freeze too; then what this call
-    froze stays frozen. It freezes either way: on the H100 a serve run that skipped it because 375 objects were
-    frozen had a 207 ms full collection over 320,000 objects (benchmarks/results/serve/README.md)."""
+    froze stays frozen. It freezes either way: a run that skipped it had 200 ms full collections
+    (benchmarks/results/serve/README.md)."""
     ours = gc.get_freeze_count() == 0
     gc.collect()
     gc.freeze()

@@ -1,7 +1,7 @@
 """Ahead-of-time compiled models: torch.export + AOTInductor, packaged once, reloaded in about a second.
 
 ``torch.compile`` keeps its kernels in a cache keyed by the traced program, and a fresh process must trace and
-look the program up again (measured on the H100: ~55 s to reload a compiled yolov8n). An AOTInductor package is a
+look the program up again (benchmarks/results/optimize/aoti_diag_h100.json). An AOTInductor package is a
 shared library plus weights: loading it is a ``dlopen``. One package serves every batch size (the batch dimension
 is exported as dynamic) at one input size; packages are cached on disk under a key of everything that changes
 the generated code, so the same model, precision and size is compiled once per machine (or once per artifact).
@@ -86,9 +86,8 @@ class AotiRunner:
 def check_loads(path: Path) -> None:
     """Load the package once in a child process before this one does, and remember that it worked.
 
-    Loading a package can crash the process outright: on an H100 (torch 2.11.0+cu130, 2026-11-24) every CUDA package of
-    the default model segfaulted inside ``aoti_load_package``, in a fresh process that imported nothing but torch.
-    A segfault cannot be caught, so the child takes it and this process gets an exception the optimizer reports
+    Loading a package can crash the process outright (a segfault inside ``aoti_load_package``:
+    benchmarks/results/optimize/aoti_diag_h100.json). A segfault cannot be caught, so the child takes it and this process gets an exception the optimizer reports
     (and then tries torch.compile)."""
     ok = path.with_suffix(".loads")
     if ok.is_file():

@@ -1,8 +1,8 @@
 """torch.compile ahead of time: captured and compiled once, saved on disk, loaded again without tracing or compiling.
 
 A plain ``torch.compile`` must trace the model again in every new process and look its kernels up in Inductor's
-cache: on the H100 a compiled yolov8n artifact took 35-39 s from ``Detector(artifact)`` to its first detections
-(82 s cold). ``torch.compile(...).aot_compile`` captures the whole graph with its guards and the compiled code
+cache: tens of seconds from ``Detector(artifact)`` to its first detections
+(benchmarks/results/optimize/reload_diag_h100.json). ``torch.compile(...).aot_compile`` captures the whole graph with its guards and the compiled code
 (kernels included); ``torch.compiler.load_compiled_function`` brings it back as a callable. Each saved function
 serves the batch sizes its guards accept (one for batch 1, which the compiler specialises, one for the others);
 an input no saved function accepts is compiled and saved too.
@@ -72,7 +72,7 @@ class PrecompiledRunner:
 
     def preload(self, x: torch.Tensor) -> bool:
         """Start loading, in a background thread, the saved function that serves ``x``; the first call waits for
-        it. Loading is mostly Python (2-3 s on the H100), so the caller can meanwhile run GPU work that releases
+        it. Loading is mostly Python (seconds), so the caller can meanwhile run GPU work that releases
         the interpreter (engine.warm_start: cuDNN's autotuning). False when nothing is saved."""
         group = self._group(x)
         if group in self._functions or group in self._loading or not self.saved(x):
@@ -113,7 +113,7 @@ class PrecompiledRunner:
 
     def _find(self, x: torch.Tensor) -> Callable | None:
         """A loaded function that accepts ``x``, else the first saved one that does, loading files in order and
-        stopping there: each load costs 0.6-3 s on the H100, and an artifact may hold functions for other batch
+        stopping there: each load costs up to seconds, and an artifact may hold functions for other batch
         sizes (batch 1's) that this process never needs."""
         group = self._group(x)
         functions = self._functions.setdefault(group, [])
@@ -143,8 +143,8 @@ class PrecompiledRunner:
 
     def _accepts(self, fn, x: torch.Tensor) -> bool:
         """Whether ``fn``'s guards accept this call. Among them is torch's CPU thread count when it was compiled
-        (dynamo's global state), which an application or a library may set otherwise (optimize's process ran
-        with another count than a fresh one, and the first reload on the H100 compiled again, 4.6 s). It can
+        (dynamo's global state), which an application or a library may set otherwise (optimize's process runs
+        with another count than a fresh one, and a reload would compile again). It can
         change the speed of CPU kernels, never a result, and not CUDA kernels at all: where only it differs, the
         function is accepted and its own call stops checking guards (each new input shape is still checked here
         first)."""
@@ -188,11 +188,9 @@ class PrecompiledRunner:
         fn.save_compiled_function(str(part))
         path.with_name(path.name + ".json").write_text(json.dumps({"torch_threads": torch.get_num_threads()}))
         os.replace(part, path)  # atomic: a half-written file is never found
-        # Run what the next process will load, not what was just compiled. The first call of tuned kernels tunes
-        # their block sizes and records the result beside the kernel's file; a loaded function's kernels live at
-        # other paths, so on the H100 the first process to load a fresh file tuned them all again (78 Triton
-        # compiles, first detections after 24-29 s against 7-12 s for the processes after it). Loaded here, that
-        # first call's tuning is recorded where later loads look (that first load then took 20 s, once).
+        # Run what the next process will load, not what was just compiled: a loaded function's tuned kernels live
+        # at other paths, whose block-size tuning is then recorded where later loads look, not redone by the first
+        # process to load it (benchmarks/results/optimize/reload_diag_h100_first_warm_profiled.json).
         try:
             fn = _load(path)
         except Exception:  # noqa: BLE001  (kept as compiled; a later process reports the load's error)

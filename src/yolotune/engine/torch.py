@@ -35,12 +35,9 @@ class TorchEngine(Engine):
         self.module = module
         self.compile_mode = compile_mode(compile)
         self.aoti = AotiRunner(module) if self.compile_mode == "aoti" else None
-        # Inductor, mode "default", batch dimension dynamic (see __call__): each compile costs ~30-60 s, so not one
-        # per batch bucket. The CUDA graph cache then replays the compiled kernels.
-        # BASELINE.md: yolov8n b64 6,100 -> 10,800 images/s, b1 1.2 -> 0.52 ms.
-        # Coordinate-descent tuning of the generated kernels' block sizes: +9% images/s for ~20 s more compile
-        # (yolov8n b256, H100, benchmarks/results/optimize/compile_options_h100.json); freezing measured no gain
-        # (mode "default": torch.compile takes a mode or options, not both).
+        # Inductor, batch dimension dynamic (see __call__): a compile costs tens of seconds, so not one per batch
+        # bucket; the CUDA graph cache then replays the compiled kernels. Coordinate-descent tuning of the kernels'
+        # block sizes pays for its longer compile, freezing did not (optimize/compile_options_h100.json).
         self.compile_options = {"coordinate_descent_tuning": compile != "inductor-untuned"}
         self.compiled = None  # the JIT torch.compile, made at the first call that needs it
         self.precompiled: PrecompiledRunner | None = None
@@ -59,8 +56,8 @@ class TorchEngine(Engine):
                 self.precompile_error = str(e)
         self.name = {"inductor": "torch-compiled", "aoti": "torch-aoti"}.get(self.compile_mode, "torch")
         self.static_canvas = self.compile_mode is not None  # each input size is one more compile
-        # torch.compile specialises batch 1 (a second compile, ~25 s + its kernels' first run on the H100): with a
-        # larger batch, a lone image runs padded to 2 through the one compile that serves every other size
+        # torch.compile specialises batch 1 (a second compile): with a larger batch, a lone image runs padded to 2
+        # through the one compile that serves every other size
         self.min_batch = 2 if self.compile_mode == "inductor" else 1
         if device.type == "cuda":
             # shapes are fixed per batch bucket; YOLOTUNE_CUDNN_BENCHMARK=0 skips the autotuning (faster start)

@@ -151,3 +151,28 @@ def name_streams(specs: list[SourceSpec]) -> list[SourceSpec]:
         s.name = name
         taken.add(name.lower())
     return specs
+
+
+def picture_size(spec: SourceSpec) -> tuple[int, int] | None:
+    """(height, width) of a video file's pictures, from its header; None when it cannot be read."""
+    try:
+        import av
+
+        with av.open(spec.uri) as c:
+            s = c.streams.video[0]
+            return (s.height, s.width) if s.height and s.width else None
+    except Exception:  # noqa: BLE001  (the source worker reports unreadable files)
+        return None
+
+
+def source_fps(spec: SourceSpec) -> float:
+    """A video file's frame rate from its header (25 for other sources, or when it cannot be read)."""
+    if spec.kind != "file":
+        return 25.0
+    try:
+        import av
+
+        with av.open(spec.uri) as c:
+            return float(c.streams.video[0].average_rate or 25)
+    except Exception:  # noqa: BLE001  (the source worker reports unreadable files)
+        return 25.0

@@ -156,9 +156,8 @@ class I420Picture:
 
 
 def decoder_threads(n_sources: int, cores: int | None = None) -> int:
-    """FFmpeg threads per decoder: one source gets them all (FFmpeg's choice); many share the cores. Measured on
-    the H100 machine (16 cores, 720p H.264): 100 decoders of FFmpeg's choice (a thread per core each) gave 2,318
-    frames/s in one process against 3,011 single-threaded, and one decoder 2,070 threaded against 514."""
+    """FFmpeg threads per decoder: one source gets them all (FFmpeg's choice); many share the cores, as a thread
+    per core each would oversubscribe them (benchmarks/results/serve/decode_workers_h100.json)."""
     cores = cores or os.cpu_count() or 1
     return 0 if n_sources <= 1 else max(1, cores // n_sources)
 

@@ -38,7 +38,7 @@ class Slot:
         if buf is None:
             # Always a normal tensor, whichever path (predict's producer runs in inference mode, serve's set-up does
             # not) asks first: a compiled function's guards check the input's dispatch keys, and an inference
-            # tensor would need a second function (a second ahead-of-time compile, ~12 s on the H100).
+            # tensor would need a second function (a second ahead-of-time compile).
             with torch.inference_mode(False):
                 buf = torch.zeros(self.batch, 3, *canvas, dtype=self.dtype, device=self.device)
                 if self.channels_last:
@@ -138,8 +138,8 @@ def host_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 # Host ranges page-locked by register_host_memory, as sorted (start, end) pairs. Swapped whole on each change, so
-# readers (the engine thread, once per frame) need no lock. It replaces a driver query per frame (Tensor.is_pinned),
-# which the H100 stall traces caught the engine thread in; an A/B showed no consistent p99 change either way.
+# readers (the engine thread, once per frame) need no lock. It replaces a driver query per frame (Tensor.is_pinned)
+# that stall traces caught the engine thread in (benchmarks/results/serve/serve_stalls_h100_lookup_vs_driver_2.json).
 _registered: tuple[tuple[int, int], ...] = ()
 _registered_lock = threading.Lock()
 

@@ -16,8 +16,11 @@ STAGE_COLORS = {
 
 
 def svg(fig) -> str:
+    """The figure as SVG text, the same for the same data (no date, fixed element ids): a report rendered again
+    from its JSON is the same page."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    with matplotlib.rc_context({"svg.hashsalt": "yolotune"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]

@@ -1,13 +1,11 @@
 """Decoder processes: sources spread over a few processes, frames handed over through shared memory.
 
-Measured on the H100 machine (16 cores, 1280x720 H.264, benchmarks/results/serve/decode_paths_h100.json): decoders in
-threads of one process deliver 3,011 frames/s however many there are (the GIL), 16 processes 5,254. And with 100
-decoder threads beside it, the engine thread waits for the GIL so often that the whole runtime managed 573 frames/s.
-So: P processes (one per core, leaving two to the engine and sinks), each running its share of the sources as
+Decoders in threads of one process share one GIL with the engine thread and starve it; processes do not
+(benchmarks/results/serve/decode_paths_h100.json). So: P processes (one per core, leaving two to the engine and sinks), each running its share of the sources as
 SourceWorker threads. A decoded frame is copied into a slot of its stream's shared-memory ring; only a small message
 crosses the pipe. On a GPU the runtime page-locks each ring (cudaHostRegister), so a batch's frames are DMA'd to the
-device straight from their slots, with no copy in the runtime process (that copy, 88 MB per batch of 64 720p frames,
-made on cores the decoders keep busy, held the whole runtime near 600 frames/s on the H100). A slot goes back to its
+device straight from their slots, with no copy in the runtime process, on cores the decoders keep busy
+(benchmarks/results/serve/serve_bench_h100_b64_pinned_rings.json). A slot goes back to its
 decoder once the batch that read it has been collected.
 
 Backpressure: a stream's ring has a fixed number of slots. A file source waits for a free slot (it never drops). A
@@ -23,34 +21,17 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from multiprocessing import connection, shared_memory
 
 import numpy as np
 
 from yolotune.interpreter import usable_cores
 from yolotune.io.stream_specs import SourceSpec
-from yolotune.io.streams import Backoff, SourceStatus, SourceWorker, StreamFrame
+from yolotune.io.streams import SourceStatus, StreamFrame
+from yolotune.serve.decoder_process import DecoderOptions, attach_ring, decoder_main, frame_nbytes
 from yolotune.serve.queues import FrameQueue
 
-
-@dataclass
-class DecoderOptions:
-    open_timeout_s: float
-    read_timeout_s: float
-    max_retries: int | None
-    backoff_base_s: float
-    backoff_cap_s: float
-    pixel_format: str
-    slots: int  # ring slots per stream
-    decoder_threads: int = 1  # FFmpeg threads per decoder (io.streams.decoder_threads)
-    # Added to the decoder processes' niceness: ~100 decoder threads share 16 cores with the engine thread, whose
-    # delay lands on every frame, while a decoder has its ring's slack. (An A/B on the H100 showed no consistent
-    # p99 change: benchmarks/results/serve/README.md, "the tail".)
-    nice: int = 5
-    cpus: tuple[int, ...] | None = None  # the cores the decoder processes may run on (decoder_cpus); None: any
-    queue_size: int = 8  # a camera-like stream's queue in the runtime: what its decoder may have waiting there
-    on_demand: bool = True  # camera-like streams decode only what their queue has room for
+__all__ = ["DecoderOptions", "DecoderPool", "decoder_cpus", "decoder_processes", "frame_nbytes"]
 
 
 def decoder_processes(n_sources: int, cores: int | None = None) -> int:
@@ -73,162 +54,6 @@ def decoder_cpus(reserve: int, allowed: set[int] | None = None) -> tuple[int, ..
     return tuple(cores[reserve:]) if len(cores) - reserve >= 4 else None
 
 
-# ------------------------------------------------------------------------------------------ in the decoder process
-def frame_nbytes(hw: tuple[int, int], pixel_format: str) -> int:
-    """Bytes of one decoded frame as a SourceWorker delivers it (I420 needs even sizes; odd ones come as RGB)."""
-    h, w = hw
-    return h * 3 // 2 * w if pixel_format == "yuv420p" and h % 2 == 0 and w % 2 == 0 else h * w * 3
-
-
-class _Ring:
-    """One stream's slots in shared memory: the runtime's, made before the run when the frame size is known (a
-    file's), else made here at the first frame (and again if the frame size changes), and then owned here."""
-
-    def __init__(self, slots: int, nbytes: int, name: str | None = None):
-        self.nbytes, self.owned = nbytes, name is None
-        self.shm = shared_memory.SharedMemory(create=True, size=slots * nbytes) if name is None else _attach(name)
-        self.free: queue.Queue[int] = queue.Queue()
-        for k in range(slots):
-            self.free.put(k)
-
-    def close(self) -> None:
-        self.shm.close()
-        if self.owned:
-            self.shm.unlink()
-
-
-class _SlotWriter:
-    """What a SourceWorker puts frames into, in a decoder process: a ring slot and a message to the runtime."""
-
-    def __init__(self, stream: int, slots: int, send, rings: dict, premade: tuple[str, int] | None = None,
-                 capacity: int = 8, left=None, limit=None):
-        self.stream, self.slots, self.send, self.rings = stream, slots, send, rings
-        self.premade = premade  # (name, frame bytes) of the ring the runtime made for this stream
-        self.ring: _Ring | None = None
-        self.old: list[_Ring] = []  # rings of an earlier frame size, kept until the process ends
-        self.status: SourceStatus | None = None
-        self.capacity = capacity  # the runtime queue's (Admission reads it)
-        self.sent = 0
-        self.left = left  # one-element view of the runtime's count of this stream's frames that left its queue
-        self.limit = limit  # one-element view the runtime's queue reads its Admission limit from
-
-    def set_limit(self, n: int) -> None:
-        if self.limit is not None:
-            self.limit[0] = n
-
-    def outstanding(self) -> int:
-        """Frames sent and not yet taken or dropped by the runtime (in the pipe, or waiting in its queue)."""
-        return self.sent - int(self.left[0]) if self.left is not None else 0
-
-    takes_pictures = True  # I420 frames arrive as I420Picture: their planes are copied once, into the slot
-
-    def put(self, frame: StreamFrame, stop: threading.Event | None = None) -> bool:
-        image = frame.image if hasattr(frame.image, "write_into") else np.ascontiguousarray(frame.image)
-        if self.ring is None or self.ring.nbytes != image.nbytes:
-            if self.ring is not None:
-                self.old.append(self.ring)
-            name = self.premade[0] if self.premade and self.premade[1] == image.nbytes else None
-            self.premade = None
-            self.ring = self.rings[self.stream] = _Ring(self.slots, image.nbytes, name)
-        while True:  # block until the runtime gives a slot back (files never drop; live ones are dropped there)
-            try:
-                k = self.ring.free.get(timeout=0.1)
-                break
-            except queue.Empty:
-                if stop is not None and stop.is_set():
-                    return False
-        view = np.ndarray(image.shape, image.dtype, buffer=self.ring.shm.buf, offset=k * self.ring.nbytes)
-        if hasattr(image, "write_into"):
-            image.write_into(view)
-        else:
-            view[...] = image
-        st = self.status or SourceStatus()
-        self.sent += 1
-        self.send(("frame", self.stream, self.ring.shm.name, k, image.shape, frame.index, frame.decoded_at, frame.pts,
-                   frame.captured_at, st.lag_s, st.max_lag_s, st.received, st.dropped))
-        return True
-
-    def close(self) -> None:
-        self.send(("closed", self.stream))
-
-
-def _decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]], out_conn, in_conn,
-                  opt: DecoderOptions, left_name: str | None = None, streams: int = 0) -> None:
-    """A decoder process: one SourceWorker thread per assigned source until the runtime says stop."""
-    if opt.nice:
-        try:
-            os.nice(opt.nice)
-        except OSError:  # not allowed here: decode at the runtime's priority
-            pass
-    if opt.cpus and hasattr(os, "sched_setaffinity"):
-        # every thread so far (numpy's BLAS pool starts its own at import); decoder threads started later inherit it
-        tasks = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
-        for tid in tasks:
-            try:
-                os.sched_setaffinity(tid, opt.cpus)
-            except OSError:  # cores gone, not allowed, or the thread ended: it runs anywhere
-                pass
-    send_lock = threading.Lock()
-    stop = threading.Event()
-
-    def send(msg) -> None:
-        with send_lock:
-            try:
-                out_conn.send(msg)
-            except (BrokenPipeError, EOFError, OSError):
-                stop.set()  # the runtime is gone
-
-    rings: dict[int, _Ring] = {}
-    left_shm = _attach(left_name) if left_name else None
-    shared = np.ndarray((2, streams), np.int64, buffer=left_shm.buf) if left_shm is not None else None
-    left = shared[0] if shared is not None else None
-    writers, workers = {}, []
-    for index, spec, premade in assigned:
-        writers[index] = w = _SlotWriter(index, opt.slots, send, rings, premade, opt.queue_size,
-                                         left[index:index + 1] if left is not None else None,
-                                         shared[1, index:index + 1] if shared is not None else None)
-        worker = SourceWorker(index, spec, w, stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
-                              Backoff(opt.backoff_base_s, opt.backoff_cap_s),
-                              on_event=lambda i, state, message, when, snap: send(("event", i, state, message, when, snap)),
-                              pixel_format=opt.pixel_format, decoder_threads=opt.decoder_threads,
-                              on_demand=opt.on_demand)
-        w.status = worker.status
-        workers.append(worker)
-
-    def listen() -> None:  # slots given back, and the stop
-        while not stop.is_set():
-            try:
-                msg = in_conn.recv()
-            except (EOFError, OSError):
-                break
-            if msg[0] == "free":
-                for stream, name, k in msg[1]:
-                    ring = rings.get(stream)
-                    if ring is not None and ring.shm.name == name:
-                        ring.free.put(k)
-            elif msg[0] == "stop":
-                break
-        stop.set()
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    for worker in workers:  # final states and counts
-        send(("status", worker.index, worker.status.snapshot()))
-    send(("exit", None))
-    stop.wait()
-    for w in writers.values():
-        for ring in ([w.ring] if w.ring else []) + w.old:
-            ring.close()
-    if left_shm is not None:
-        del left, shared, writers, workers
-        left_shm.close()
-
-
-# --------------------------------------------------------------------------------------------- in the runtime
 class RemoteSource:
     """The runtime's view of a source decoded in another process: the same ``status`` as a SourceWorker's."""
 
@@ -274,7 +99,7 @@ class DecoderPool:
             child_recv, runtime_send = ctx.Pipe(duplex=False)
             for i, _, _ in assigned:
                 self.owner[i] = p
-            self.procs.append(ctx.Process(target=_decoder_main, args=(assigned, send_end, child_recv, opt,
+            self.procs.append(ctx.Process(target=decoder_main, args=(assigned, send_end, child_recv, opt,
                                                                       self._left_shm.name, len(specs)),
                                           name=f"yolotune-decoder-{p}", daemon=True))
             self.out_conns.append(recv_end)
@@ -432,7 +257,7 @@ class DecoderPool:
             _, _, name, k, shape, index, decoded_at, pts, captured_at, lag, max_lag, received, dropped = msg
             shm = self._attached.get(name)
             if shm is None:
-                shm = self._attached[name] = _attach(name)
+                shm = self._attached[name] = attach_ring(name)
                 self.mapped_bytes += shm.size
                 if self._pinner is not None:
                     self._to_pin.put((name, shm))
@@ -464,10 +289,3 @@ class DecoderPool:
                                                                         "never-connected") else frames
 
 
-def _attach(name: str) -> shared_memory.SharedMemory:
-    """Attach to a decoder process's ring; that process owns it and unlinks it. Spawned processes share their
-    parent's resource tracker, so before Python 3.13 (no ``track``) attaching only repeats the child's registration."""
-    try:
-        return shared_memory.SharedMemory(name=name, track=False)  # Python 3.13+
-    except TypeError:
-        return shared_memory.SharedMemory(name=name)

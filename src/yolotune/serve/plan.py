@@ -26,7 +26,8 @@ from yolotune.pipeline.buffers import register_host_memory
 from yolotune.profile.sweep import knee as knee_of
 from yolotune.serve.decoders import decoder_processes, frame_nbytes
 from yolotune.serve.plan_report import PlanReport
-from yolotune.serve.runtime import RunOptions, StreamRuntime, decoder_mode, ring_pinner
+from yolotune.serve.choices import decoder_mode, ring_pinner
+from yolotune.serve.runtime import RunOptions, StreamRuntime
 from yolotune.types import Detections, InputRef
 
 MAX_TRIALS = 6  # verification runs before plan gives up (each runs its streams for verify_seconds)
@@ -96,9 +97,9 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
     total_device, total_host = _device_memory(dev), _host_memory()
     limits = {
         "compute": gpus * chosen["frames_per_s"] / fps,
-        # what the decoders and the runtime deliver together, not one core's rate times the cores: on the H100
-        # machine 14 processes delivered ~3,400-4,400 720p frames/s where 14 x one core's rate said ~7,500
-        # (no stream delivering in that run: one core's rate times the decoder cores, and a note says so)
+        # what the decoders and the runtime deliver together, not one core's rate times the cores, which promised
+        # twice what was delivered (serve/plan_h100_latency50.json); with no stream delivering in that run, the
+        # latter, and a note says so
         "decode": (host_fps or decode_fps * decode_cores) / fps,
         "host_memory": (1 - RESERVE) * total_host / host_per_stream,
     }
@@ -157,8 +158,8 @@ def next_trial(row: dict, fps: float, latency_budget_ms: float | None) -> int:
     """Streams to try after a verification run ``row`` that did not hold.
 
     Streams falling behind: what the run delivered in all (total frames/s over the stream rate), 5% under, and at
-    least 15% fewer. Only the p99 over budget: 15% fewer, 30% when p99 was over twice the budget (on the H100 a
-    plan at 127 streams went 617 -> 246 -> 120 -> 84 ms in steps of 15% and ran out of tries)."""
+    least 15% fewer. Only the p99 over budget: 15% fewer, 30% when p99 was over twice the budget (steps of 15% alone
+    ran out of tries: benchmarks/results/serve/plan_h100_latency12_step_down.json)."""
     n = row["streams"]
     nxt = int(n * 0.85)
     behind = row["max_lag_s"] >= 1.0 or row["dropped"] or row["min_stream_fps"] < 0.8 * fps
@@ -189,8 +190,8 @@ def _detect_sweep(detector, height: int, width: int, page_locked: bool = False) 
 def _registered_like_a_ring(frame: np.ndarray, device):
     """A copy of ``frame`` page-locked the way the decoder processes' rings are (register_host_memory), so the
     sweep's uploads take the runtime's path: a DMA straight from the frame. A view of torch-pinned memory would
-    not: the detector tells page-locked frames by the registered ranges and uploads the rest through staging (the
-    sweep then said 1,985 frames/s at batch 32 on the H100, where the runtime served 100 x 30 FPS). Registered from
+    not: the detector tells page-locked frames by the registered ranges and uploads the rest through staging, and the
+    sweep would say less than the runtime serves (serve/plan_h100_latency50_registered_sweep.json). Registered from
     a thread of its own: a refusal stays that thread's CUDA error, not this one's."""
     buffer = np.empty(frame.nbytes, np.uint8)
     got: list = []

@@ -20,8 +20,8 @@ class Backlog:
     """What all streams' queues hold together, under one lock. The scheduler waits on ``wake`` and is woken only when
     it has something to decide: the first frame arrives (its deadline starts), a full batch is waiting, or a source
     closes. Readers blocked on a full queue wait on their own queue's condition over the same lock, so a pop wakes
-    that one reader. Measured with 100 streams on 2 cores (tiny frames, no model): waking every waiter on every put
-    and pop held the runtime to 2,080 frames/s."""
+    that one reader: waking every waiter on every put and pop held the runtime back
+    (benchmarks/results/serve/README.md, the wake-up change)."""
 
     def __init__(self):
         self.lock = threading.RLock()

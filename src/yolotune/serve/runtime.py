@@ -22,8 +22,9 @@ from typing import Callable
 
 from yolotune.interpreter import startup_objects_frozen
 from yolotune.io.stream_sinks import StreamSinks
-from yolotune.io.stream_specs import SourceSpec, name_streams
+from yolotune.io.stream_specs import SourceSpec, name_streams, picture_size, source_fps
 from yolotune.io.streams import Backoff, SourceWorker, decoder_threads
+from yolotune.serve.choices import decoder_mode, pixel_format_for, ring_pinner
 from yolotune.serve.decoders import DecoderOptions, DecoderPool, decoder_cpus, frame_nbytes
 from yolotune.serve.metrics import PrometheusMetrics, StreamStats
 from yolotune.serve.queues import Backlog, FrameQueue
@@ -51,8 +52,7 @@ class RunOptions:
     decoder_processes: int | None = None  # None: one per core but two, at most one per source
     decoder_nice: int = 5  # niceness added to decoder processes: the engine thread comes first (serve/decoders.py)
     # Cores kept free of decoder processes for this process's threads (decoders.decoder_cpus; 0: decoders use every
-    # core). On the H100 machine, 100 x 720p30 streams: p99 37.6-39.1 ms with 2 kept against 66.7-75.4 ms without,
-    # in three A/B pairs in one process (benchmarks/results/serve/README.md, "cores kept for the runtime").
+    # core): the p99 halves with 2 kept (benchmarks/results/serve/serve_stalls_h100_cores_ab.json)
     runtime_cores: int = 2
     # camera-like sources decode only what their queue has room for (io/video.py); False decodes every frame and
     # drops it from the queue (the A/B of benchmarks/live_overload.py)
@@ -71,7 +71,7 @@ class StreamRuntime:
         self.detector = detector
         self.specs = name_streams(specs)
         self.opt = options or RunOptions()
-        self.pixel_format = _pixel_format(self.opt.pixel_format, detector)
+        self.pixel_format = pixel_format_for(self.opt.pixel_format, detector)
         self.stop = threading.Event()
         self.backlog = Backlog()
         self.wake = self.backlog.wake
@@ -86,7 +86,7 @@ class StreamRuntime:
         names = [s.name for s in self.specs]
         self.stats = [StreamStats(n) for n in names]
         self.metrics = PrometheusMetrics(names)
-        self.sinks = [StreamSinks(self.opt.out, s.name, self.opt.formats, fps=_source_fps(s)) if self.opt.out else None
+        self.sinks = [StreamSinks(self.opt.out, s.name, self.opt.formats, fps=source_fps(s)) if self.opt.out else None
                       for s in self.specs]
         self._events: queue.Queue = queue.Queue()
         backoff = lambda: Backoff(self.opt.backoff_base_s, self.opt.backoff_cap_s)  # noqa: E731
@@ -172,7 +172,7 @@ class StreamRuntime:
         made and page-locked, and the engine's graphs captured for their sizes (at most 4; other sizes, and live
         sources, are handled as they come). Returns the seconds it took."""
         t0 = time.perf_counter()
-        sizes = {i: hw for i, spec in enumerate(self.specs) if spec.kind == "file" and (hw := _picture_size(spec))}
+        sizes = {i: hw for i, spec in enumerate(self.specs) if spec.kind == "file" and (hw := picture_size(spec))}
         if self.pool is not None:
             self.pool.make_rings({i: frame_nbytes(hw, self.pixel_format) for i, hw in sizes.items()})
         prepare = getattr(self.detector, "prepare_frames", None)
@@ -355,28 +355,6 @@ class StreamRuntime:
         return summarize(self, time.perf_counter())
 
 
-def _pixel_format(choice: str, detector) -> str:
-    if choice not in ("auto", "rgb24", "yuv420p"):
-        raise ValueError(f"pixel format must be auto, rgb24 or yuv420p, not {choice!r}")
-    if choice != "auto":
-        return choice
-    gpu_preprocess = getattr(detector, "preprocess", "cpu") == "gpu" and detector.device.type == "cuda"
-    return "yuv420p" if gpu_preprocess else "rgb24"  # on a CPU, FFmpeg's own conversion is the faster one
-
-
-def decoder_mode(choice: str, detector, n_sources: int) -> str:
-    """threads or processes for decoding: the choice, or for "auto" what suits this device and core count."""
-    if choice not in ("auto", "threads", "processes"):
-        raise ValueError(f"decoders must be auto, threads or processes, not {choice!r}")
-    if choice != "auto":
-        return choice
-    # Measured (benchmarks/results/serve): on 2 cores threads deliver 1.18-1.42x more than processes; on the
-    # 16-core H100 machine 16 processes decode 5,254 frames/s of 720p against 3,011 for threads, and decoder
-    # threads starve the engine thread of the GIL.
-    cuda = getattr(getattr(detector, "device", None), "type", "cpu") == "cuda"
-    return "processes" if cuda and (os.cpu_count() or 1) >= 8 and n_sources > 1 else "threads"
-
-
 def _rss_bytes() -> int:
     """Resident memory of this process but its shared-memory mappings (the decoder processes' rings: fixed in size,
     and resident here only once read, which would look like growth)."""
@@ -389,40 +367,6 @@ def _rss_bytes() -> int:
     except OSError:
         shmem = 0
     return rss - shmem
-
-
-def ring_pinner(detector):
-    """How the decoder pool page-locks its rings for this detector's device (None: frames go through staging)."""
-    device = getattr(detector, "device", None)
-    if getattr(device, "type", "cpu") != "cuda" or not detector.frames.one_graph:
-        return None
-    from yolotune.pipeline.buffers import register_host_memory
-
-    return lambda buffer: register_host_memory(buffer, device)
-
-
-def _picture_size(spec: SourceSpec) -> tuple[int, int] | None:
-    """(height, width) of a video file's pictures, from its header; None when it cannot be read."""
-    try:
-        import av
-
-        with av.open(spec.uri) as c:
-            s = c.streams.video[0]
-            return (s.height, s.width) if s.height and s.width else None
-    except Exception:  # noqa: BLE001  (the source worker reports unreadable files)
-        return None
-
-
-def _source_fps(spec: SourceSpec) -> float:
-    if spec.kind != "file":
-        return 25.0
-    try:
-        import av
-
-        with av.open(spec.uri) as c:
-            return float(c.streams.video[0].average_rate or 25)
-    except Exception:  # noqa: BLE001  (the source worker reports unreadable files)
-        return 25.0
 
 
 class _NoSampler:

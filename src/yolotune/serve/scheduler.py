@@ -5,9 +5,8 @@ A batch leaves as soon as ``max_batch`` frames wait, or when the oldest waiting 
 of all streams (earliest decode first; each stream's queue is in order, so each stream stays in order), and among
 frames of the same age one per stream in turn. No frame waits behind a newer one, so no stream starves.
 
-Taking one frame per stream in turn from a pointer that moved one stream per batch (the first policy here) let
-frames at the back of the turn wait: with 100 streams at 30 FPS and batches of 32 on the H100, batches left every
-6-10 ms and yet some frames had waited 200-290 ms in their queue (benchmarks/results/serve/serve_stalls_h100.json).
+Oldest first, not one frame per stream in turn from a moving pointer, which let frames at the back of the turn wait
+hundreds of milliseconds while batches left every few (benchmarks/results/serve/serve_stalls_h100_turns_only.json).
 """
 
 from __future__ import annotations

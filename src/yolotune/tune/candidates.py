@@ -38,8 +38,8 @@ def search_space(device_type: str, compile: bool = True, int8: bool = True, budg
         out = [Candidate("eager fp32", DetectorOptions(precision="fp32", cuda_graph=False), reference=True, est_cost_s=8)]
         if compile:  # torch.compile (inductor, static canvas, dynamic batch) replayed as CUDA graphs, compiled
             # ahead of time and saved (engine/precompiled.py). AOTInductor (compile="aoti") is not searched: its
-            # CUDA packages crashed their loader on an H100 (aoti.py).
-            # one compile (batch 1 is padded to 2), its kernels' first run, validation: ~85 s tuned on the H100
+            # CUDA packages can crash their loader (aoti.py). The cost: one compile (batch 1 is padded to 2), its
+            # kernels' first run, validation (benchmarks/results/optimize/h100_default_warm_start.md)
             tuned = budget_s >= TUNED_COMPILE_BUDGET_S
             out.append(Candidate("compiled+graph fp16", DetectorOptions(
                 precision="fp16", cuda_graph=True, rect=False, compile="inductor" if tuned else "inductor-untuned"),

@@ -2,9 +2,8 @@
 
 The head's decoding (DFL softmax and its expectation convolution, anchors, box arithmetic, sigmoid, concat) stays
 in float: box coordinates in pixels and class probabilities lose far more to 8-bit steps than convolution
-activations do. Measured on the default model's held-out split (2-core CPU, percentile calibration on 64 images):
-quantizing the DFL convolution too cost 0.97 mAP50-95 points, keeping it in float 0.43. The head's feature
-convolutions are quantized like the rest.
+activations do; quantizing the DFL convolution too doubled the accuracy lost
+(benchmarks/results/optimize/int8_variants_cpu.json). The head's feature convolutions are quantized like the rest.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ def _head_nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
     """The decoding nodes of the last (detection) module ``model.N``: all but its feature convolutions and their
     SiLU activations (``/act/``; the DFL expectation is a convolution too, over softmax probabilities, and stays
     float). Keeping those activations quantized spares a dequantize / float SiLU / quantize round trip after each
-    of the head's 12 feature convolutions: 13.92 -> 13.05 ms on the 2-core machine."""
+    of the head's 12 feature convolutions (optimize/int8_variants_cpu.json)."""
     indices = [int(m.group(1)) for n in model.graph.node for m in [re.search(r"/model\.(\d+)/", n.name)] if m]
     if not indices:
         return []

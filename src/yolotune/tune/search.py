@@ -32,8 +32,8 @@ from yolotune.tune.report import Chosen, OptimizeReport, write_report
 OBJECTIVES = ("throughput", "latency")
 CANVASES = ("auto", "square")
 REFINE_MARGIN = 1.05
-# kept for the winner's batch sizes (_choose_batch measures for at least 15 s): candidates that would eat into it
-# are skipped (the H100's default run otherwise ended at 128 s of its 120)
+# kept for the winner's batch sizes (choose_batch measures for at least 15 s): candidates that would eat into it
+# are skipped, so the search ends within its budget
 SWEEP_RESERVE_S = 15.0  # a refinement replaces the engine it refines only when at least 5% better
 
 
@@ -322,7 +322,7 @@ def _evaluate(Detector, cand: Candidate, file: Path, dev, val: Path, probe: int,
 
     # Every candidate sees the same square canvas: the guard then compares engines and precisions on identical
     # inputs, and an engine meets one input shape, not one per aspect ratio of the validation images (each new
-    # shape costs cuDNN autotuning and, for graph engines, a capture: the batch-1 reference took 37 s on the H100).
+    # shape costs cuDNN autotuning and, for graph engines, a capture).
     rect = False if cand.options.rect is None else cand.options.rect
     with Detector(str(file), cand.options.replace(device=str(dev), batch=probe, conf=0.001, rect=rect)) as det:
         h, w = det.imgsz
