@@ -48,7 +48,8 @@ def test_an_artifact_keeps_its_options_and_the_caller_may_replace_them(tmp_path)
     tuned = DetectorOptions(precision="fp32", batch=4, imgsz=(96, 128), topk=512)
     write_artifact(tmp_path / "a", resolve("default"), tuned.replace(device="cuda:3"), {"tuned_on": "CPU"})
     saved = json.loads((tmp_path / "a" / "yolotune.json").read_text())["options"]
-    assert saved == {"precision": "fp32", "batch": 4, "imgsz": [96, 128], "topk": 512}  # not the machine's device
+    assert saved == {k: v for k, v in tuned.to_dict().items() if v is not None and k not in ("device", "return_images")}
+    assert saved["cuda_graph"] is True and "device" not in saved  # every choice, explicit; not the machine's device
     assert read_artifact(tmp_path / "a").options == tuned
     with Detector(str(tmp_path / "a"), device="cpu") as det:
         assert det.batch == 4 and det.imgsz == (96, 128) and det.post.topk == 512

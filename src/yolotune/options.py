@@ -120,10 +120,10 @@ class DetectorOptions:
         return {k: v for k, v in self.to_dict().items() if getattr(default, k) != getattr(self, k)}
 
     def saved(self) -> dict:
-        """What an artifact keeps: the batch and every option not at its default, but the machine's and the
-        caller's own (device, trust_model, return_images)."""
-        keep = {"batch": self.batch, **self.changed()}
-        return {k: v for k, v in keep.items() if k != "device" and k not in NOT_SAVED}
+        """What an artifact keeps: every option that is set (None leaves the choice to the Detector), so a tuned
+        pipeline stays the same when a default changes; not the machine's and the caller's own (device,
+        trust_model, return_images)."""
+        return {k: v for k, v in self.to_dict().items() if v is not None and k != "device" and k not in NOT_SAVED}
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
