@@ -82,6 +82,13 @@ def predict(
     max_image_pixels: Optional[int] = typer.Option(None, min=0, help="Largest picture decoded, in pixels (default: "
                                                    "Pillow's decompression-bomb limit, 89,478,485; 0: no limit)."),
     json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout.", metavar=""),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (yolotune\\[ray]): local "
+                                      "(a cluster on this machine), auto or HEAD:6379 (a running one)."),
+    actors: Optional[int] = typer.Option(None, min=1, help="With --ray: Detector actors (default: one per GPU, else "
+                                         "one per node)."),
+    gpus_per_actor: float = typer.Option(1.0, min=0.01, help="With --ray: GPUs per actor (0.5: two per GPU)."),
+    resume: bool = typer.Option(False, "--resume", help="With --ray: skip inputs already in --out's detections.jsonl.",
+                                metavar=""),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Detect objects in images and videos; write JSONL / COCO / annotated images."""
@@ -97,18 +104,43 @@ def predict(
         # options left unset are not passed, so an artifact's tuned values (batch, precision, graph) apply
         unset = dict(half=half, batch=batch, imgsz=imgsz, cuda_graph=cuda_graph, workers=workers, class_bias=class_bias,
                      end2end=end2end, compile=compile, rect=rect)
-        detector = Detector(
-            model, device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode,
-            preprocess=preprocess, agnostic=agnostic, return_images=bool({"images", "video"} & set(formats)), seed=seed,
-            max_image_pixels=max_image_pixels,
-            **{k: v for k, v in unset.items() if v is not None},
-        )
+        overrides = dict(device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode,
+                         preprocess=preprocess, agnostic=agnostic, return_images=bool({"images", "video"} & set(formats)),
+                         seed=seed, max_image_pixels=max_image_pixels, **{k: v for k, v in unset.items() if v is not None})
+        if ray is not None:
+            _predict_on_ray(model, sources, out, formats, overrides, ray, actors, gpus_per_actor, resume, recursive,
+                            json_output)
+            return
+        detector = Detector(model, **overrides)
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
     from yolotune.interpreter import tuned_for_threads
 
     with detector, tuned_for_threads():  # this process is ours: its threads share the GIL better this way
         summary = run_predict(detector, sources, out, formats, recursive=recursive)
+    for warning in summary.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    if json_output:
+        sys.stdout.write(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        print_predict_summary(summary, console())
+    if summary.interrupted:
+        raise typer.Exit(EXIT_SIGNALS.get(summary.interrupted, EXIT_INPUT_FAILURES))
+    raise typer.Exit(EXIT_INPUT_FAILURES if summary.failed else EXIT_OK)
+
+
+def _predict_on_ray(model, sources, out, formats, overrides, address, actors, gpus_per_actor, resume, recursive,
+                    json_output) -> None:
+    from yolotune.scale.cluster import RayUnavailable
+    from yolotune.scale.predict import predict_on_ray
+
+    try:
+        with stop_on_signals() as stopped:
+            summary = predict_on_ray(model, sources, out, formats, overrides, address=address, actors=actors,
+                                     gpus_per_actor=gpus_per_actor, resume=resume, recursive=recursive, stop=stopped,
+                                     progress=LineProgress("detecting"))
+    except (RayUnavailable, ValueError) as e:
+        _fail(str(e))
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     if json_output:

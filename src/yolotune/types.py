@@ -39,6 +39,10 @@ class ErrorRecord:
             d["time"] = round(self.source.time, 4)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ErrorRecord":
+        return cls(InputRef(d["path"], d.get("frame"), d.get("time")), d["error"], d.get("stage", "read"))
+
 
 @dataclass
 class Detections:
@@ -81,6 +85,16 @@ class Detections:
             d["time"] = round(self.source.time, 4)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Detections":
+        """The inverse of ``to_dict`` (boxes and scores as rounded there; no pixels)."""
+        dets = d.get("detections", [])
+        names = {int(x["class_id"]): x["class_name"] for x in dets}
+        return cls(InputRef(d["path"], d.get("frame"), d.get("time")), (int(d["height"]), int(d["width"])),
+                   np.asarray([x["box"] for x in dets], np.float32).reshape(-1, 4),
+                   np.asarray([x["score"] for x in dets], np.float32), np.asarray([x["class_id"] for x in dets], np.int64),
+                   names)
+
     def to_coco(self, image_id: int, category_offset: int = 0) -> list[dict[str, Any]]:
         """COCO results entries: bbox as [x, y, width, height]."""
         out = []
@@ -107,6 +121,11 @@ class Detections:
 
 
 Result = Detections | ErrorRecord
+
+
+def result_from_dict(d: dict[str, Any]) -> Result:
+    """A JSONL record (``to_dict`` of either kind) back as a Detections or an ErrorRecord."""
+    return Detections.from_dict(d) if d.get("ok", True) else ErrorRecord.from_dict(d)
 
 
 @dataclass

@@ -31,6 +31,8 @@ class PredictSummary:
     config: dict = field(default_factory=dict)  # Detector.describe()
     outputs: list[str] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)  # ErrorRecord.to_dict() of each failed input
+    actors: list[dict] = field(default_factory=list)  # with --ray: each actor's device, inputs and images/s
+    resumed: int = 0  # with --resume: records kept from the run before
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,7 +79,7 @@ def predict_to_sinks(detector, sources: Iterable[str | Path], out: Path, formats
         inputs=n, ok=ok, failed=len(errors), detections=n_dets, seconds=round(wall, 3),
         images_per_s=round(ok / wall, 1) if wall > 0 and ok else None,
         skipped_non_media=list(source_list.skipped),
-        warnings=_warnings(sources, source_list, recursive) + _model_warnings(detector),
+        warnings=warnings_for(sources, source_list, recursive) + _model_warnings(detector),
         interrupted=getattr(stop, "reason", None) if stop is not None and stop.is_set() else None,
         stages_s={k: round(v.seconds, 4) for k, v in detector.timings.items()},
         decode=dict(detector.decoder.stats), config=detector.describe(), outputs=written, errors=errors)
@@ -92,7 +94,7 @@ def _model_warnings(detector) -> list[str]:
             "classes are numbers); use your own trained weights, or `default`"]
 
 
-def _warnings(sources: list[str], source_list, recursive: bool) -> list[str]:
+def warnings_for(sources: list[str], source_list, recursive: bool) -> list[str]:
     """What a user should hear about inputs that were not there: an empty folder, images only in subfolders."""
     if source_list.items:
         return []

@@ -75,8 +75,14 @@ def print_predict_summary(summary, console: Console) -> None:
     errors."""
     cfg = summary.config
     table = Table(title="yolotune predict", show_header=False)
-    table.add_row("model", f"{cfg['model']} ({cfg['layout']}, {cfg['classes']} classes)")
-    table.add_row("engine", f"{cfg['engine']} on {cfg['device']}, {cfg['dtype']}, cuda graph: {cfg['cuda_graph']}, batch {cfg['batch']}")
+    if "model" in cfg:  # (on Ray, from the first actor: none when every input was done before)
+        table.add_row("model", f"{cfg['model']} ({cfg['layout']}, {cfg['classes']} classes)")
+        table.add_row("engine", f"{cfg['engine']} on {cfg['device']}, {cfg['dtype']}, cuda graph: {cfg['cuda_graph']}, "
+                                f"batch {cfg['batch']}")
+    for a in summary.actors:
+        table.add_row("actor", f"{a['actor']} on {a['device']}: {a['inputs']} inputs, {a['images_per_s']} images/s busy")
+    if summary.resumed:
+        table.add_row("resumed", f"{summary.resumed} records kept from the run before")
     table.add_row("inputs", f"{summary.inputs} ({summary.ok} ok, {summary.failed} failed)")
     table.add_row("detections", str(summary.detections))
     if summary.images_per_s:

@@ -1,0 +1,191 @@
+"""``predict --ray``: a Ray Data pipeline over the input list, one Detector actor per GPU (or per node's CPUs).
+
+Paths go out, results come back: each actor reads and decodes its own batches on its own device, and the
+driver writes every sink in input order (Ray Data keeps the order). Ray retries the batches of an actor that died
+on a restarted or another actor; the driver writes each input once, by its position, so a retry cannot duplicate
+an output. ``resume``: inputs whose records are already in ``detections.jsonl`` are not sent again; the outputs are
+rewritten with the old records in their places, so nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from yolotune.io.sinks import OutputNames, make_sink
+from yolotune.io.sources import expand_sources
+from yolotune.options import DetectorOptions
+from yolotune.pipeline.run import PredictSummary, warnings_for
+from yolotune.scale.cluster import connected, plan_actors
+from yolotune.types import ErrorRecord, InputRef, result_from_dict
+
+RAY_FORMATS = ("jsonl", "coco")  # sinks fed from records; annotated images and videos need the pixels on the driver
+
+
+@dataclass
+class ActorSummary:
+    actor: str  # host:pid
+    device: str
+    inputs: int
+    busy_s: float  # seconds spent in its batches
+
+    @property
+    def images_per_s(self) -> float:
+        return self.inputs / self.busy_s if self.busy_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"actor": self.actor, "device": self.device, "inputs": self.inputs, "busy_s": round(self.busy_s, 3),
+                "images_per_s": round(self.images_per_s, 1)}
+
+
+class DetectorActor:
+    """A Ray Data actor: one Detector on this worker's device, kept across batches."""
+
+    def __init__(self, model: str, overrides: dict):
+        from yolotune.pipeline.detector import Detector
+
+        self.det = Detector(model, **overrides)  # an artifact's own options, with the caller's on top
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.device = str(self.det.device)
+        self.config = json.dumps(self.det.describe(), default=str)
+
+    def __call__(self, batch: dict) -> dict:
+        paths = [str(p) for p in batch["path"]]
+        start = time.perf_counter()
+        by_path: dict[str, list] = defaultdict(list)
+        for result in self.det.predict(paths):
+            by_path[result.source.path].append(result)
+        seconds = time.perf_counter() - start
+        n = len(paths)
+        # the results themselves (full precision, no pixels), so the driver's sinks write what plain predict writes
+        return {"index": list(batch["index"]), "results": [pickle.dumps(by_path.get(p, [])) for p in paths],
+                "actor": [self.name] * n, "device": [self.device] * n, "seconds": [seconds / max(1, n)] * n,
+                "config": [self.config] * n}
+
+
+def _done_records(jsonl: Path) -> dict[str, list[dict]]:
+    """Records already written, by input path; the last input's are left out (a stop may have cut it short)."""
+    done: dict[str, list[dict]] = {}
+    if not jsonl.is_file():
+        return done
+    last = None
+    for line in jsonl.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the stop
+        done.setdefault(record["path"], []).append(record)
+        last = record["path"]
+    done.pop(last, None)
+    return done
+
+
+def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats: Iterable[str],
+                   overrides: dict, address: str = "local", actors: int | None = None,
+                   gpus_per_actor: float = 1.0, num_cpus: int | None = None, resume: bool = False,
+                   recursive: bool = False, stop: threading.Event | None = None,
+                   progress: Callable[[int, int | None, float], None] | None = None,
+                   on_row: Callable[[dict], None] | None = None) -> PredictSummary:
+    """``predict_to_sinks`` across a Ray cluster (``address``: local, auto or HOST:PORT). ``overrides``: Detector
+    options by name (an artifact's own apply under them). ``on_row`` sees each actor row as it arrives."""
+    options = DetectorOptions().replace(**overrides)  # checked here, before any actor starts
+    formats = list(formats)
+    unsupported = [f for f in formats if f not in RAY_FORMATS]
+    if unsupported:
+        raise ValueError(f"--ray writes {', '.join(RAY_FORMATS)}; not yet {', '.join(unsupported)} (annotated "
+                         "outputs need the pixels where they are drawn): run those without --ray")
+    sources = [str(s) for s in sources]
+    source_list = expand_sources(sources, recursive=recursive)
+    items = source_list.items
+    out = Path(out)
+    done = _done_records(out / "detections.jsonl") if resume else {}
+    todo = [(i, it.path) for i, it in enumerate(items) if it.kind != "error" and it.path not in done]
+    names = OutputNames(i.path for i in items if i.kind != "error")
+    start = time.perf_counter()
+    counts = {"n": 0, "ok": 0, "dets": 0}
+    errors: list[dict] = []
+    per_actor: dict[str, ActorSummary] = {}
+    config: dict = {}
+    sinks = []
+    interrupted = None
+    with connected(address, num_cpus) as ray:
+        n_actors, resources = plan_actors(ray, options.device, actors, gpus_per_actor)
+        sinks = [make_sink(f, out, names) for f in formats]  # after reading what a resumed run keeps
+
+        def write(result) -> None:
+            for s in sinks:
+                s.write(result)
+            counts["n"] += 1
+            if result.ok:
+                counts["ok"] += 1
+                counts["dets"] += len(result)
+            else:
+                errors.append(result.to_dict())
+
+        try:
+            rows = iter(())
+            rows = _rows(ray, model, overrides, options.batch if "batch" in overrides else 16, todo, n_actors,
+                         resources)
+            for i, item in enumerate(items):
+                if stop is not None and stop.is_set():
+                    interrupted = getattr(stop, "reason", "stop")
+                    break
+                if item.kind == "error":
+                    write(ErrorRecord(InputRef(item.path), item.error or "bad input", "read"))
+                elif item.path in done:
+                    for record in done[item.path]:
+                        write(result_from_dict(record))
+                else:
+                    row = next(rows)
+                    assert row["index"] == i, (row["index"], i)  # Ray Data keeps the input order
+                    # pickles made by this job's own actors on the user's cluster
+                    results = pickle.loads(row["results"]) or [
+                        ErrorRecord(InputRef(item.path), "no result came back for this input", "infer")]
+                    for result in results:
+                        write(result)
+                    config = config or json.loads(row["config"])
+                    a = per_actor.setdefault(row["actor"], ActorSummary(row["actor"], row["device"], 0, 0.0))
+                    a.inputs += 1
+                    a.busy_s += float(row["seconds"])
+                    if on_row is not None:
+                        on_row(row)
+                if progress is not None:
+                    progress(i + 1, len(items), time.perf_counter() - start)
+        except KeyboardInterrupt:
+            interrupted = "SIGINT"
+        finally:
+            rows = None  # the executor stops while Ray is still up
+            written = [p for s in sinks for p in s.close()]
+    wall = time.perf_counter() - start
+    return PredictSummary(
+        inputs=counts["n"], ok=counts["ok"], failed=len(errors), detections=counts["dets"], seconds=round(wall, 3),
+        images_per_s=round(counts["ok"] / wall, 1) if wall > 0 and counts["ok"] else None,
+        skipped_non_media=list(source_list.skipped), warnings=warnings_for(sources, source_list, recursive),
+        interrupted=interrupted, config={**config, "ray": address, "actors": n_actors} if config else {"ray": address, "actors": n_actors},
+        outputs=written, errors=errors, actors=[a.to_dict() for a in per_actor.values()],
+        resumed=sum(len(v) for v in done.values()))
+
+
+def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, str]], n_actors: int, resources: dict):
+    """The actor rows, in input order."""
+    if not todo:
+        return iter(())
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items([{"index": i, "path": p} for i, p in todo])
+    batch = max(1, min(batch, -(-len(todo) // n_actors)))  # every actor gets work, however few the inputs
+    mapped = ds.map_batches(
+        DetectorActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=n_actors),
+        fn_constructor_kwargs={"model": str(model), "overrides": overrides},
+        # an actor that dies is started again and its batch retried (on it or another): Ray's retries
+        max_restarts=-1, max_task_retries=-1, **resources)
+    return iter(mapped.iter_rows())
