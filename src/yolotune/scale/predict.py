@@ -27,6 +27,7 @@ from yolotune.pipeline.run import PredictSummary, warnings_for
 from yolotune.scale.cluster import connected, plan_actors
 from yolotune.types import ErrorRecord, InputRef, result_from_dict
 
+MAP_BATCHES = 4  # Detector batches per actor call
 RAY_FORMATS = ("jsonl", "coco")  # sinks fed from records; annotated images and videos need the pixels on the driver
 
 
@@ -182,7 +183,9 @@ def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, st
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in todo])
-    batch = max(1, min(batch, -(-len(todo) // n_actors)))  # every actor gets work, however few the inputs
+    # a few Detector batches per call, so each actor's predict() overlaps reading and decoding with the model
+    # within a call (benchmarks/results/ray_overhead_cpu.json); every actor gets work, however few the inputs
+    batch = max(1, min(MAP_BATCHES * batch, -(-len(todo) // n_actors)))
     mapped = ds.map_batches(
         DetectorActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=n_actors),
         fn_constructor_kwargs={"model": str(model), "overrides": overrides},
