@@ -1,0 +1,36 @@
+"""How many Ray actors with what resources, for clusters of N GPUs and N nodes (no Ray needed), and the records the
+driver rebuilds from JSONL on --resume."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from yolotune.scale.cluster import plan_actors
+from yolotune.types import Detections, ErrorRecord, InputRef, result_from_dict
+
+
+def cluster(gpus: int, nodes: list[int]):
+    return SimpleNamespace(
+        cluster_resources=lambda: {"CPU": float(sum(nodes)), **({"GPU": float(gpus)} if gpus else {})},
+        nodes=lambda: [{"Alive": True, "Resources": {"CPU": float(c)}} for c in nodes])
+
+
+def test_one_actor_per_gpu_or_as_many_per_gpu_as_asked():
+    assert plan_actors(cluster(8, [64, 64]), "auto", None, 1.0) == (8, {"num_gpus": 1.0, "num_cpus": 1})
+    assert plan_actors(cluster(8, [64, 64]), "cuda", None, 0.5) == (16, {"num_gpus": 0.5, "num_cpus": 1})
+    assert plan_actors(cluster(8, [64, 64]), "auto", 3, 1.0)[0] == 3
+
+
+def test_cpu_clusters_get_one_actor_per_node_with_its_cpus():
+    assert plan_actors(cluster(0, [16, 16, 16]), "auto", None, 1.0) == (3, {"num_cpus": 16})
+    assert plan_actors(cluster(4, [16]), "cpu", None, 1.0) == (1, {"num_cpus": 16})  # --device cpu on a GPU node
+    assert plan_actors(cluster(0, [2]), "cpu", 2, 1.0) == (2, {"num_cpus": 1})  # two actors share two cores
+
+
+def test_records_come_back_as_the_results_they_were():
+    det = Detections(InputRef("a.jpg", 3, 0.1), (48, 64), np.array([[1.25, 2.5, 30.0, 40.0]], np.float32),
+                     np.array([0.5], np.float32), np.array([2]), {2: "car"})
+    back = result_from_dict(det.to_dict())
+    assert back.to_dict() == det.to_dict() and back.class_names == ["car"]
+    err = ErrorRecord(InputRef("b.jpg"), "cannot decode", "decode")
+    assert result_from_dict(err.to_dict()).to_dict() == err.to_dict()
