@@ -118,6 +118,11 @@ def predict(
 
     with detector, tuned_for_threads():  # this process is ours: its threads share the GIL better this way
         summary = run_predict(detector, sources, out, formats, recursive=recursive)
+    _finish_predict(summary, json_output)
+
+
+def _finish_predict(summary, json_output: bool) -> None:
+    """Print predict's summary (or its JSON) and exit with what it says: failed inputs, or the signal that stopped it."""
     for warning in summary.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     if json_output:
@@ -141,15 +146,7 @@ def _predict_on_ray(model, sources, out, formats, overrides, address, actors, gp
                                      progress=LineProgress("detecting"))
     except (RayUnavailable, ValueError) as e:
         _fail(str(e))
-    for warning in summary.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
-    if json_output:
-        sys.stdout.write(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    else:
-        print_predict_summary(summary, console())
-    if summary.interrupted:
-        raise typer.Exit(EXIT_SIGNALS.get(summary.interrupted, EXIT_INPUT_FAILURES))
-    raise typer.Exit(EXIT_INPUT_FAILURES if summary.failed else EXIT_OK)
+    _finish_predict(summary, json_output)
 
 
 @app.command()
