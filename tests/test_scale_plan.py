@@ -34,3 +34,17 @@ def test_records_come_back_as_the_results_they_were():
     assert back.to_dict() == det.to_dict() and back.class_names == ["car"]
     err = ErrorRecord(InputRef("b.jpg"), "cannot decode", "decode")
     assert result_from_dict(err.to_dict()).to_dict() == err.to_dict()
+
+
+def test_without_ray_the_cli_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(app, ["predict", "default", str(tmp_path / "in"), "--device", "cpu", "--ray", "local",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "yolotune[ray]" in res.output, res.output

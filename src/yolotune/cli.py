@@ -123,8 +123,10 @@ def predict(
 
 def _finish_predict(summary, json_output: bool) -> None:
     """Print predict's summary (or its JSON) and exit with what it says: failed inputs, or the signal that stopped it."""
+    from rich.markup import escape
+
     for warning in summary.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     if json_output:
         sys.stdout.write(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
     else:

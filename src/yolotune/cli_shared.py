@@ -30,8 +30,10 @@ TRUST_MODEL = typer.Option(False, "--trust-model", help="Load a .pt even if it a
 
 
 def fail(message: str) -> None:
-    """Print a usage or model error and exit 2."""
-    err.print(f"[bold red]error:[/] {message}")
+    """Print a usage or model error and exit 2 (the message as it is: "yolotune[ray]" is not markup)."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(EXIT_USAGE)
 
 
