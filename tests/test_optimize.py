@@ -157,6 +157,17 @@ def test_an_interrupt_before_any_candidate_passed_says_only_that(tmp_path, val, 
     assert not (tmp_path / "e" / "yolotune.json").exists()
 
 
+def test_a_stop_event_ends_the_search_before_the_next_candidate(tmp_path, val):
+    """A signal's event stops the search even where its KeyboardInterrupt was swallowed (a finalizer's)."""
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    report = search.optimize("default", val, device="cpu", out=tmp_path / "s", int8=False, budget_s=600, stop=stop)
+    assert report.interrupted and report.chosen is None and all(not c.result for c in report.candidates)
+    assert any("nothing saved" in n for n in report.notes) and not (tmp_path / "s" / "yolotune.json").exists()
+
+
 def test_an_interrupt_while_preparing_data_ends_cleanly(tmp_path, val, monkeypatch):
     def dataset(*args, **kwargs):
         raise KeyboardInterrupt

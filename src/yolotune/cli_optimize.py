@@ -45,7 +45,8 @@ def optimize_command(
         with stop_on_signals(interrupt=True) as stopped, stage_progress("optimizing") as say:
             report = optimize(model, data, device=device, objective=objective, latency_ms=latency_ms, target_fps=target_fps,
                               memory_mib=memory_mib, budget_s=budget, max_drop=max_drop, out=out, compile=compile, refine=refine,
-                              int8=int8, calibration=calibration, val_images=val_images, canvas=canvas, progress=say)
+                              int8=int8, calibration=calibration, val_images=val_images, canvas=canvas, progress=say,
+                              stop=stopped)
     except (ModelLoadError, ValueError) as e:
         fail(str(e))
     screen = console()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -109,11 +110,15 @@ def optimize(
     canvas: str = "auto",
     workdir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> OptimizeReport:
     """Search engines x precisions (then batch sizes) for ``objective`` within ``budget_s``; write an artifact.
 
     ``canvas``: "auto" tunes on the validation images' own least-padded canvas when they are all one size (a
     camera's frames), and the artifact keeps it; "square" always uses the model's square canvas.
+
+    ``stop``: once set (a signal handler's event), no further candidate starts, as on Ctrl-C; a KeyboardInterrupt
+    that a finalizer swallowed still stops the search there.
 
     Returns the report (also written to ``out``/report.json, report.md and report.html).
     """
@@ -144,7 +149,7 @@ def optimize(
             report.notes.append("interrupted while preparing the validation data; nothing saved")
             write_report(out, report)
             return report
-        search = _Search(report, limits, dev, model_file, val, work, calibration, progress)
+        search = _Search(report, limits, dev, model_file, val, work, calibration, progress, stop)
         search.plan(canvas, probe_batch, compile, int8)
         search.run_all(refine)
         search.finish(out)
@@ -175,12 +180,13 @@ class _Search:
     """One optimize run: the candidates, measured in order within the budget, then the winner saved."""
 
     def __init__(self, report: OptimizeReport, limits: _Limits, dev, model_file: Path, val: Path, work: Path,
-                 calibration, progress):
+                 calibration, progress, stop: threading.Event | None = None):
         from yolotune.data.validate import load_dataset
 
         self.report, self.limits, self.dev = report, limits, dev
         self.model_file, self.val, self.work = model_file, val, work
         self.say = progress or (lambda _m: None)
+        self.stop = stop
         try:
             self.ground_truth, _ = load_dataset(val)
         except FileNotFoundError as e:
@@ -212,6 +218,8 @@ class _Search:
     def run(self, cand: Candidate) -> None:
         from yolotune.pipeline.detector import Detector
 
+        if self.stop is not None and self.stop.is_set():
+            raise KeyboardInterrupt  # asked to stop: the search ends here with what it has
         left = self.limits.left_s()
         if not cand.reference and left - SWEEP_RESERVE_S < cand.est_cost_s:
             cand.result = {"status": "skipped", "reason": f"budget: {left:.0f} s left ({SWEEP_RESERVE_S:.0f} s of it "
