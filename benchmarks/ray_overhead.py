@@ -3,7 +3,8 @@
 Each run is the whole job (inputs listed, JSONL written) on the same real-photo 720p JPEGs; the Ray runs share one
 local cluster started once (its start-up is reported apart), so each includes its actors' start and model load.
 Runs alternate (plain, 1 actor, 2 actors) ``REPEATS`` times. Writes $OUT/ray_overhead.json.
-Usage: DEVICE=cpu IMAGES=160 REPEATS=2 python benchmarks/ray_overhead.py
+Usage: DEVICE=cpu IMAGES=160 REPEATS=2 python benchmarks/ray_overhead.py; on a GPU, DEVICE=cuda BATCH=64 PASSES=20
+(2 actors then share the one GPU, half each).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ DEVICE = os.environ.get("DEVICE", "cpu")
 IMAGES = int(os.environ.get("IMAGES", "160"))
 REPEATS = int(os.environ.get("REPEATS", "2"))
 BATCH = int(os.environ.get("BATCH", "8"))
+PASSES = int(os.environ.get("PASSES", "1"))  # the photos listed this many times: a long job on a fast device
 
 
 def main() -> None:
@@ -43,11 +45,12 @@ def main() -> None:
         predict_to_sinks(det, [photos], work / "warm", ["jsonl"])
         for r in range(REPEATS):
             t = time.perf_counter()
-            s = predict_to_sinks(det, [photos], work / f"plain{r}", ["jsonl"])
+            s = predict_to_sinks(det, [photos] * PASSES, work / f"plain{r}", ["jsonl"])
             log.emit(section="plain", repeat=r, wall_s=round(time.perf_counter() - t, 2), images_per_s=s.images_per_s)
             for n in (1, 2):
                 t = time.perf_counter()
-                s = predict_on_ray("default", [photos], work / f"ray{n}_{r}", ["jsonl"], opts, actors=n)
+                s = predict_on_ray("default", [photos] * PASSES, work / f"ray{n}_{r}", ["jsonl"], opts, actors=n,
+                                   gpus_per_actor=1.0 / n)
                 wall = time.perf_counter() - t
                 busy = sum(a["images_per_s"] for a in s.actors)  # actors' own rate, start-up and model load excluded
                 log.emit(section=f"ray_{n}_actors", repeat=r, wall_s=round(wall, 2), images_per_s=s.images_per_s,
@@ -57,7 +60,7 @@ def main() -> None:
     def best(section, key):
         return max(x[key] for x in rows if x["section"] == section)
     summary = {
-        "environment": environment(), "images": IMAGES, "batch": BATCH, "device": DEVICE, "rows": rows,
+        "environment": environment(), "images": IMAGES, "passes": PASSES, "batch": BATCH, "device": DEVICE, "rows": rows,
         "plain_images_per_s": best("plain", "images_per_s"),
         "ray_1_actor_images_per_s": best("ray_1_actors", "images_per_s"),
         "ray_2_actors_images_per_s": best("ray_2_actors", "images_per_s"),

@@ -16,8 +16,10 @@ def cluster(gpus: int, nodes: list[int]):
 
 
 def test_one_actor_per_gpu_or_as_many_per_gpu_as_asked():
-    assert plan_actors(cluster(8, [64, 64]), "auto", None, 1.0) == (8, {"num_gpus": 1.0, "num_cpus": 1})
-    assert plan_actors(cluster(8, [64, 64]), "cuda", None, 0.5) == (16, {"num_gpus": 0.5, "num_cpus": 1})
+    # the host side gets the cores: 128 over 8 actors, 16 each; over 16, 8 each
+    assert plan_actors(cluster(8, [64, 64]), "auto", None, 1.0) == (8, {"num_gpus": 1.0, "num_cpus": 16})
+    assert plan_actors(cluster(8, [64, 64]), "cuda", None, 0.5) == (16, {"num_gpus": 0.5, "num_cpus": 8})
+    assert plan_actors(cluster(1, [16]), "auto", None, 1.0) == (1, {"num_gpus": 1.0, "num_cpus": 16})
     assert plan_actors(cluster(8, [64, 64]), "auto", 3, 1.0)[0] == 3
 
 
@@ -48,3 +50,15 @@ def test_without_ray_the_cli_says_what_to_install(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["predict", "default", str(tmp_path / "in"), "--device", "cpu", "--ray", "local",
                                    "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "yolotune[ray]" in res.output, res.output
+
+
+def test_each_input_gets_its_own_results_also_when_listed_twice():
+    from yolotune.scale.predict import results_per_input
+
+    def det(path, frame=None):
+        return Detections(InputRef(path, frame), (8, 8), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                          np.zeros(0, np.int64))
+
+    results = [det("a.jpg"), det("a.jpg"), det("v.mp4", 0), det("v.mp4", 1), ErrorRecord(InputRef("b.jpg"), "bad")]
+    grouped = results_per_input(["a.jpg", "a.jpg", "v.mp4", "b.jpg"], ["image", "image", "video", "image"], results)
+    assert [len(g) for g in grouped] == [1, 1, 2, 1] and grouped[3][0].ok is False

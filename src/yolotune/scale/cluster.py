@@ -51,11 +51,14 @@ def plan_actors(ray, device: str, actors: int | None, gpus_per_actor: float) -> 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     use_gpu = gpus > 0 and device != "cpu"
-    if use_gpu:
-        n = actors or max(1, int(gpus / gpus_per_actor))
-        return n, {"num_gpus": gpus_per_actor, "num_cpus": 1}
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     cpus = min(int(node["Resources"].get("CPU", 1)) for node in nodes) if nodes else 1
+    if use_gpu:
+        n = actors or max(1, int(gpus / gpus_per_actor))
+        # the host side (reading, decoding, handing over) needs cores too: a GPU actor given one CPU ran its
+        # Detector with one thread (benchmarks/results/ray_overhead_h200.json)
+        share = max(1, int(resources.get("CPU", 1)) // n)
+        return n, {"num_gpus": gpus_per_actor, "num_cpus": min(share, cpus)}
     n = actors or max(1, len(nodes))
     per_actor = max(1, cpus * len(nodes) // n) if actors else cpus
     return n, {"num_cpus": min(per_actor, cpus)}

@@ -15,7 +15,6 @@ import pickle
 import socket
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,7 +26,8 @@ from yolotune.pipeline.run import PredictSummary, warnings_for
 from yolotune.scale.cluster import connected, plan_actors
 from yolotune.types import ErrorRecord, InputRef, result_from_dict
 
-MAP_BATCHES = 4  # Detector batches per actor call
+MAP_BATCHES = 4  # Detector batches per actor call, at least
+MIN_CALL_INPUTS = 2048  # inputs per actor call, at least (when there are that many for each actor)
 RAY_FORMATS = ("jsonl", "coco")  # sinks fed from records; annotated images and videos need the pixels on the driver
 
 
@@ -59,17 +59,29 @@ class DetectorActor:
         self.config = json.dumps(self.det.describe(), default=str)
 
     def __call__(self, batch: dict) -> dict:
-        paths = [str(p) for p in batch["path"]]
+        paths, kinds = [str(p) for p in batch["path"]], [str(k) for k in batch["kind"]]
         start = time.perf_counter()
-        by_path: dict[str, list] = defaultdict(list)
-        for result in self.det.predict(paths):
-            by_path[result.source.path].append(result)
+        grouped = results_per_input(paths, kinds, list(self.det.predict(paths)))
         seconds = time.perf_counter() - start
         n = len(paths)
         # the results themselves (full precision, no pixels), so the driver's sinks write what plain predict writes
-        return {"index": list(batch["index"]), "results": [pickle.dumps(by_path.get(p, [])) for p in paths],
+        return {"index": list(batch["index"]), "results": [pickle.dumps(g) for g in grouped],
                 "actor": [self.name] * n, "device": [self.device] * n, "seconds": [seconds / max(1, n)] * n,
                 "config": [self.config] * n}
+
+
+def results_per_input(paths: list[str], kinds: list[str], results: list) -> list[list]:
+    """``predict``'s results (in input order) cut into each input's: one for an image, a video's frames (and gaps)
+    while they name it. By position, not by path: an input listed twice gets its own results twice."""
+    out: list[list] = []
+    j = 0
+    for path, kind in zip(paths, kinds):
+        mine = []
+        while j < len(results) and results[j].source.path == path and (kind == "video" or not mine):
+            mine.append(results[j])
+            j += 1
+        out.append(mine)
+    return out
 
 
 def _done_records(jsonl: Path) -> dict[str, list[dict]]:
@@ -108,7 +120,7 @@ def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats
     items = source_list.items
     out = Path(out)
     done = _done_records(out / "detections.jsonl") if resume else {}
-    todo = [(i, it.path) for i, it in enumerate(items) if it.kind != "error" and it.path not in done]
+    todo = [(i, it.path, it.kind) for i, it in enumerate(items) if it.kind != "error" and it.path not in done]
     names = OutputNames(i.path for i in items if i.kind != "error")
     start = time.perf_counter()
     counts = {"n": 0, "ok": 0, "dets": 0}
@@ -175,17 +187,19 @@ def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats
         resumed=sum(len(v) for v in done.values()))
 
 
-def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, str]], n_actors: int, resources: dict):
+def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, str, str]], n_actors: int,
+          resources: dict):
     """The actor rows, in input order."""
     if not todo:
         return iter(())
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
-    ds = ray.data.from_items([{"index": i, "path": p} for i, p in todo])
-    # a few Detector batches per call, so each actor's predict() overlaps reading and decoding with the model
-    # within a call (benchmarks/results/ray_overhead_cpu.json); every actor gets work, however few the inputs
-    batch = max(1, min(MAP_BATCHES * batch, -(-len(todo) // n_actors)))
+    ds = ray.data.from_items([{"index": i, "path": p, "kind": k} for i, p, k in todo])
+    # many Detector batches per call: each call's predict() fills and drains its pipeline once, which cost a GPU
+    # actor most of its rate at 4 batches a call (benchmarks/results/ray_overhead_h200.json); every actor gets
+    # work, however few the inputs
+    batch = max(1, min(max(MAP_BATCHES * batch, MIN_CALL_INPUTS), -(-len(todo) // n_actors)))
     mapped = ds.map_batches(
         DetectorActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=n_actors),
         fn_constructor_kwargs={"model": str(model), "overrides": overrides},
