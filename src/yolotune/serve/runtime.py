@@ -11,7 +11,6 @@ thread refreshes rates, queue depths and GPU utilisation for Prometheus and the 
 from __future__ import annotations
 
 import collections
-import os
 import queue
 import signal
 import threading
