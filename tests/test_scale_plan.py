@@ -62,3 +62,11 @@ def test_each_input_gets_its_own_results_also_when_listed_twice():
     results = [det("a.jpg"), det("a.jpg"), det("v.mp4", 0), det("v.mp4", 1), ErrorRecord(InputRef("b.jpg"), "bad")]
     grouped = results_per_input(["a.jpg", "a.jpg", "v.mp4", "b.jpg"], ["image", "image", "video", "image"], results)
     assert [len(g) for g in grouped] == [1, 1, 2, 1] and grouped[3][0].ok is False
+
+
+def test_rows_are_taken_by_position_early_ones_wait_and_repeats_are_dropped():
+    from yolotune.scale.predict import _row_for
+
+    rows = iter([{"index": 0}, {"index": 2}, {"index": 1}, {"index": 1}, {"index": 3}])
+    pending: dict = {}
+    assert [_row_for(i, rows, pending)["index"] for i in range(4)] == [0, 1, 2, 3] and pending == {}

@@ -144,6 +144,7 @@ def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats
                 errors.append(result.to_dict())
 
         try:
+            pending: dict[int, dict] = {}
             rows = iter(())
             rows = _rows(ray, model, overrides, options.batch if "batch" in overrides else 16, todo, n_actors,
                          resources)
@@ -157,8 +158,7 @@ def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats
                     for record in done[item.path]:
                         write(result_from_dict(record))
                 else:
-                    row = next(rows)
-                    assert row["index"] == i, (row["index"], i)  # Ray Data keeps the input order
+                    row = _row_for(i, rows, pending)
                     # pickles made by this job's own actors on the user's cluster
                     results = pickle.loads(row["results"]) or [
                         ErrorRecord(InputRef(item.path), "no result came back for this input", "infer")]
@@ -185,6 +185,16 @@ def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats
         interrupted=interrupted, config={**config, "ray": address, "actors": n_actors} if config else {"ray": address, "actors": n_actors},
         outputs=written, errors=errors, actors=[a.to_dict() for a in per_actor.values()],
         resumed=sum(len(v) for v in done.values()))
+
+
+def _row_for(index: int, rows, pending: dict[int, dict]) -> dict:
+    """The row of input ``index``. Ray Data keeps the order, so it is normally the next; rows that come early wait in
+    ``pending``, and a row for an input already written (a retried batch's) is dropped: each input is written once."""
+    while index not in pending:
+        row = next(rows)
+        if row["index"] >= index:
+            pending[row["index"]] = row
+    return pending.pop(index)
 
 
 def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, str, str]], n_actors: int,
