@@ -28,6 +28,7 @@ from yolotune.types import ErrorRecord, InputRef, result_from_dict
 
 MAP_BATCHES = 4  # Detector batches per actor call, at least
 MIN_CALL_INPUTS = 2048  # inputs per actor call, at least (when there are that many for each actor)
+CALLS_PER_ACTOR = 4  # calls per actor, at least: an actor that starts late still finds work
 RAY_FORMATS = ("jsonl", "coco")  # sinks fed from records; annotated images and videos need the pixels on the driver
 
 
@@ -207,9 +208,9 @@ def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, st
     ctx.enable_progress_bars = False
     ds = ray.data.from_items([{"index": i, "path": p, "kind": k} for i, p, k in todo])
     # many Detector batches per call: each call's predict() fills and drains its pipeline once, which cost a GPU
-    # actor most of its rate at 4 batches a call (benchmarks/results/ray_overhead_h200.json); every actor gets
-    # work, however few the inputs
-    batch = max(1, min(max(MAP_BATCHES * batch, MIN_CALL_INPUTS), -(-len(todo) // n_actors)))
+    # actor most of its rate at 4 batches a call (benchmarks/results/ray_overhead_h200.json); with few inputs, a
+    # few calls for each actor
+    batch = max(1, min(max(MAP_BATCHES * batch, MIN_CALL_INPUTS), -(-len(todo) // (CALLS_PER_ACTOR * n_actors))))
     mapped = ds.map_batches(
         DetectorActor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=n_actors),
         fn_constructor_kwargs={"model": str(model), "overrides": overrides},
