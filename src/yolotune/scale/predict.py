@@ -147,8 +147,7 @@ def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats
         try:
             pending: dict[int, dict] = {}
             rows = iter(())
-            rows = _rows(ray, model, overrides, options.batch if "batch" in overrides else 16, todo, n_actors,
-                         resources)
+            rows = _rows(ray, model, overrides, options.batch, todo, n_actors, resources)
             for i, item in enumerate(items):
                 if stop is not None and stop.is_set():
                     interrupted = getattr(stop, "reason", "stop")

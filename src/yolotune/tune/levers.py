@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from yolotune.profile.sweep import measure_batch, letterboxed_images
+from yolotune.profile.sweep import letterboxed_images, measure_batch
 from yolotune.tune.batch import as_deployed
 from yolotune.tune.candidates import Candidate
 from yolotune.tune.report import Lever
