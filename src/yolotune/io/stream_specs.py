@@ -25,6 +25,8 @@ class SourceSpec:
     realtime: bool = False  # files: deliver at the file's frame rate, like a camera (for planning and soak tests)
     named: bool = True  # a name given (NAME=SOURCE, or by code): kept as given; parse_source's defaults may change
     lossless: bool = False  # realtime files: every frame, late if need be (lag grows), instead of dropping
+    # the first frame number to deliver: a stream moved to another runtime (scale/) goes on after its last result
+    start_frame: int = 0
 
     @property
     def live(self) -> bool:
@@ -116,11 +118,13 @@ def default_name(spec: SourceSpec, depth: int = 0) -> str:
     return _clean("-".join(keep)) or spec.kind
 
 
-def name_streams(specs: list[SourceSpec]) -> list[SourceSpec]:
+def name_streams(specs: list[SourceSpec], taken: set[str] | None = None) -> list[SourceSpec]:
     """Give every stream a unique, safe name (case-insensitively: file systems may be). Names the user gave are
     checked and kept; default names of files with the same stem take on their folders (a/clip, b/clip ->
-    a-clip, b-clip); what still collides gets -2, -3, ..."""
-    taken: set[str] = set()
+    a-clip, b-clip); what still collides gets -2, -3, ... ``taken``: names of streams already running (lower
+    case), which the new ones must not repeat."""
+    running = set(taken or ())
+    taken = set(running)
     for s in specs:
         if not s.named:
             continue
@@ -128,7 +132,8 @@ def name_streams(specs: list[SourceSpec]) -> list[SourceSpec]:
             raise ValueError(f"{s.name!r} is not a valid stream name (NAME=SOURCE: a letter or digit, then up to 63 "
                              "letters, digits, '.', '_' or '-'; if this is a file, it does not exist)")
         if s.name.lower() in taken:
-            raise ValueError(f"stream name {s.name!r} given twice")
+            raise ValueError(f"stream name {s.name!r} " + ("is running already" if s.name.lower() in running
+                                                             else "given twice"))
         taken.add(s.name.lower())
     defaults = [s for s in specs if not s.named]
     names = {id(s): default_name(s) for s in defaults}

@@ -178,6 +178,11 @@ class SourceWorker(threading.Thread):
         self.status = SourceStatus()
         self.on_event = on_event or (lambda _i, _state, _msg, _when, _status: None)
         self._next_frame = 0  # the number the next opening's first frame starts from (loops, reconnects)
+        # a stream resumed elsewhere (spec.start_frame): a file skips the frames before it (its first opening only);
+        # live sources and folders number their frames on from it
+        self._skip = spec.start_frame if spec.kind == "file" else 0
+        if spec.kind != "file":
+            self._next_frame = spec.start_frame
         self._pace_from: float | None = None  # realtime files: when the current pass's first frame is due
         # a decoder process's slot writer copies I420 planes straight from FFmpeg's buffers (I420Picture)
         self.pictures = getattr(queue, "takes_pictures", False)
@@ -212,7 +217,7 @@ class SourceWorker(threading.Thread):
                     delivered = st.frames - delivered_before
                     if self.spec.live or (self.spec.loop and delivered):
                         raise EOFError("stream ended")
-                    if not delivered and self.spec.kind == "file":
+                    if not delivered and self.spec.kind == "file" and not self.spec.start_frame:
                         self._set("failed", "no decodable frames")
                         return
                     if self.spec.kind != "folder":
@@ -275,7 +280,7 @@ class SourceWorker(threading.Thread):
 
     def _read_once(self) -> None:
         if self.spec.kind == "folder":
-            for image in self._folder_frames():
+            for image in self._folder_frames(skip=self.spec.start_frame):
                 if not self._deliver(image, self._next_frame, None, None):
                     return
                 self._next_frame += 1
@@ -291,10 +296,15 @@ class SourceWorker(threading.Thread):
         self._phase = "reading"
         if spec.realtime and self._pace_from is None:
             self._pace_from = time.perf_counter()
-        base, last, counted = self._next_frame, -1, [0, 0]
+        start = 0
+        if self._skip:  # resumed: a looped file from its pass that holds the frame, any other from its start
+            passes = self._skip // reader.expected_frames if spec.loop and reader.expected_frames else 0
+            self._next_frame = passes * (reader.expected_frames or 0)
+            start, self._skip = self._skip - self._next_frame, 0
+        base, last, counted = self._next_frame, start - 1, [0, 0]
         try:
             for item in reader.frames(self.admission, self._pace_from if spec.realtime else None, self.stop_event,
-                                      self.catch_up):
+                                      self.catch_up, start):
                 self._count(reader, counted)
                 if isinstance(item, FrameGap):
                     st.frames_lost += item.frames
@@ -326,9 +336,10 @@ class SourceWorker(threading.Thread):
             return I420Picture(picture)
         return picture.to_ndarray(format=self.pixel_format if even else "rgb24")
 
-    def _folder_frames(self, poll_s: float = 0.25) -> Iterator[np.ndarray]:
+    def _folder_frames(self, poll_s: float = 0.25, skip: int = 0) -> Iterator[np.ndarray]:
         """Images already in the folder, then new ones as they appear (in name order); unreadable ones are
-        reported as events and skipped."""
+        reported as events and skipped. ``skip``: images already processed elsewhere (a resumed stream), by the
+        name order of those there now."""
         from yolotune.io.decode import decode_with_pil
 
         seen: set[str] = set()
@@ -338,6 +349,9 @@ class SourceWorker(threading.Thread):
             settled = time.time() - 0.25
             fresh = sorted(p for p in folder.iterdir()
                            if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in seen and _mtime(p) < settled)
+            for path in fresh[:skip]:
+                seen.add(path.name)
+            fresh, skip = fresh[skip:], 0
             for path in fresh:
                 seen.add(path.name)
                 try:

@@ -110,16 +110,21 @@ class VideoReader:
 
     # ------------------------------------------------------------------------------------------------ frames
     def frames(self, demand: Demand | None = None, pace_from: float | None = None,
-               stop: threading.Event | None = None, catch_up: int = CATCH_UP) -> Iterator[VideoFrame | FrameGap]:
+               stop: threading.Event | None = None, catch_up: int = CATCH_UP,
+               start: int = 0) -> Iterator[VideoFrame | FrameGap]:
         """Frames in order, and gaps where frames were lost. ``pace_from``: deliver each packet at pace_from + its
         time, as a camera would (a file played in real time). ``demand``: decode only what the consumer has room
-        for (see the module's docstring); None decodes every frame."""
+        for (see the module's docstring); None decodes every frame. ``start``: the first frame number wanted (a
+        file seeks to the keyframe before it; frames before it are decoded, not given)."""
         import av
 
         stream, codec = self.stream, self.stream.codec_context
         tb = float(stream.time_base or 0) or 1 / 90000
         self._origin = None  # pts of the first frame: frame times count from it
-        self._next = 0  # the frame number expected next
+        self._next = max(0, start)  # the frame number expected next
+        self._start = self._next
+        if self._start and not self.live:
+            self._seek_before(self._start, tb)
         self._errors_since = 0
         self._on_demand = demand is not None
         first_dts = None
@@ -198,6 +203,22 @@ class VideoReader:
             self.stats.gaps.append(gap)
             yield gap
 
+    def _seek_before(self, index: int, tb: float) -> None:
+        """Seek to the keyframe at or before frame ``index``, numbering frames from the file's first packet as a
+        reading from the start would; where the file cannot seek, frames are decoded from the start instead."""
+        import av
+
+        try:
+            first = next((p.pts for p in self.container.demux(self.stream) if p.pts is not None), None)
+            if first is None:
+                return
+            self._origin = first
+            self.container.seek(first + int(index / self.rate / tb), stream=self.stream, backward=True,
+                                any_frame=False)
+        except (av.FFmpegError, OSError):
+            self._origin = None
+            self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
+
     def _gap_to_end(self, reason: str) -> FrameGap:
         last = max(self._next, (self.expected_frames or self._next + 1) - 1)
         gap = FrameGap(self._next, last, reason)
@@ -239,6 +260,8 @@ class VideoReader:
             self._origin = pts if self._origin is None else self._origin
             t = (pts - self._origin) * tb
             index = int(round(t * self.rate))
+            if index < self._start:  # before the frame this reading starts at: not wanted, not lost
+                return []
             if index < self._next - 1:  # out of order, behind frames already given: a damaged stream's leftover
                 self.stats.late += 1
                 return []

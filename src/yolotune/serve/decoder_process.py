@@ -15,7 +15,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from yolotune.io.stream_specs import SourceSpec
-from yolotune.io.streams import Backoff, SourceWorker, StreamFrame
+from yolotune.io.streams import Backoff, SourceStatus, SourceWorker, StreamFrame
 
 
 @dataclass
@@ -34,6 +34,17 @@ class DecoderOptions:
     cpus: tuple[int, ...] | None = None  # the cores the decoder processes may run on (decoder_cpus); None: any
     queue_size: int = 8  # a camera-like stream's queue in the runtime: what its decoder may have waiting there
     on_demand: bool = True  # camera-like streams decode only what their queue has room for
+    keep_running: bool = False  # streams come and go: the process lives until the runtime says stop
+
+
+COUNTER_BLOCK = 256  # streams per block of shared counters (serve/decoders.py StreamCounters)
+
+
+def counter_views(buf, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stream's two shared counters in a block: frames that left its queue in the runtime, and its Admission
+    limit."""
+    block = np.ndarray((2, COUNTER_BLOCK), np.int64, buffer=buf)
+    return block[0, offset:offset + 1], block[1, offset:offset + 1]
 
 
 def frame_nbytes(hw: tuple[int, int], pixel_format: str) -> int:
@@ -111,12 +122,19 @@ class _SlotWriter:
         return True
 
     def close(self) -> None:
+        if self.status is not None:  # its last state and counts first: a stream removed mid-run ends here
+            self.send(("status", self.stream, self.status.snapshot()))
         self.send(("closed", self.stream))
 
 
-def decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]], out_conn, in_conn,
-                  opt: DecoderOptions, left_name: str | None = None, streams: int = 0) -> None:
-    """A decoder process: one SourceWorker thread per assigned source until the runtime says stop."""
+# what a decoder process is given per stream: (stream, spec, premade ring (name, frame bytes) or None, counters
+# (block name, offset in it))
+Assignment = tuple[int, SourceSpec, "tuple[str, int] | None", "tuple[str, int] | None"]
+
+
+def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOptions) -> None:
+    """A decoder process: one SourceWorker thread per assigned source (and per source added later) until the
+    runtime says stop, or, unless ``opt.keep_running``, until every source has ended."""
     if opt.nice:
         try:
             os.nice(opt.nice)
@@ -141,23 +159,44 @@ def decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]],
                 stop.set()  # the runtime is gone
 
     rings: dict[int, _Ring] = {}
-    left_shm = attach_ring(left_name) if left_name else None
-    shared = np.ndarray((2, streams), np.int64, buffer=left_shm.buf) if left_shm is not None else None
-    left = shared[0] if shared is not None else None
-    writers, workers = {}, []
-    for index, spec, premade in assigned:
-        writers[index] = w = _SlotWriter(index, opt.slots, send, rings, premade, opt.queue_size,
-                                         left[index:index + 1] if left is not None else None,
-                                         shared[1, index:index + 1] if shared is not None else None)
-        worker = SourceWorker(index, spec, w, stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
+    blocks: dict[str, shared_memory.SharedMemory] = {}  # the runtime's counter blocks, attached once
+    writers: dict[int, _SlotWriter] = {}
+    retired: list[_SlotWriter] = []  # writers of streams removed and added back: their rings close at the end
+    workers: dict[int, tuple[SourceWorker, threading.Event]] = {}
+    lock = threading.Lock()
+    ending = threading.Event()  # sources stop: the runtime said stop, or every source ended
+
+    def start(index: int, spec: SourceSpec, premade, counters) -> None:
+        left = limit = None
+        if counters is not None:
+            name, offset = counters
+            if name not in blocks:
+                blocks[name] = attach_ring(name)
+            left, limit = counter_views(blocks[name].buf, offset)
+        w = _SlotWriter(index, opt.slots, send, rings, premade, opt.queue_size, left, limit)
+        own_stop = threading.Event()  # this source's alone: set when it is removed, or when all end
+        worker = SourceWorker(index, spec, w, own_stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
                               Backoff(opt.backoff_base_s, opt.backoff_cap_s),
                               on_event=lambda i, state, message, when, snap: send(("event", i, state, message, when, snap)),
                               pixel_format=opt.pixel_format, decoder_threads=opt.decoder_threads,
                               on_demand=opt.on_demand)
         w.status = worker.status
-        workers.append(worker)
+        with lock:
+            if ending.is_set():
+                return
+            if index in writers:
+                retired.append(writers[index])
+            writers[index] = w
+            workers[index] = (worker, own_stop)
+        worker.start()
 
-    def listen() -> None:  # slots given back, and the stop
+    def end_sources() -> None:
+        with lock:
+            ending.set()
+            for _, own_stop in workers.values():
+                own_stop.set()
+
+    def listen() -> None:  # slots given back, streams added and removed, and the stop
         while not stop.is_set():
             try:
                 msg = in_conn.recv()
@@ -168,26 +207,43 @@ def decoder_main(assigned: list[tuple[int, SourceSpec, tuple[str, int] | None]],
                     ring = rings.get(stream)
                     if ring is not None and ring.shm.name == name:
                         ring.free.put(k)
+            elif msg[0] == "add":
+                start(*msg[1])
+            elif msg[0] == "remove":
+                entry = workers.get(msg[1])
+                if entry is not None:
+                    entry[1].set()
             elif msg[0] == "stop":
                 break
         stop.set()
+        end_sources()
 
+    for item in assigned:
+        start(*item)
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
+    while not ending.wait(0.1):  # until the runtime says stop, or (unless streams may come) every source ended
+        with lock:
+            ended = all(not w.is_alive() for w, _ in workers.values())
+        if ended and not opt.keep_running:
+            end_sources()
+    with lock:
+        running = [w for w, _ in workers.values()]
+    for worker in running:
         worker.join()
-    for worker in workers:  # final states and counts
+    for worker in running:  # final states and counts
         send(("status", worker.index, worker.status.snapshot()))
     send(("exit", None))
-    stop.wait()
-    for w in writers.values():
+    stop.wait()  # until the runtime's stop: the rings stay while it may read them
+    for w in list(writers.values()) + retired:
         for ring in ([w.ring] if w.ring else []) + w.old:
             ring.close()
-    if left_shm is not None:
-        del left, shared, writers, workers
-        left_shm.close()
+    del writers, retired, workers, rings
+    for shm in blocks.values():
+        try:
+            shm.close()
+        except BufferError:  # a view still held: freed with the process
+            pass
 
 
 def attach_ring(name: str) -> shared_memory.SharedMemory:

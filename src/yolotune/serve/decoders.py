@@ -28,7 +28,8 @@ import numpy as np
 from yolotune.interpreter import usable_cores
 from yolotune.io.stream_specs import SourceSpec
 from yolotune.io.streams import SourceStatus, StreamFrame
-from yolotune.serve.decoder_process import DecoderOptions, attach_ring, decoder_main, frame_nbytes
+from yolotune.serve.decoder_process import (COUNTER_BLOCK, DecoderOptions, attach_ring, counter_views, decoder_main,
+                                            frame_nbytes)
 from yolotune.serve.queues import FrameQueue
 
 __all__ = ["DecoderOptions", "DecoderPool", "decoder_cpus", "decoder_processes", "frame_nbytes"]
@@ -54,6 +55,36 @@ def decoder_cpus(reserve: int, allowed: set[int] | None = None) -> tuple[int, ..
     return tuple(cores[reserve:]) if len(cores) - reserve >= 4 else None
 
 
+class StreamCounters:
+    """Two counters per stream in shared memory (decoder_process.counter_views), in blocks of COUNTER_BLOCK
+    streams made as streams are added: a decoder process attaches a block once, by name."""
+
+    def __init__(self):
+        self.blocks: list[shared_memory.SharedMemory] = []
+
+    def place(self, i: int) -> tuple[str, int]:
+        """The block (its name) and offset of stream ``i``'s counters, the block made if need be."""
+        b, offset = divmod(i, COUNTER_BLOCK)
+        while len(self.blocks) <= b:
+            shm = shared_memory.SharedMemory(create=True, size=16 * COUNTER_BLOCK)
+            np.ndarray((2, COUNTER_BLOCK), np.int64, buffer=shm.buf)[...] = 0
+            self.blocks.append(shm)
+        return self.blocks[b].name, offset
+
+    def views(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        b, offset = divmod(i, COUNTER_BLOCK)
+        return counter_views(self.blocks[b].buf, offset)
+
+    def close(self) -> None:
+        for shm in self.blocks:
+            try:
+                shm.close()
+            except BufferError:  # a view still held by a caller: freed with the process
+                pass
+            shm.unlink()
+        self.blocks.clear()
+
+
 class RemoteSource:
     """The runtime's view of a source decoded in another process: the same ``status`` as a SourceWorker's."""
 
@@ -74,33 +105,29 @@ class DecoderPool:
 
     def __init__(self, specs: list[SourceSpec], queues: list[FrameQueue], stop: threading.Event, opt: DecoderOptions,
                  on_event, processes: int | None = None, pin=None):
+        # the runtime's list of queues, by stream: a stream added later (add) has its queue appended there first
         self.queues, self.stop_event, self.on_event = queues, stop, on_event
         # pin(buffer) -> unpin or None: page-locks each ring once attached, so the engine DMAs frames straight from
         # the slots (no copy in this process); then a slot is given back only once its batch is collected
         self.pin = pin
-        self.sources = [RemoteSource(i, s, self) for i, s in enumerate(specs)]
+        self.sources: list[RemoteSource] = []
         n = processes or decoder_processes(len(specs))
         ctx = mp.get_context("spawn")  # the runtime has CUDA and threads: never fork it
         self.slots = opt.slots
         # per stream: the frames that left its queue (read by its decoder process: Admission) and the limit its
         # Admission sets (read by its queue here)
-        self._left_shm = shared_memory.SharedMemory(create=True, size=16 * max(1, len(specs)))
-        self._left = np.ndarray((2, len(specs)), np.int64, buffer=self._left_shm.buf)
-        self._left[0] = 0
-        for i, q in enumerate(queues):
-            self._left[1, i] = q.capacity
-            q.left_counter, q.limit_view = self._left[0, i:i + 1], self._left[1, i:i + 1]
-        self.procs, self.out_conns, self.in_conns, self.owner, self._assigned = [], [], [], {}, []
+        self.counters = StreamCounters()
+        self.procs, self.out_conns, self.in_conns, self.owner = [], [], [], {}
+        # per process: the streams it starts with (a list it gets when it starts, so make_rings can fill it in)
+        self._assigned: list[list] = [[] for _ in range(n)]
+        self._load = [0] * n  # streams each process decodes now
+        for i, spec in enumerate(specs):
+            p, item = self._register(i, spec)
+            self._assigned[p].append(item)
         for p in range(n):
-            # (stream, spec, premade ring): a list the process gets when it starts, so make_rings can fill it in
-            assigned = [(i, s, None) for i, s in enumerate(specs) if i % n == p]
-            self._assigned.append(assigned)
             recv_end, send_end = ctx.Pipe(duplex=False)
             child_recv, runtime_send = ctx.Pipe(duplex=False)
-            for i, _, _ in assigned:
-                self.owner[i] = p
-            self.procs.append(ctx.Process(target=decoder_main, args=(assigned, send_end, child_recv, opt,
-                                                                      self._left_shm.name, len(specs)),
+            self.procs.append(ctx.Process(target=decoder_main, args=(self._assigned[p], send_end, child_recv, opt),
                                           name=f"yolotune-decoder-{p}", daemon=True))
             self.out_conns.append(recv_end)
             self.in_conns.append(runtime_send)
@@ -116,13 +143,52 @@ class DecoderPool:
         self._started = False
         self._receiver = threading.Thread(target=self._receive, name="yolotune-decoders", daemon=True)
 
+    def _register(self, i: int, spec: SourceSpec) -> tuple[int, tuple]:
+        """Stream ``i`` (its queue already in ``queues``): its counters, its process (the least busy; the one it had,
+        if it comes back), its RemoteSource. Returns the process and what that process is given."""
+        q = self.queues[i]
+        block, offset = self.counters.place(i)
+        left, limit = self.counters.views(i)
+        left[0], limit[0] = 0, q.capacity
+        q.left_counter, q.limit_view = left, limit
+        p = self.owner.get(i)
+        if p is None:
+            p = self.owner[i] = min(range(len(self._load)), key=self._load.__getitem__)
+        self._load[p] += 1
+        source = RemoteSource(i, spec, self)
+        if i < len(self.sources):
+            self.sources[i] = source
+        else:
+            self.sources.append(source)
+        return p, (i, spec, None, (block, offset))
+
+    def add(self, i: int, spec: SourceSpec) -> RemoteSource:
+        """Decode stream ``i`` too (its queue is ``queues[i]``), also while running; a stream removed before may
+        come back under its number once its queue is done."""
+        p, item = self._register(i, spec)
+        if self._started:
+            self._send(p, ("add", item))
+        else:
+            self._assigned[p].append(item)
+        return self.sources[i]
+
+    def remove(self, i: int) -> None:
+        """Stop decoding stream ``i``: its process ends its source, which closes its queue here."""
+        p = self.owner[i]
+        self._load[p] = max(0, self._load[p] - 1)
+        if self._started:
+            self._send(p, ("remove", i))
+        else:
+            self._assigned[p][:] = [a for a in self._assigned[p] if a[0] != i]
+            self.queues[i].close()
+
     def make_rings(self, frame_bytes: dict[int, int]) -> float:
         """Before start: make (and page-lock) the rings of the streams whose frame size is known, so no clock runs
         while they are made. Returns the seconds it took. Other streams' rings are made by their decoder process."""
         t0 = time.perf_counter()
         made = []
         for assigned in self._assigned:
-            for j, (i, spec, _) in enumerate(assigned):
+            for j, (i, spec, _, counters) in enumerate(assigned):
                 nbytes = frame_bytes.get(i)
                 if not nbytes:
                     continue
@@ -131,7 +197,7 @@ class DecoderPool:
                 self._owned.append(shm.name)
                 self.mapped_bytes += shm.size
                 made.append((shm.name, shm))
-                assigned[j] = (i, spec, (shm.name, nbytes))
+                assigned[j] = (i, spec, (shm.name, nbytes), counters)
         if self.pin is not None and made:
             # on a thread of its own, like later rings: a refused registration leaves a CUDA error behind on the
             # calling thread, and this one goes on to launch the engine's kernels
@@ -186,9 +252,7 @@ class DecoderPool:
         self._started = False
         for q in self.queues:
             q.left_counter = q.limit_view = None
-        del self._left
-        self._left_shm.close()
-        self._left_shm.unlink()
+        self.counters.close()
 
     def _pin_rings(self) -> None:
         while (item := self._to_pin.get()) is not None:

@@ -76,10 +76,19 @@ class PrometheusMetrics:
         self.up = Gauge("yolotune_stream_up", "1 while the source delivers frames", ["stream"], registry=r)
         self.batch = Histogram("yolotune_batch_size", "Frames per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.gpu_util = Gauge("yolotune_gpu_utilization_percent", "GPU utilisation (NVML)", registry=r)
-        self._names = names
+        self._names = list(names)
         self._seen = {k: [0] * len(names) for k in ("dropped", "reconnects", "outages", "attempts")}
         self.port: int | None = None
         self._server = None
+
+    def add(self, i: int, name: str) -> None:
+        """Stream ``i`` (new, or back under its number): its source's counts start again from 0."""
+        if i == len(self._names):
+            self._names.append(name)
+            for seen in self._seen.values():
+                seen.append(0)
+        for seen in self._seen.values():
+            seen[i] = 0
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """/metrics on ``addr``:``port``; loopback unless asked, so a camera wall's numbers stay on this machine."""

@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from yolotune.interpreter import startup_objects_frozen
+from yolotune.interpreter import startup_objects_frozen, usable_cores
 from yolotune.io.stream_sinks import StreamSinks
 from yolotune.io.stream_specs import SourceSpec, name_streams, picture_size, source_fps
-from yolotune.io.streams import Backoff, SourceWorker, decoder_threads
+from yolotune.io.streams import decoder_threads
 from yolotune.serve.choices import decoder_mode, pixel_format_for, ring_pinner
-from yolotune.serve.decoders import DecoderOptions, DecoderPool, decoder_cpus, frame_nbytes
-from yolotune.serve.metrics import PrometheusMetrics, StreamStats
-from yolotune.serve.queues import Backlog, FrameQueue
+from yolotune.serve.decoders import DecoderOptions, DecoderPool, decoder_cpus, decoder_processes, frame_nbytes
+from yolotune.serve.metrics import PrometheusMetrics
+from yolotune.serve.queues import Backlog
 from yolotune.serve.scheduler import BatchScheduler
+from yolotune.serve.stream_table import StreamTable
 from yolotune.serve.summary import RunSummary, summarize
 
 
@@ -56,6 +57,8 @@ class RunOptions:
     # camera-like sources decode only what their queue has room for (io/video.py); False decodes every frame and
     # drops it from the queue (the A/B of benchmarks/live_overload.py)
     on_demand: bool = True
+    # run until stopped (duration, a signal, stop()), also with no stream left: streams may be added (add_stream)
+    keep_running: bool = False
 
 
 # a result's latency (decode end -> result) in parts: handing the frame over (a decoder process's pipe), waiting in
@@ -64,49 +67,46 @@ LATENCY_PARTS = ("handover", "queued", "engine")
 
 
 class StreamRuntime:
-    def __init__(self, detector, specs: list[SourceSpec], options: RunOptions | None = None):
-        if not specs:
+    """``specs`` to start with; ``add_stream`` and ``remove_stream`` change them while it runs. ``make_sink(spec)``:
+    where a stream's results go (default: StreamSinks under ``options.out``; None writes nothing)."""
+
+    def __init__(self, detector, specs: list[SourceSpec], options: RunOptions | None = None,
+                 make_sink: Callable[[SourceSpec], object | None] | None = None):
+        self.opt = options or RunOptions()
+        if not specs and not self.opt.keep_running:
             raise ValueError("no sources given")
         self.detector = detector
-        self.specs = name_streams(specs)
-        self.opt = options or RunOptions()
+        specs = name_streams(list(specs))
         self.pixel_format = pixel_format_for(self.opt.pixel_format, detector)
         self.stop = threading.Event()
         self.backlog = Backlog()
         self.wake = self.backlog.wake
-        self.decoders = decoder_mode(self.opt.decoders, detector, len(self.specs))
+        # streams may be added: decode in the way that suits many
+        expected = max(len(specs), 2) if self.opt.keep_running else len(specs)
+        self.decoders = decoder_mode(self.opt.decoders, detector, expected)
         # In processes, a stream's frames wait in ring slots (4 x queue_size): a live stream's queue here (queue_size)
         # plus two batches in flight, whose slots the device reads until they are collected, always fit, so a live
         # decoder never waits; a file stream's queue holds every slot, so handing a frame over never blocks, and its
-        # decoder process waits for a free slot instead.
+        # decoder process waits for a free slot instead (StreamTable.capacity).
         slots = 4 * self.opt.queue_size
-        capacity = lambda s: self.opt.queue_size if s.drops or self.decoders == "threads" else slots  # noqa: E731
-        self.queues = [FrameQueue(capacity(s), "drop_oldest" if s.drops else "block", self.backlog) for s in self.specs]
-        names = [s.name for s in self.specs]
-        self.stats = [StreamStats(n) for n in names]
-        self.metrics = PrometheusMetrics(names)
-        self.sinks = [StreamSinks(self.opt.out, s.name, self.opt.formats, fps=source_fps(s)) if self.opt.out else None
-                      for s in self.specs]
+        self.metrics = PrometheusMetrics([])
+        self.table = StreamTable(self, make_sink or self._file_sinks)
         self._events: queue.Queue = queue.Queue()
-        backoff = lambda: Backoff(self.opt.backoff_base_s, self.opt.backoff_cap_s)  # noqa: E731
         self.pool: DecoderPool | None = None
-        threads = decoder_threads(len(self.specs))  # FFmpeg's own threads per decoder: many decoders share the cores
         if self.decoders == "processes":
-            self.pool = DecoderPool(self.specs, self.queues, self.stop, DecoderOptions(
+            cores = usable_cores()
+            processes = self.opt.decoder_processes or decoder_processes(max(expected, cores) if self.opt.keep_running
+                                                                        else expected)
+            self.pool = DecoderPool([], self.table.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
-                self.opt.backoff_cap_s, self.pixel_format, slots, threads, self.opt.decoder_nice,
-                decoder_cpus(self.opt.runtime_cores), self.opt.queue_size, self.opt.on_demand), self._on_event,
-                self.opt.decoder_processes,
-                pin=ring_pinner(detector))
-            self.workers = self.pool.sources
-        else:
-            self.workers = [SourceWorker(i, s, self.queues[i], self.stop, self.opt.open_timeout_s, self.opt.read_timeout_s,
-                                         self.opt.max_retries, backoff(), on_event=self._on_event, pixel_format=self.pixel_format,
-                                         decoder_threads=threads, nice=self.opt.decoder_nice,
-                                         on_demand=self.opt.on_demand)
-                            for i, s in enumerate(self.specs)]
+                self.opt.backoff_cap_s, self.pixel_format, slots, decoder_threads(expected), self.opt.decoder_nice,
+                decoder_cpus(self.opt.runtime_cores), self.opt.queue_size, self.opt.on_demand,
+                self.opt.keep_running), self._on_event, processes, pin=ring_pinner(detector))
+        for spec in specs:
+            self.table.add(spec)
         max_batch = min(self.opt.max_batch, getattr(detector, "batch", self.opt.max_batch))
-        self.scheduler = BatchScheduler(self.queues, self.backlog, max_batch, self.opt.max_wait_ms / 1e3)
+        self.scheduler = BatchScheduler(self.table.queues, self.backlog, max_batch, self.opt.max_wait_ms / 1e3,
+                                        until_stopped=self.opt.keep_running)
         self.batches = 0
         self.engine_errors = 0  # frames lost to engine failures
         self.last_engine_error: str | None = None
@@ -119,6 +119,25 @@ class StreamRuntime:
         self.rss: list[tuple[float, int]] = []  # (time, host resident bytes), sampled by the monitor
         self.interrupted: str | None = None
         self.started = 0.0
+
+    def _file_sinks(self, spec: SourceSpec):
+        return StreamSinks(self.opt.out, spec.name, self.opt.formats, fps=source_fps(spec)) if self.opt.out else None
+
+    # the streams by number (StreamTable)
+    specs = property(lambda self: self.table.specs)
+    queues = property(lambda self: self.table.queues)
+    stats = property(lambda self: self.table.stats)
+    sinks = property(lambda self: self.table.sinks)
+    workers = property(lambda self: self.table.workers)
+
+    def add_stream(self, spec: SourceSpec) -> str:
+        """Run ``spec`` too, also while running (with ``keep_running``, after every other stream ended); returns its
+        name. ValueError for a name that runs already."""
+        return self.specs[self.table.add(spec)].name
+
+    def remove_stream(self, name: str) -> None:
+        """Stop stream ``name`` while running; what it decoded is still processed. KeyError if none runs."""
+        self.table.remove(name)
 
     def _on_event(self, i: int, state: str, message: str, when: float | None = None, _snapshot=None) -> None:
         """A source event, stamped when it happened (``when``, wall clock) and written within a fraction of a
@@ -144,8 +163,7 @@ class StreamRuntime:
         monitor = threading.Thread(target=self._monitor_loop, args=(on_tick,), name="yolotune-monitor", daemon=True)
         sink_thread.start()
         monitor.start()
-        for w in self.workers:
-            w.start()
+        self.table.start()
         timer = threading.Timer(self.opt.duration_s, self._request_stop, args=("duration",)) if self.opt.duration_s else None
         if timer:
             timer.daemon = True
@@ -155,11 +173,12 @@ class StreamRuntime:
         finally:
             self.stopped_at = time.perf_counter()  # the end of each stream's steady rate (not the shutdown after)
             self.stop.set()
+            self.table.stop_all()
             if timer:
                 timer.cancel()
             with self.wake:
                 self.wake.notify_all()
-            for w in self.workers:  # stopped first, so their last events reach the sinks before those close
+            for _, _, _, _, w in self.table.rows():  # stopped first, so their last events reach the sinks before those close
                 w.join(timeout=max(self.opt.open_timeout_s, self.opt.read_timeout_s) + 2)
             results.put(None)
             sink_thread.join()
@@ -322,7 +341,7 @@ class StreamRuntime:
     def refresh(self) -> None:
         now = time.perf_counter()
         self.rss.append((now, _rss_bytes()))
-        for i, (st, q, w) in enumerate(zip(self.stats, self.queues, self.workers)):
+        for i, _, st, q, w in self.table.rows():
             st.update_rate(now)
             self.metrics.refresh(i, len(q), q.dropped + w.status.dropped, w.status, st.fps)
         nvml = getattr(self, "_nvml", None)
@@ -332,6 +351,7 @@ class StreamRuntime:
     def _request_stop(self, why: str) -> None:
         self.interrupted = self.interrupted or why
         self.stop.set()
+        self.table.stop_all()
         with self.wake:
             self.wake.notify_all()
 

@@ -20,15 +20,18 @@ from yolotune.serve.queues import Backlog, FrameQueue
 
 
 class BatchScheduler:
-    def __init__(self, queues: list[FrameQueue], backlog: Backlog, max_batch: int, max_wait_s: float):
+    def __init__(self, queues: list[FrameQueue], backlog: Backlog, max_batch: int, max_wait_s: float,
+                 until_stopped: bool = False):
         self.queues, self.backlog, self.wake = queues, backlog, backlog.wake
+        self.until_stopped = until_stopped  # streams may still be added: every source done is not the end
         self.max_batch = max(1, int(max_batch))
         backlog.batch = self.max_batch
         self.max_wait_s = max(0.0, float(max_wait_s))
         self._turn = 0  # the stream served first next time
 
     def next_batch(self, stop: threading.Event, block: bool = True) -> list[StreamFrame] | None:
-        """The next batch; None when every source is done and drained, or ``stop`` is set. With ``block=False``, an
+        """The next batch; None when every source is done and drained (unless ``until_stopped``), or ``stop`` is set.
+        With ``block=False``, an
         empty list when no batch is due yet (the caller has other work: collecting the batch in flight)."""
         with self.wake:
             while True:
@@ -47,7 +50,7 @@ class BatchScheduler:
                         return []
                     self.wake.wait(left)
                     continue
-                if all(q.done for q in self.queues):
+                if not self.until_stopped and all(q.done for q in self.queues):
                     return None
                 if not block:
                     return []

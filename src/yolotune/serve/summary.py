@@ -16,7 +16,7 @@ class StreamSummary:
     name: str
     source: str
     kind: str
-    state: str  # io/streams.SOURCE_STATES
+    state: str  # io/streams.SOURCE_STATES, or "removed" (while the run went on)
     received: int  # packets the source sent
     decoded: int  # frames delivered into its queue
     processed: int  # frames with results
@@ -81,8 +81,8 @@ def summarize(rt, now: float) -> RunSummary:
     """The summary of StreamRuntime ``rt`` at ``now`` (perf_counter)."""
     wall = max(now - rt.started, 1e-9)
     stopped_at = getattr(rt, "stopped_at", now)
-    streams = [_stream(spec, st, q, w.status, wall, stopped_at)
-               for spec, st, q, w in zip(rt.specs, rt.stats, rt.queues, rt.workers)]
+    streams = [_stream(spec, st, q, w.status, wall, stopped_at, removed=i in rt.table.removed)
+               for i, spec, st, q, w in rt.table.rows()]
     processed = sum(s.processed for s in streams)
     all_lat = [x for st in rt.stats for x in st.latencies_s]
     lat = np.asarray(all_lat) * 1e3 if all_lat else None
@@ -106,9 +106,10 @@ def summarize(rt, now: float) -> RunSummary:
                           for part, v in rt.latency_parts.items() if v})
 
 
-def _stream(spec, st, q, status, wall: float, stopped_at: float) -> StreamSummary:
+def _stream(spec, st, q, status, wall: float, stopped_at: float, removed: bool = False) -> StreamSummary:
     return StreamSummary(
-        name=spec.name, source=spec.uri, kind=spec.kind, state=status.state, received=status.received,
+        name=spec.name, source=spec.uri, kind=spec.kind, state="removed" if removed else status.state,
+        received=status.received,
         decoded=status.frames, processed=st.frames, dropped=q.dropped + status.dropped,
         dropped_before_decode=status.dropped, unprocessed_at_stop=len(q), frames_lost=status.frames_lost,
         outages=status.outages, reconnects=status.reconnects, reconnect_attempts=status.attempts,

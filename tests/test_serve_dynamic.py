@@ -1,0 +1,121 @@
+"""Streams added and removed while a run goes on, and streams resumed at a frame (a stream moved to another runtime
+goes on after its last result): in decoder threads and in decoder processes."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stand_ins import SlowDetector
+from yolotune.data.synth import write_video
+from yolotune.io.stream_specs import SourceSpec, parse_source
+from yolotune.serve.runtime import RunOptions, StreamRuntime
+
+DECODERS = pytest.mark.parametrize("decoders", ["threads", "processes"])
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dyn")
+    return {"a": write_video(d / "a.mp4", frames=24, size=(48, 64), seed=1),
+            "b": write_video(d / "b.mp4", frames=17, size=(48, 64), seed=2)}
+
+
+def frames_of(out: Path, name: str) -> list[int]:
+    rows = [json.loads(line) for line in (out / name / "detections.jsonl").read_text().splitlines()]
+    return [r["frame"] for r in rows if "frame" in r]
+
+
+def events_of(out: Path, name: str) -> list[str]:
+    rows = [json.loads(line) for line in (out / name / "detections.jsonl").read_text().splitlines()]
+    return [r["event"] for r in rows if "event" in r]
+
+
+def at(seconds: float, fn, *args) -> threading.Timer:
+    t = threading.Timer(seconds, fn, args=args)
+    t.start()
+    return t
+
+
+@DECODERS
+def test_streams_added_and_removed_while_running(clips, tmp_path, decoders):
+    looped = SourceSpec(str(clips["a"]), "file", "looped", loop=True, realtime=True, lossless=True)
+    rt = StreamRuntime(SlowDetector(0.0), [looped], RunOptions(out=tmp_path, max_batch=4, duration_s=3.0,
+                                                                 decoders=decoders, keep_running=True))
+    at(0.6, rt.add_stream, parse_source(str(clips["b"])))
+    at(1.0, rt.remove_stream, "looped")
+    summary = rt.run()
+    by = {s.name: s for s in summary.streams}
+    assert set(by) == {"looped", "b"}
+    assert by["b"].state == "finished" and frames_of(tmp_path, "b") == list(range(17))  # every frame of the newcomer
+    assert by["looped"].state == "removed" and "removed" in events_of(tmp_path, "looped")
+    looped_frames = frames_of(tmp_path, "looped")
+    # removed after a second of a 30 FPS clip: its frames stop there, in order, none twice
+    assert 10 <= len(looped_frames) <= 45 and looped_frames == list(range(len(looped_frames)))
+    assert summary.stopped_by == "duration" and summary.seconds >= 2.9  # keep_running: not over when streams end
+    assert not summary.any_failed
+
+
+@DECODERS
+def test_a_removed_stream_comes_back_under_its_name(clips, tmp_path, decoders):
+    spec = lambda: SourceSpec(str(clips["a"]), "file", "door", loop=True, realtime=True, lossless=True)  # noqa: E731
+    rt = StreamRuntime(SlowDetector(0.0), [spec()], RunOptions(out=tmp_path, max_batch=4, duration_s=3.0,
+                                                                decoders=decoders, keep_running=True))
+    at(0.5, rt.remove_stream, "door")
+
+    def back_again():
+        while True:
+            try:
+                return rt.add_stream(spec())
+            except ValueError:  # still stopping: its queue drains first
+                time.sleep(0.05)
+
+    at(1.2, back_again)
+    summary = rt.run()
+    assert [s.name for s in summary.streams] == ["door"] and summary.streams[0].state == "stopped"
+    assert events_of(tmp_path, "door").count("removed") == 1
+    frames = frames_of(tmp_path, "door")
+    restart = next(k for k in range(1, len(frames)) if frames[k] <= frames[k - 1])  # numbering from 0 again
+    assert frames[:restart] == list(range(restart)) and frames[restart] == 0 and len(frames) > restart + 10
+
+
+def test_a_running_name_is_refused_and_an_unknown_one_cannot_be_removed(clips):
+    rt = StreamRuntime(SlowDetector(0.0), [parse_source(str(clips["a"]))], RunOptions(out=None, keep_running=True))
+    with pytest.raises(ValueError, match="running already"):
+        rt.add_stream(SourceSpec(str(clips["b"]), "file", "a"))
+    with pytest.raises(KeyError):
+        rt.remove_stream("nope")
+    assert rt.add_stream(parse_source(str(clips["a"]))) == "a-2"  # a default name made unique
+
+
+def test_a_runtime_with_no_stream_waits_for_one(clips, tmp_path):
+    rt = StreamRuntime(SlowDetector(0.0), [], RunOptions(out=tmp_path, max_batch=4, duration_s=1.5, keep_running=True))
+    at(0.5, rt.add_stream, SourceSpec(str(clips["b"]), "file", "late"))
+    summary = rt.run()
+    assert frames_of(tmp_path, "late") == list(range(17)) and summary.frames == 17
+    with pytest.raises(ValueError, match="no sources"):
+        StreamRuntime(SlowDetector(0.0), [], RunOptions(out=None))
+
+
+@DECODERS
+def test_a_file_resumed_at_a_frame_goes_on_from_it(clips, tmp_path, decoders):
+    specs = [SourceSpec(str(clips["a"]), "file", "mid", start_frame=10),
+             SourceSpec(str(clips["a"]), "file", "looped", loop=True, start_frame=30),  # the second pass's 7th frame
+             SourceSpec(str(clips["a"]), "file", "past", start_frame=24)]  # its last result was its last frame
+    summary = StreamRuntime(SlowDetector(0.0), specs, RunOptions(out=tmp_path, max_batch=4, duration_s=3.0,
+                                                                  decoders=decoders)).run()
+    by = {s.name: s for s in summary.streams}
+    assert frames_of(tmp_path, "mid") == list(range(10, 24)) and by["mid"].state == "finished"
+    looped = frames_of(tmp_path, "looped")
+    assert looped[:20] == list(range(30, 50))  # on through the end of the pass and into the next
+    assert by["past"].state == "finished" and frames_of(tmp_path, "past") == [] and not by["past"].error
+
+
+def test_a_live_stream_resumed_numbers_its_frames_on(clips, tmp_path):
+    live = SourceSpec(str(clips["b"]), "url", "cam", start_frame=500)  # a file read as a live source
+    StreamRuntime(SlowDetector(0.0), [live], RunOptions(out=tmp_path, max_batch=4, duration_s=1.0,
+                                                         decoders="threads")).run()
+    frames = frames_of(tmp_path, "cam")
+    assert frames and frames[0] >= 500 and frames == sorted(frames)
