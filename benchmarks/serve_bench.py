@@ -24,7 +24,7 @@ from common import environment  # noqa: E402
 import torch  # noqa: E402
 
 from yolotune import Detector, load_model  # noqa: E402
-from yolotune.serve.plan import _clip, _verify, plan  # noqa: E402
+from yolotune.serve.plan import _verify, plan, plan_clip  # noqa: E402
 from yolotune.serve.runtime import RunOptions, StreamRuntime  # noqa: E402
 from yolotune.io.stream_specs import SourceSpec  # noqa: E402
 
@@ -93,7 +93,7 @@ def main() -> None:
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    clip = _clip(work, W, H, FPS)
+    clip = plan_clip(work, W, H, FPS)
     rows: dict = {"env": environment(), "resolution": [W, H], "fps": FPS, "seconds": SECONDS, "latency_ms": LATENCY_MS,
                   "batch": BATCH, "models": {}}
     m_pt = work / "yolov8m.pt"

@@ -108,3 +108,23 @@ def test_run_goes_on_past_damage_records_the_gap_and_exits_3(clip, tmp_path):
     assert gaps and all(not r["ok"] and "lost" in r["message"] for r in gaps)
     frames = [r for r in rows if "frame" in r]
     assert frames[-1]["frame"] == 149 and all(r["frame"] == round(r["pts"] * 30) for r in frames)
+
+
+def test_frames_left_undecoded_on_demand_at_the_end_are_drops_not_a_truncated_file(clip):
+    """A camera-like reading past capacity holds its last packets back undecoded: those frames were dropped on
+    purpose, and the file is whole (a looped real-time stream on a slow machine reported each pass truncated)."""
+    from yolotune.io.video import FrameGap, VideoReader
+
+    class NoRoomAfter:  # the consumer takes frames until packet 100, then has no room
+        def __init__(self):
+            self.asked = 0
+
+        def room(self, held):
+            self.asked += 1
+            return 1 if self.asked <= 100 else 0
+
+    with VideoReader(str(clip)) as reader:
+        items = list(reader.frames(NoRoomAfter()))
+        gaps = [i for i in items if isinstance(i, FrameGap)]
+        assert gaps == [] and reader.stats.skipped > 0
+        assert len([i for i in items if not isinstance(i, FrameGap)]) < 150

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from yolotune.cli_shared import console, EXIT_FAILURES as EXIT_STREAM_FAILURES
-from yolotune.cli_shared import EXIT_OK, TRUST_MODEL, err, output_file, output_folder, stage_progress, trust_models
+from yolotune.cli_shared import (EXIT_OK, TRUST_MODEL, err, output_file, output_folder, stage_progress, stop_on_signals,
+                                 trust_models)
 from yolotune.cli_shared import fail as _fail
 
 
@@ -50,7 +51,23 @@ def run_command(
     runtime_cores: int = typer.Option(2, min=0, help="Cores kept free of decoder processes for the engine thread "
                                                      "and sinks (0: decoders may use every core; ignored where fewer "
                                                      "than 4 would be left to decoders)."),
+    watch: bool = typer.Option(False, "--watch", help="Watch --sources-file: a line added starts its stream, a line "
+                                                      "taken out stops it (the run goes on until --duration or a "
+                                                      "signal).", metavar=""),
+    control_port: Optional[int] = typer.Option(None, help="Serve the stream list and add/remove requests on this port "
+                                                          "(GET/POST /streams, DELETE /streams/NAME); the run goes on "
+                                                          "until --duration or a signal."),
+    control_host: str = typer.Option("127.0.0.1", help="Address the control endpoint listens on."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON.", metavar=""),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (yolotune\\[ray]): local "
+                                      "(a cluster on this machine), auto or HEAD:6379 (a running one); streams placed "
+                                      "on actors by their measured capacity, moved when one dies."),
+    actors: Optional[int] = typer.Option(None, min=1, help="With --ray: stream actors (default: one per GPU, else one "
+                                         "per node)."),
+    gpus_per_actor: float = typer.Option(1.0, min=0.01, help="With --ray: GPUs per actor (0.5: two per GPU)."),
+    capacity_fps: Optional[float] = typer.Option(None, min=0.1, help="With --ray: frames/s each actor takes (default: "
+                                                 "plan's figure, measured once per GPU type at the first file "
+                                                 "source's size and frame rate, else 1280x720 at 30)."),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Run many streams through one model at once: batched across streams, per-stream outputs and metrics."""
@@ -60,47 +77,113 @@ def run_command(
     from yolotune.serve.runtime import RunOptions, StreamRuntime
     from yolotune.io.stream_specs import name_streams, parse_source, read_source_list
 
+    def parse(text: str, name: str | None = None):
+        return parse_source(text, name=name, loop=loop, realtime=realtime, lossless=lossless)
+
     texts = list(source)
+    listed: list[str] = []
     if sources_file is not None:
         try:
-            texts += read_source_list(sources_file)
+            listed = read_source_list(sources_file)
         except OSError as e:
             _fail(f"cannot read --sources-file: {e}")
-    if not texts:
+    elif watch:
+        _fail("--watch watches --sources-file: give one")
+    texts += listed
+    if not texts and not (watch or control_port is not None):
         _fail("no sources: pass --source (repeatable) or --sources-file")
     try:
-        specs = name_streams([parse_source(t, loop=loop, realtime=realtime, lossless=lossless) for t in texts])
+        specs = name_streams([parse(t) for t in texts])
     except ValueError as e:
-        _fail(str(e))
-    try:
-        detector = Detector(model, device=device, batch=batch, conf=conf)
-    except (ModelLoadError, ValueError) as e:
         _fail(str(e))
     opts = RunOptions(out=out, formats=tuple(formats), max_batch=batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                       duration_s=duration, metrics_port=metrics_port, metrics_host=metrics_host,
                       open_timeout_s=timeout, read_timeout_s=timeout,
                       max_retries=max_retries, pixel_format=pixel_format, decoders=decoders,
-                      decoder_processes=decoder_processes, runtime_cores=runtime_cores)
-    try:
-        runtime = StreamRuntime(detector, specs, opts)
-    except ValueError as e:
-        _fail(str(e))
-    show = err.is_terminal and not json_output if dashboard is None else dashboard
-    with detector:
-        if show:
-            from rich.live import Live
+                      decoder_processes=decoder_processes, runtime_cores=runtime_cores,
+                      keep_running=watch or control_port is not None)
+    # the streams the sources file started, by its lines: what --watch compares its next version with
+    started = {line: spec.name for line, spec in zip(texts[len(source):], specs[len(source):])}
+    control = _stream_control(sources_file if watch else None, started, parse, control_port, control_host)
+    if ray is not None:
+        summary = _run_on_ray(model, specs, opts, dict(device=device, batch=batch, conf=conf), ray, actors,
+                              gpus_per_actor, capacity_fps, control)
+    else:
+        try:
+            detector = Detector(model, device=device, batch=batch, conf=conf)
+            runtime = StreamRuntime(detector, specs, opts)
+        except (ModelLoadError, ValueError) as e:
+            _fail(str(e))
+        show = err.is_terminal and not json_output if dashboard is None else dashboard
+        stop_control = control(runtime)
+        try:
+            with detector:
+                if show:
+                    from rich.live import Live
 
-            from yolotune.serve.dashboard import stream_table
+                    from yolotune.serve.dashboard import stream_table
 
-            with Live(stream_table(runtime), console=err, refresh_per_second=2) as live:
-                summary = runtime.run(on_tick=lambda rt: live.update(stream_table(rt)))
-        else:
-            summary = runtime.run()
+                    with Live(stream_table(runtime), console=err, refresh_per_second=2) as live:
+                        summary = runtime.run(on_tick=lambda rt: live.update(stream_table(rt)))
+                else:
+                    summary = runtime.run()
+        finally:
+            stop_control()
     if json_output:
         sys.stdout.write(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     else:
         print_run_summary(summary, console())
     raise typer.Exit(EXIT_STREAM_FAILURES if summary.any_failed else EXIT_OK)
+
+
+def _stream_control(watched: Path | None, started: dict, parse, port: int | None, host: str):
+    """A function that starts what changes the streams while the run goes on (a watched sources file, the control
+    endpoint) over a StreamControl, and returns what stops them."""
+    from rich.markup import escape
+
+    from yolotune.serve.control import ControlServer, SourcesFileWatcher
+
+    say = lambda message: err.print(escape(message))  # noqa: E731
+
+    def start(streams):
+        stoppers = []
+        if watched is not None:
+            watcher = SourcesFileWatcher(watched, streams, parse, started, on_message=say)
+            watcher.start()
+            stoppers.append(watcher.stop)
+        if port is not None:
+            try:
+                server = ControlServer(streams, parse, port, host, on_message=say)
+            except OSError as e:
+                say(f"the control endpoint cannot listen on {host}:{port}: {e}")
+            else:
+                say(f"control endpoint: http://{host}:{server.port}/streams")
+                stoppers.append(server.close)
+        return lambda: [stop() for stop in stoppers]
+
+    return start
+
+
+def _run_on_ray(model, specs, opts, overrides, address, actors, gpus_per_actor, capacity_fps, control):
+    """run's streams over a Ray cluster (scale/run.py), SIGINT and SIGTERM ending it cleanly."""
+    from yolotune.io.stream_specs import picture_size, source_fps
+    from yolotune.scale.cluster import RayUnavailable
+    from yolotune.scale.run import ClusterOptions, run_on_ray
+
+    if capacity_fps is not None:
+        capacity = {"frames_per_s": capacity_fps}
+    else:  # plan's figure at the first file source's size and rate, else a 720p camera's
+        first = next((s for s in specs if s.kind == "file" and picture_size(s)), None)
+        hw = picture_size(first) if first else (720, 1280)
+        size = (hw[1] + hw[1] % 2, hw[0] + hw[0] % 2)
+        capacity = {"fps": source_fps(first) if first else 30.0, "resolution": size}
+    try:
+        with stop_on_signals() as stopped:
+            return run_on_ray(model, specs, opts, overrides, ClusterOptions(address, actors, gpus_per_actor,
+                                                                            capacity=capacity),
+                              stop=stopped, control=control)
+    except (RayUnavailable, ValueError) as e:
+        _fail(str(e))
 
 
 def print_run_summary(s, console: Console) -> None:
@@ -117,6 +200,11 @@ def print_run_summary(s, console: Console) -> None:
         t.add_row(r.name, r.state, str(r.processed), str(r.dropped), str(r.frames_lost), str(r.outages), f(r.fps),
                   f(r.latency_p50_ms), f(r.latency_p99_ms), f(r.max_lag_s), (r.error or r.last_error or "")[:70])
     console.print(t)
+    for a in s.actors:  # run --ray
+        console.print(f"actor {a['actor']} ({a['device']}, {a['gpu']}): {a['state']}, {len(a['streams'])} streams, "
+                      f"load {a['load_fps']:.0f} of {a['capacity_fps']:.0f} frames/s")
+    if s.moves:
+        console.print(f"{s.moves} stream moves to another actor (each counted as an outage and a reconnect)")
     if s.latency_parts_ms:
         console.print(f"where the latency goes (p50 / p99): {latency_parts_line(s.latency_parts_ms)}; "
                       f"engine thread: " + ", ".join(f"{k} {v:.1f} s" for k, v in s.engine_thread_s.items()))

@@ -34,10 +34,7 @@ class StreamSinks:
 
     def write(self, frame: StreamFrame, det: Detections, latency_s: float) -> None:
         if self.jsonl is not None:
-            row = {"stream": self.name, "frame": frame.index, "pts": frame.pts, "time": _iso(frame.captured_at),
-                   "latency_ms": round(latency_s * 1e3, 3), **det.to_dict()}
-            row.pop("path", None)
-            self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.jsonl.write(json.dumps(result_row(self.name, frame, det, latency_s), ensure_ascii=False) + "\n")
         if self.video is not None:
             started = self.video.write_frame(self.name, _rgb(frame.image), det)
             if started and frame.index > 0:  # a new frame size (after a reconnect): a new part, frames kept whole
@@ -46,11 +43,15 @@ class StreamSinks:
     def event(self, state: str, message: str, when: float | None = None) -> None:
         """A source event as a record in the stream's output, stamped with when it happened: errors travel with
         the results."""
-        if self.jsonl is not None:
-            row = {"stream": self.name, "event": state, "ok": state not in BAD_EVENTS,
-                   "message": message, "time": _iso(when or time.time())}
+        self.write_row(event_row(self.name, state, message, when))
+
+    def write_row(self, row: dict) -> None:
+        """A record made elsewhere (result_row, event_row: a Ray actor's); events are flushed at once. Nothing is
+        written once closed (a source's last event after the run)."""
+        if self.jsonl is not None and not self.jsonl.closed:
             self.jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
-            self.jsonl.flush()
+            if "event" in row:
+                self.jsonl.flush()
 
     def close(self) -> list[str]:
         paths = []
@@ -60,6 +61,37 @@ class StreamSinks:
         if self.video is not None:
             paths += self.video.close()
         return paths
+
+
+class RecordSink:
+    """A stream's records kept in memory (``append(row)``) instead of written: a Ray actor's, until drained."""
+
+    def __init__(self, name: str, append):
+        self.name, self.append = name, append
+        self.wants_images = False
+
+    def write(self, frame: StreamFrame, det: Detections, latency_s: float) -> None:
+        self.append(result_row(self.name, frame, det, latency_s))
+
+    def event(self, state: str, message: str, when: float | None = None) -> None:
+        self.append(event_row(self.name, state, message, when))
+
+    def close(self) -> list[str]:
+        return []
+
+
+def result_row(name: str, frame: StreamFrame, det: Detections, latency_s: float) -> dict:
+    """A frame's record: its stream, number, time in the source, wall time, latency and detections."""
+    row = {"stream": name, "frame": frame.index, "pts": frame.pts, "time": _iso(frame.captured_at),
+           "latency_ms": round(latency_s * 1e3, 3), **det.to_dict()}
+    row.pop("path", None)
+    return row
+
+
+def event_row(name: str, state: str, message: str, when: float | None = None) -> dict:
+    """A source event's record (a reconnect, a failure, a stream moved), stamped with when it happened."""
+    return {"stream": name, "event": state, "ok": state not in BAD_EVENTS, "message": message,
+            "time": _iso(when or time.time())}
 
 
 def _iso(when: float) -> str | None:

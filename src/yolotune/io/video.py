@@ -195,7 +195,11 @@ class VideoReader:
                 raise  # a live stream that breaks is reconnected by its caller
             yield self._gap_to_end(f"the file is damaged past here ({_reason(e)})")
             return
-        if self.expected_frames and self._next < self.expected_frames:
+        # truncated: fewer frames than its index declares; frames on demand left undecoded (every packet read) are
+        # drops, counted as such
+        expected = self.expected_frames
+        whole = bool(expected) and self._on_demand and self.stats.packets >= expected - self._start
+        if expected and self._next < expected and not whole:
             yield self._gap_to_end(f"the file ends early (truncated): {self._next} of {self.expected_frames} "
                                    "frames in its index")
         elif self._errors_since:

@@ -79,7 +79,7 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
     # next batch waits behind it.
     chosen = knee if latency_budget_ms is not None else best
     say("measuring decode speed and per-stream memory")
-    clip = _clip(work, width, height, fps)
+    clip = plan_clip(work, width, height, fps)
     pixel_format = "yuv420p" if dev.type == "cuda" and width % 2 == 0 and height % 2 == 0 else "rgb24"
     decode_fps = _decode_fps_one_core(clip, pixel_format)
     cores = usable_cores()
@@ -229,7 +229,7 @@ def _sweep_batches(detector, frame: np.ndarray, cuda: bool) -> list[dict]:
     return rows
 
 
-def _clip(work: Path, width: int, height: int, fps: float) -> Path:
+def plan_clip(work: Path, width: int, height: int, fps: float) -> Path:
     from yolotune.data.synth import write_video
 
     return write_video(work / f"plan_{width}x{height}.mp4", frames=max(30, int(fps * 4)), size=(height, width),

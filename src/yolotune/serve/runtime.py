@@ -139,6 +139,12 @@ class StreamRuntime:
         """Stop stream ``name`` while running; what it decoded is still processed. KeyError if none runs."""
         self.table.remove(name)
 
+    def stream_list(self) -> list[dict]:
+        """Every stream now: name, source, state, frames processed, frames/s."""
+        return [{"name": spec.name, "source": spec.uri, "kind": spec.kind,
+                 "state": "removed" if i in self.table.removed else w.status.state, "processed": st.frames,
+                 "fps": round(st.fps, 2)} for i, spec, st, _, w in self.table.rows()]
+
     def _on_event(self, i: int, state: str, message: str, when: float | None = None, _snapshot=None) -> None:
         """A source event, stamped when it happened (``when``, wall clock) and written within a fraction of a
         second by the sink thread, batches or not."""
@@ -328,7 +334,7 @@ class StreamRuntime:
             except queue.Empty:
                 return
             sink = self.sinks[i]
-            if sink is not None and sink.jsonl is not None and not sink.jsonl.closed:
+            if sink is not None:
                 sink.event(state, message, when)
 
     def _monitor_loop(self, on_tick) -> None:

@@ -37,6 +37,8 @@ class StreamSummary:
     max_lag_s: float
     error: str | None
     last_error: str | None
+    actor: str | None = None  # run --ray: the actor it runs on now
+    moves: int = 0  # run --ray: times it moved to another actor (each also counted as an outage and a reconnect)
 
 
 @dataclass
@@ -67,6 +69,9 @@ class RunSummary:
     decoder_rings_mib: float
     engine_thread_s: dict[str, float] = field(default_factory=dict)  # where the engine thread's time went
     latency_parts_ms: dict[str, dict] = field(default_factory=dict)  # handover / queued / engine: p50 and p99
+    actors: list[dict] = field(default_factory=list)  # run --ray: each stream actor, its device, capacity and load
+    moves: int = 0  # run --ray: streams moved to another actor
+    capacities: dict = field(default_factory=dict)  # run --ray: plan's figure per GPU type
 
     @property
     def any_failed(self) -> bool:
@@ -106,17 +111,21 @@ def summarize(rt, now: float) -> RunSummary:
                           for part, v in rt.latency_parts.items() if v})
 
 
-def _stream(spec, st, q, status, wall: float, stopped_at: float, removed: bool = False) -> StreamSummary:
-    return StreamSummary(
+def stream_counts(spec, st, q, status, removed: bool = False) -> dict:
+    """A stream's state and counts now (no latency percentiles: cheap enough to send every fraction of a second)."""
+    return dict(
         name=spec.name, source=spec.uri, kind=spec.kind, state="removed" if removed else status.state,
-        received=status.received,
-        decoded=status.frames, processed=st.frames, dropped=q.dropped + status.dropped,
+        received=status.received, decoded=status.frames, processed=st.frames, dropped=q.dropped + status.dropped,
         dropped_before_decode=status.dropped, unprocessed_at_stop=len(q), frames_lost=status.frames_lost,
         outages=status.outages, reconnects=status.reconnects, reconnect_attempts=status.attempts,
-        detections=st.detections, fps=st.frames / wall, steady_fps=st.steady_fps(stopped_at),
-        latency_p50_ms=st.percentile_ms(50), latency_p99_ms=st.percentile_ms(99), max_queue_depth=q.max_depth,
-        lag_s=round(status.lag_s, 3), max_lag_s=round(status.max_lag_s, 3), error=status.error,
-        last_error=status.last_error)
+        detections=st.detections, max_queue_depth=q.max_depth, lag_s=round(status.lag_s, 3),
+        max_lag_s=round(status.max_lag_s, 3), error=status.error, last_error=status.last_error)
+
+
+def _stream(spec, st, q, status, wall: float, stopped_at: float, removed: bool = False) -> StreamSummary:
+    return StreamSummary(**stream_counts(spec, st, q, status, removed), fps=st.frames / wall,
+                         steady_fps=st.steady_fps(stopped_at), latency_p50_ms=st.percentile_ms(50),
+                         latency_p99_ms=st.percentile_ms(99))
 
 
 def _rss(samples: list[tuple[float, int]]) -> dict | None:
