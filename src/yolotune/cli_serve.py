@@ -232,6 +232,12 @@ def plan_command(
     max_streams: Optional[int] = typer.Option(None, help="Verify at most this many streams."),
     out: Optional[Path] = typer.Option(None, help="Write the plan as JSON here."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON.", metavar=""),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Plan a Ray cluster (yolotune\\[ray]): "
+                                      "each GPU type measured once, the figures summed, the total verified by "
+                                      "running it there; local, auto or HEAD:6379."),
+    actors: Optional[int] = typer.Option(None, min=1, help="With --ray: stream actors (default: one per GPU, else one "
+                                         "per node)."),
+    gpus_per_actor: float = typer.Option(1.0, min=0.01, help="With --ray: GPUs per actor (0.5: two per GPU)."),
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""
@@ -247,6 +253,9 @@ def plan_command(
         _fail(f"--resolution must look like 1280x720, not {resolution!r}")
     if resolution_problem(w, h):
         _fail(f"--{resolution_problem(w, h)}")
+    if ray is not None:
+        return _plan_on_ray(model, fps, (w, h), device, batch, verify, seconds, latency_ms, max_streams, out,
+                            json_output, ray, actors, gpus_per_actor)
     try:
         detector = planning_detector(model, device, batch)
     except (ModelLoadError, ValueError) as e:
@@ -261,6 +270,52 @@ def plan_command(
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     print_plan(data, console())
+
+
+def _plan_on_ray(model, fps, resolution, device, batch, verify, seconds, latency_ms, max_streams, out, json_output,
+                 address, actors, gpus_per_actor) -> None:
+    from yolotune.scale.cluster import RayUnavailable
+    from yolotune.scale.plan import plan_on_ray
+    from yolotune.scale.run import ClusterOptions
+
+    overrides = {"device": device, **({"batch": batch} if batch else {})}
+    try:
+        with stage_progress("planning the cluster") as say:
+            report = plan_on_ray(model, fps, resolution, overrides, ClusterOptions(address, actors, gpus_per_actor),
+                                 verify=verify, verify_seconds=seconds, latency_budget_ms=latency_ms,
+                                 max_streams=max_streams, progress=say)
+    except (RayUnavailable, ValueError) as e:
+        _fail(str(e))
+    data = report.to_dict()
+    if out is not None:
+        out.write_text(json.dumps(data, indent=1, default=str))
+    if json_output:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    print_cluster_plan(data, console())
+
+
+def print_cluster_plan(r: dict, console: Console) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{r['resolution'][0]}x{r['resolution'][1]} at {r['fps']:g} FPS on {len(r['actors'])} Ray "
+                  f"actors: {r['predicted_streams']} streams predicted[/bold]")
+    t = Table(title="each actor: its GPU type's figure, measured once per type")
+    for col in ("actor", "device", "node", "frames/s", "streams"):
+        t.add_column(col)
+    for a in r["actors"]:
+        t.add_row(a["actor"], f"{a['device']} ({a['gpu']})", (a["node"] or "")[:12], f"{a['capacity_fps']:.0f}",
+                  f"{a['streams']:.1f}")
+    console.print(t)
+    for gpu, c in r["capacities"].items():
+        console.print(f"{gpu}: {c['streams_exact']:.1f} streams per actor at batch {c['batch']}, bound by "
+                      f"{c['binding'].replace('_', ' ')}")
+    for v in r.get("verification", []):
+        console.print(f"verified {v['streams']} streams: {'[green]holds' if v['holds'] else '[red]does not hold'}[/] - "
+                      f"slowest stream {v['min_stream_fps']:.1f} FPS, lag {v['max_lag_s']:.2f} s, {v['dropped']} dropped, "
+                      f"p50 {v['latency_p50_ms'] or 0:.1f} ms, p99 {v['latency_p99_ms'] or 0:.1f} ms")
+    if r.get("verified_streams") is not None:
+        console.print(f"[bold]verified: {r['verified_streams']} streams[/bold]")
 
 
 def print_plan(r: dict, console: Console) -> None:

@@ -111,7 +111,8 @@ class StreamController:
         gpu = a.info.get("gpu", "?")
         if gpu not in self.capacities:
             self.capacities[gpu] = ray.get(a.handle.capacity.remote(req["fps"], tuple(req["resolution"])))
-        return float(self.capacities[gpu]["frames_per_s"])
+        # actors that share a GPU (num_gpus 0.5) each take their share of what one measured alone
+        return float(self.capacities[gpu]["frames_per_s"]) * min(1.0, self.resources.get("num_gpus") or 1.0)
 
     def _up(self, a: ActorSlot, info: dict) -> None:
         a.info, a.name, a.pending, a.draining = info, info["actor"], None, None
@@ -359,10 +360,30 @@ class StreamController:
                                                                          if e.actor == a.index and not e.done),
                      **a.last} for a in self.actors]
 
+    def end_streams(self, timeout_s: float = 30.0) -> dict:
+        """Remove every stream and wait (up to ``timeout_s``) until each has ended; the actors stay up for more.
+        The last records and counts."""
+        with self.lock:
+            names = [n for n, e in self.streams.items() if not e.done]
+        for name in names:
+            try:
+                self.remove_stream(name)
+            except KeyError:
+                pass  # it ended meanwhile
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline and any(not e.done for e in self.streams.values()):
+            time.sleep(self.tick_s)
+        final = self.poll()
+        with self.lock:  # the next run starts with none of these
+            self.streams = {n: e for n, e in self.streams.items() if not e.done}
+        return final
+
     def stop(self) -> dict:
-        """Stop watching and every actor's streams; the last records and counts."""
+        """Stop watching and every actor's streams; the last records and counts (again, if stopped already)."""
         import ray
 
+        if self.stopping.is_set():
+            return self.poll()
         self.stopping.set()
         if self._monitor is not None:
             self._monitor.join(timeout=10)

@@ -8,12 +8,13 @@ changes and the control endpoint's requests (serve/control.py) while it runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from yolotune.io.stream_sinks import StreamSinks
 from yolotune.io.stream_specs import SourceSpec
@@ -60,20 +61,28 @@ class ClusterOptions:
 
 def run_on_ray(model: str, specs: list[SourceSpec], options: RunOptions, overrides: dict,
                cluster: ClusterOptions | None = None, stop: threading.Event | None = None,
-               on_poll: Callable[[dict], None] | None = None, clip: tuple | None = None,
+               on_poll: Callable[[dict], None] | None = None,
                control: Callable[[ClusterStreams], Callable[[], None]] | None = None) -> RunSummary:
     """``specs`` over a Ray cluster until every stream ends (unless ``options.keep_running``), ``duration_s``
-    passes, or ``stop`` is set. ``clip``: (width, height, fps) of a clip each actor generates for every stream
-    (plan's verification). ``control(streams)`` starts what adds and removes streams meanwhile and returns its
+    passes, or ``stop`` is set. ``control(streams)`` starts what adds and removes streams meanwhile and returns its
     stop."""
-    cluster = cluster or ClusterOptions()
-    device = DetectorOptions().replace(**overrides).device  # checked here, before any actor starts
     if [f for f in options.formats if f != "jsonl"]:
         raise ValueError("run --ray writes jsonl; annotated videos need the pixels where they are drawn: run those "
                          "without --ray")
-    stop = stop or threading.Event()
-    run_opts = {k: getattr(options, k) for k in ACTOR_OPTIONS}
     started = time.perf_counter()
+    with stream_cluster(model, overrides, options, cluster or ClusterOptions(), options.metrics_port is not None) \
+            as (ray, controller):
+        warmup_s = time.perf_counter() - started
+        return drive(ray, controller, specs, options, stop, on_poll, control=control, warmup_s=warmup_s)
+
+
+@contextlib.contextmanager
+def stream_cluster(model: str, overrides: dict, options: RunOptions, cluster: ClusterOptions,
+                   want_metrics: bool = False) -> Iterator[tuple]:
+    """(ray, controller) for the block: Ray connected, the controller's stream actors started and their capacity
+    measured; every actor stopped after."""
+    device = DetectorOptions().replace(**overrides).device  # checked here, before any actor starts
+    run_opts = {k: getattr(options, k) for k in ACTOR_OPTIONS}
     with connected(cluster.address, cluster.num_cpus) as ray:
         from yolotune.scale.controller import StreamController
 
@@ -81,52 +90,69 @@ def run_on_ray(model: str, specs: list[SourceSpec], options: RunOptions, overrid
         controller = ray.remote(StreamController).options(num_cpus=0, max_concurrency=8).remote(
             model, overrides, run_opts, n_actors, resources, cluster.capacity, dead_after_s=cluster.dead_after_s,
             keep_running=options.keep_running, prefix=f"yolotune-streams-{uuid.uuid4().hex[:8]}")
-        writer = _Writer(options.out)
-        metrics = None
-        stop_control = None
         try:
-            ray.get(controller.start.remote(options.metrics_port is not None))
-            warmup_s = time.perf_counter() - started
-            for spec in specs:
-                ray.get(controller.add_stream.remote(spec, clip))
-            if options.metrics_port is not None:
-                from yolotune.scale.metrics import ClusterMetrics
-
-                metrics = ClusterMetrics()
-                metrics.serve(options.metrics_port, options.metrics_host)
-            if control is not None:
-                stop_control = control(ClusterStreams(ray, controller))
-            t0 = time.perf_counter()
-            stopped_by = None
-            while True:
-                update = ray.get(controller.poll.remote())
-                writer.write(update["records"])
-                if metrics is not None:
-                    metrics.update(update)
-                if on_poll is not None:
-                    on_poll(update)
-                if update["finished"]:
-                    break
-                if stop.is_set():
-                    stopped_by = getattr(stop, "reason", None) or "stop"
-                    break
-                if options.duration_s is not None and time.perf_counter() - t0 >= options.duration_s:
-                    stopped_by = "duration"
-                    break
-                stop.wait(POLL_S)
-            seconds = time.perf_counter() - t0
-            if stop_control is not None:
-                stop_control()
-                stop_control = None
-            final = ray.get(controller.stop.remote())
-            writer.write(final["records"])
+            ray.get(controller.start.remote(want_metrics))
+            yield ray, controller
         finally:
-            if stop_control is not None:
-                stop_control()
+            try:
+                ray.get(controller.stop.remote(), timeout=120)
+            except ray.exceptions.RayError:
+                pass  # the controller itself is gone: Ray ends its actors with the job
+
+
+def drive(ray, controller, specs: list[SourceSpec], options: RunOptions, stop: threading.Event | None = None,
+          on_poll: Callable[[dict], None] | None = None, clip: tuple | None = None,
+          control: Callable[[ClusterStreams], Callable[[], None]] | None = None, warmup_s: float = 0.0,
+          keep_actors: bool = False) -> RunSummary:
+    """Run ``specs`` on a started controller and write their records (``options.out``) until they end, the
+    duration passes or ``stop`` is set. ``clip``: (width, height, fps) of a clip each actor generates for every
+    stream (plan's verification). ``keep_actors``: end only the streams, for another run on the same actors."""
+    stop = stop or threading.Event()
+    writer = _Writer(options.out)
+    metrics = None
+    stop_control = None
+    try:
+        for spec in specs:
+            ray.get(controller.add_stream.remote(spec, clip))
+        if options.metrics_port is not None:
+            from yolotune.scale.metrics import ClusterMetrics
+
+            metrics = ClusterMetrics()
+            metrics.serve(options.metrics_port, options.metrics_host)
+        if control is not None:
+            stop_control = control(ClusterStreams(ray, controller))
+        t0 = time.perf_counter()
+        stopped_by = None
+        while True:
+            update = ray.get(controller.poll.remote())
+            writer.write(update["records"])
             if metrics is not None:
-                metrics.close()
-            outputs = writer.close()
-    return _summary(final, writer, seconds, stopped_by, outputs, options, warmup_s)
+                metrics.update(update)
+            if on_poll is not None:
+                on_poll(update)
+            if update["finished"]:
+                break
+            if stop.is_set():
+                stopped_by = getattr(stop, "reason", None) or "stop"
+                break
+            if options.duration_s is not None and time.perf_counter() - t0 >= options.duration_s:
+                stopped_by = "duration"
+                break
+            stop.wait(POLL_S)
+        ended = time.perf_counter()
+        seconds = ended - t0
+        if stop_control is not None:
+            stop_control()
+            stop_control = None
+        final = ray.get((controller.end_streams if keep_actors else controller.stop).remote())
+        writer.write(final["records"])
+    finally:
+        if stop_control is not None:
+            stop_control()
+        if metrics is not None:
+            metrics.close()
+        outputs = writer.close()
+    return _summary(final, writer, seconds, ended, stopped_by, outputs, options, warmup_s)
 
 
 class _Writer:
@@ -153,12 +179,11 @@ class _Writer:
         return [p for s in self.sinks.values() for p in s.close()]
 
 
-def _summary(final: dict, writer: _Writer, seconds: float, stopped_by: str | None, outputs: list[str],
-             options: RunOptions, warmup_s: float) -> RunSummary:
+def _summary(final: dict, writer: _Writer, seconds: float, ended: float, stopped_by: str | None,
+             outputs: list[str], options: RunOptions, warmup_s: float) -> RunSummary:
     import numpy as np
 
     wall = max(seconds, 1e-9)
-    now = time.perf_counter()
     streams = []
     for name, c in final["streams"].items():
         st = writer.stats.get(name) or StreamStats(name)
@@ -169,7 +194,7 @@ def _summary(final: dict, writer: _Writer, seconds: float, stopped_by: str | Non
                   "outages", "reconnects", "reconnect_attempts", "max_queue_depth"):
             row.setdefault(k, 0)
         row.update(processed=st.frames, detections=st.detections, fps=st.frames / wall,
-                   steady_fps=st.steady_fps(now), latency_p50_ms=st.percentile_ms(50),
+                   steady_fps=st.steady_fps(ended), latency_p50_ms=st.percentile_ms(50),
                    latency_p99_ms=st.percentile_ms(99))
         row.setdefault("lag_s", 0.0)
         row.setdefault("max_lag_s", 0.0)

@@ -77,10 +77,11 @@ class StreamActor:
         """Run ``spec`` here (``clip``: (width, height, fps) of a generated clip that replaces its uri)."""
         if clip is not None:
             spec.uri = self._clip(*clip)
-        if self._thread is None:
+        name = self.runtime.add_stream(spec)
+        if self._thread is None:  # started after its first stream: it prepares for that one's size before any clock
             self._thread = threading.Thread(target=self.runtime.run, name="yolotune-stream-runtime", daemon=True)
             self._thread.start()
-        return self.runtime.add_stream(spec)
+        return name
 
     def remove(self, name: str) -> bool:
         try:

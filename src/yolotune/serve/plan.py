@@ -128,19 +128,33 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
             report.notes.append(f"verified on this machine's one device with {predicted // gpus} "
                                                   "streams (the per-GPU share)")
         per_device = max(1, predicted // gpus)
-        n = per_device
-        for _ in range(MAX_TRIALS):  # step down until a run holds
-            say(f"verifying {n} streams for {verify_seconds:.0f} s")
-            row = _verify(detector, clip, n, fps, verify_seconds, queue_size, max_wait_ms, chosen["batch"], latency_budget_ms)
-            report.verification.append(row)
-            if row["holds"]:
-                break
-            n = next_trial(row, fps, latency_budget_ms)
-            if n == report.verification[-1]["streams"]:
-                break
+        report.verification = step_down(per_device, lambda n: _verify(
+            detector, clip, n, fps, verify_seconds, queue_size, max_wait_ms, chosen["batch"], latency_budget_ms),
+            fps, latency_budget_ms, verify_seconds, say)
         held = [r["streams"] for r in report.verification if r["holds"]]
         report.verified_streams = (max(held) * gpus) if held else 0
     return report
+
+
+def step_down(n: int, trial, fps: float, latency_budget_ms: float | None, seconds: float, say) -> list[dict]:
+    """Verification runs (``trial(streams) -> row``) from ``n`` streams down (next_trial) until one holds, at most
+    MAX_TRIALS."""
+    rows: list[dict] = []
+    for _ in range(MAX_TRIALS):
+        say(f"verifying {n} streams for {seconds:.0f} s")
+        rows.append(trial(n))
+        if rows[-1]["holds"]:
+            break
+        n = next_trial(rows[-1], fps, latency_budget_ms)
+        if n == rows[-1]["streams"]:
+            break
+    return rows
+
+
+def batch_wait_ms(max_wait_ms: float | None, latency_budget_ms: float | None, fps: float) -> float:
+    """How long a verification run's batch waits to fill: as asked, else a quarter of the latency budget or one
+    frame interval, whichever is shorter."""
+    return max_wait_ms if max_wait_ms is not None else min((latency_budget_ms or 1e9) / 4, 1e3 / fps)
 
 
 def one_stream_fit(limits: dict, fps: float, compute_fps: float, decode_fps: float) -> dict:
@@ -316,24 +330,34 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
     the p99 latency is within the budget if one is given."""
     # lossless: a run that cannot keep up shows as lag (a start-up hiccup within a second is no failure)
     specs = [SourceSpec(str(clip), "file", f"s{i:03d}", loop=True, realtime=True, lossless=True) for i in range(n)]
-    # wait at most a quarter of the latency budget (or one frame interval) to fill a batch
-    wait = max_wait_ms if max_wait_ms is not None else min((latency_budget_ms or 1e9) / 4, 1e3 / fps)
+    wait = batch_wait_ms(max_wait_ms, latency_budget_ms, fps)
     opts = RunOptions(out=None, max_batch=batch, max_wait_ms=wait, queue_size=queue_size, duration_s=seconds,
                       pixel_format=pixel_format, decoder_processes=decoder_processes)
     if detector.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(detector.device)
     rt = StreamRuntime(detector, specs, opts)
     s = rt.run()
+    row = verification_row(s, n, fps, seconds, latency_budget_ms)
+    row["host_rss_growth_mib"] = (s.host_rss_mib or {}).get("growth_after_warmup")
+    row["host_rss_mib"] = s.host_rss_mib
+    row["device_peak_mib"] = (torch.cuda.max_memory_allocated(detector.device) / 2**20
+                              if detector.device.type == "cuda" else None)
+    return row
+
+
+def verification_row(s, n: int, fps: float, seconds: float, latency_budget_ms: float | None) -> dict:
+    """What a verification run (a RunSummary ``s`` of ``n`` looped real-time lossless streams of ``fps``) showed,
+    and whether it holds: no stream fell behind its clock (lag under a second: a reader blocks when its queue is
+    full, so a pipeline that cannot keep up shows as lag), nothing dropped or lost to the engine, every stream near
+    its rate, the run its whole length, and the p99 latency within the budget if one is given."""
     warm = s.seconds
     rates = [st.steady_fps for st in s.streams]  # since each stream's first result: start-up excluded
     lags = [st.max_lag_s for st in s.streams]
     row = {
         "streams": n, "seconds": warm, "frames": s.frames, "total_fps": s.fps,
-        "min_stream_fps": min(rates), "mean_stream_fps": float(np.mean(rates)), "max_lag_s": max(lags),
-        "dropped": s.dropped, "latency_p50_ms": s.latency_p50_ms, "latency_p99_ms": s.latency_p99_ms,
-        "mean_batch": s.mean_batch, "pixel_format": s.pixel_format,
-        "host_rss_growth_mib": (s.host_rss_mib or {}).get("growth_after_warmup"), "host_rss_mib": s.host_rss_mib,
-        "device_peak_mib": (torch.cuda.max_memory_allocated(detector.device) / 2**20) if detector.device.type == "cuda" else None,
+        "min_stream_fps": min(rates, default=0.0), "mean_stream_fps": float(np.mean(rates)) if rates else 0.0,
+        "max_lag_s": max(lags, default=0.0), "dropped": s.dropped, "latency_p50_ms": s.latency_p50_ms,
+        "latency_p99_ms": s.latency_p99_ms, "mean_batch": s.mean_batch, "pixel_format": s.pixel_format,
     }
     row["engine_errors"], row["stopped_by"] = s.engine_errors, s.stopped_by
     row["decoders"], row["engine_thread_s"], row["warmup_s"] = s.decoders, s.engine_thread_s, s.warmup_s
@@ -342,7 +366,8 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
         row["last_engine_error"] = s.last_engine_error
     # It must also have run its time and kept every stream near its rate: a run that stopped early or processed
     # nothing shows no lag and no drops.
-    row["holds"] = bool(row["max_lag_s"] < 1.0 and row["dropped"] == 0 and s.engine_errors == 0
-                        and s.stopped_by in (None, "duration") and warm >= 0.9 * seconds and row["min_stream_fps"] >= 0.8 * fps
+    row["holds"] = bool(rates and row["max_lag_s"] < 1.0 and row["dropped"] == 0 and s.engine_errors == 0
+                        and s.stopped_by in (None, "duration") and warm >= 0.9 * seconds
+                        and row["min_stream_fps"] >= 0.8 * fps
                         and (latency_budget_ms is None or (row["latency_p99_ms"] or 0) <= latency_budget_ms))
     return row
