@@ -16,10 +16,11 @@ def cluster(gpus: int, nodes: list[int]):
 
 
 def test_one_actor_per_gpu_or_as_many_per_gpu_as_asked():
-    # the host side gets the cores: 128 over 8 actors, 16 each; over 16, 8 each
-    assert plan_actors(cluster(8, [64, 64]), "auto", None, 1.0) == (8, {"num_gpus": 1.0, "num_cpus": 16})
-    assert plan_actors(cluster(8, [64, 64]), "cuda", None, 0.5) == (16, {"num_gpus": 0.5, "num_cpus": 8})
-    assert plan_actors(cluster(1, [16]), "auto", None, 1.0) == (1, {"num_gpus": 1.0, "num_cpus": 16})
+    # the host side gets the cores but one per node (Ray's own tasks): 63 over 4 actors a node, 15 each; over 8, 7
+    assert plan_actors(cluster(8, [64, 64]), "auto", None, 1.0) == (8, {"num_gpus": 1.0, "num_cpus": 15})
+    assert plan_actors(cluster(8, [64, 64]), "cuda", None, 0.5) == (16, {"num_gpus": 0.5, "num_cpus": 7})
+    assert plan_actors(cluster(1, [16]), "auto", None, 1.0) == (1, {"num_gpus": 1.0, "num_cpus": 15})
+    assert plan_actors(cluster(1, [2]), "auto", None, 1.0) == (1, {"num_gpus": 1.0, "num_cpus": 1})
     assert plan_actors(cluster(8, [64, 64]), "auto", 3, 1.0)[0] == 3
 
 

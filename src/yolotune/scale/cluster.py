@@ -56,9 +56,10 @@ def plan_actors(ray, device: str, actors: int | None, gpus_per_actor: float) -> 
     if use_gpu:
         n = actors or max(1, int(gpus / gpus_per_actor))
         # the host side (reading, decoding, handing over) needs cores too: a GPU actor given one CPU ran its
-        # Detector with one thread (benchmarks/results/ray_overhead_h200.json)
-        share = max(1, int(resources.get("CPU", 1)) // n)
-        return n, {"num_gpus": gpus_per_actor, "num_cpus": min(share, cpus)}
+        # Detector with one thread (benchmarks/results/ray_overhead_h200.json); one core of each node is left to
+        # Ray's own tasks
+        per_node = -(-n // max(1, len(nodes)))
+        return n, {"num_gpus": gpus_per_actor, "num_cpus": max(1, (cpus - 1) // per_node)}
     n = actors or max(1, len(nodes))
     per_actor = max(1, cpus * len(nodes) // n) if actors else cpus
     return n, {"num_cpus": min(per_actor, cpus)}

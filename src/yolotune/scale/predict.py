@@ -49,26 +49,31 @@ class ActorSummary:
 
 
 class DetectorActor:
-    """A Ray Data actor: one Detector on this worker's device, kept across batches."""
+    """A Ray Data actor: one Detector on this worker's device, kept across calls. A call's results come back as one
+    row (its inputs' positions and results, pickled once): a row per input cost the driver more than the model."""
 
     def __init__(self, model: str, overrides: dict):
+        import sys
+
+        from yolotune.interpreter import freeze_startup_objects
         from yolotune.pipeline.detector import Detector
 
         self.det = Detector(model, **overrides)  # an artifact's own options, with the caller's on top
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.device = str(self.det.device)
         self.config = json.dumps(self.det.describe(), default=str)
+        # this worker process is the actor's alone: plain predict's interpreter settings (interpreter.py)
+        freeze_startup_objects()
+        sys.setswitchinterval(0.001)
 
     def __call__(self, batch: dict) -> dict:
         paths, kinds = [str(p) for p in batch["path"]], [str(k) for k in batch["kind"]]
         start = time.perf_counter()
         grouped = results_per_input(paths, kinds, list(self.det.predict(paths)))
-        seconds = time.perf_counter() - start
-        n = len(paths)
+        call = {"index": [int(i) for i in batch["index"]], "results": grouped, "actor": self.name,
+                "device": self.device, "seconds": time.perf_counter() - start, "config": self.config}
         # the results themselves (full precision, no pixels), so the driver's sinks write what plain predict writes
-        return {"index": list(batch["index"]), "results": [pickle.dumps(g) for g in grouped],
-                "actor": [self.name] * n, "device": [self.device] * n, "seconds": [seconds / max(1, n)] * n,
-                "config": [self.config] * n}
+        return {"call": [pickle.dumps(call)]}
 
 
 def results_per_input(paths: list[str], kinds: list[str], results: list) -> list[list]:
@@ -146,7 +151,6 @@ def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats
 
         try:
             pending: dict[int, dict] = {}
-            rows = iter(())
             rows = _rows(ray, model, overrides, options.batch, todo, n_actors, resources)
             for i, item in enumerate(items):
                 if stop is not None and stop.is_set():
@@ -159,8 +163,7 @@ def predict_on_ray(model: str, sources: Iterable[str | Path], out: Path, formats
                         write(result_from_dict(record))
                 else:
                     row = _row_for(i, rows, pending)
-                    # pickles made by this job's own actors on the user's cluster
-                    results = pickle.loads(row["results"]) or [
+                    results = row["results"] or [
                         ErrorRecord(InputRef(item.path), "no result came back for this input", "infer")]
                     for result in results:
                         write(result)
@@ -199,9 +202,9 @@ def _row_for(index: int, rows, pending: dict[int, dict]) -> dict:
 
 def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, str, str]], n_actors: int,
           resources: dict):
-    """The actor rows, in input order."""
+    """A row per input (its results, its actor), in input order."""
     if not todo:
-        return iter(())
+        return
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
@@ -215,4 +218,10 @@ def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, st
         fn_constructor_kwargs={"model": str(model), "overrides": overrides},
         # an actor that dies is started again and its batch retried (on it or another): Ray's retries
         max_restarts=-1, max_task_retries=-1, **resources)
-    return iter(mapped.iter_rows())
+    for call_row in mapped.iter_rows():
+        # pickles made by this job's own actors on the user's cluster
+        call = pickle.loads(call_row["call"])
+        n = max(1, len(call["index"]))
+        for index, results in zip(call["index"], call["results"]):
+            yield {"index": index, "results": results, "actor": call["actor"], "device": call["device"],
+                   "seconds": call["seconds"] / n, "config": call["config"]}
