@@ -64,7 +64,7 @@ def main() -> None:
     summary = run_on_ray("default", specs(STREAMS), options, overrides,
                          ClusterOptions(actors=1, capacity={"frames_per_s": 1e6}))
     on_ray = verification_row(summary, STREAMS, FPS, SECONDS, LATENCY_MS)
-    log.emit(section="ray_run_1_actor", warmup_s=summary.warmup_s, **on_ray)
+    log.emit(section="ray_run_1_actor", **{**on_ray, "warmup_s": summary.warmup_s})
 
     killed: dict = {}
     frames: dict[str, list[int]] = {}

@@ -71,3 +71,18 @@ def test_rows_are_taken_by_position_early_ones_wait_and_repeats_are_dropped():
     rows = iter([{"index": 0}, {"index": 2}, {"index": 1}, {"index": 1}, {"index": 3}])
     pending: dict = {}
     assert [_row_for(i, rows, pending)["index"] for i in range(4)] == [0, 1, 2, 3] and pending == {}
+
+
+def test_a_calls_results_travel_packed_and_come_back_as_they_were():
+    from yolotune.scale.predict import pack_results, unpack_results
+
+    names = {0: "person", 2: "car"}
+    a = Detections(InputRef("a.jpg"), (48, 64), np.array([[1.5, 2.5, 30.0, 40.0], [0, 0, 5, 5]], np.float32),
+                   np.array([0.9, 0.3], np.float32), np.array([2, 0]), names)
+    empty = Detections(InputRef("v.mp4", 3, 0.1), (48, 64), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                       np.zeros(0, np.int64), names)
+    bad = ErrorRecord(InputRef("v.mp4", 4), "frames 4-5 lost", "decode")
+    grouped = [[a], [empty, bad], [], [ErrorRecord(InputRef("b.jpg"), "cannot decode", "decode")]]
+    back = unpack_results(pack_results(grouped))
+    assert [[r.to_dict() for r in g] for g in back] == [[r.to_dict() for r in g] for g in grouped]
+    assert back[0][0].class_names == ["car", "person"] and back[1][0].image_size == (48, 64)

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
 from yolotune.io.sinks import OutputNames, make_sink
-from yolotune.io.sources import expand_sources
+from yolotune.io.sources import SourceItem, SourceList, expand_sources
 from yolotune.options import DetectorOptions
 from yolotune.pipeline.run import PredictSummary, warnings_for
 from yolotune.scale.cluster import connected, plan_actors
-from yolotune.types import ErrorRecord, InputRef, result_from_dict
+from yolotune.types import Detections, ErrorRecord, InputRef, result_from_dict
 
 MAP_BATCHES = 4  # Detector batches per actor call, at least
 MIN_CALL_INPUTS = 2048  # inputs per actor call, at least (when there are that many for each actor)
@@ -69,11 +71,53 @@ class DetectorActor:
     def __call__(self, batch: dict) -> dict:
         paths, kinds = [str(p) for p in batch["path"]], [str(k) for k in batch["kind"]]
         start = time.perf_counter()
-        grouped = results_per_input(paths, kinds, list(self.det.predict(paths)))
-        call = {"index": [int(i) for i in batch["index"]], "results": grouped, "actor": self.name,
+        # listed by the driver already: listing them again cost a call 6% (ray_call_diag_h100.json)
+        inputs = SourceList([SourceItem(p, k) for p, k in zip(paths, kinds)])
+        grouped = results_per_input(paths, kinds, list(self.det.predict(inputs)))
+        call = {"index": [int(i) for i in batch["index"]], "results": pack_results(grouped), "actor": self.name,
                 "device": self.device, "seconds": time.perf_counter() - start, "config": self.config}
         # the results themselves (full precision, no pixels), so the driver's sinks write what plain predict writes
         return {"call": [pickle.dumps(call)]}
+
+
+def pack_results(grouped: list[list]) -> dict:
+    """Each input's results (Detections and ErrorRecords) as a few arrays and small tuples: 2,048 Detections
+    pickled one by one cost an actor's call 11% (benchmarks/results/ray_call_diag_h100.json)."""
+    rows, boxes, scores, classes = [], [], [], []
+    names: dict = {}
+    for results in grouped:
+        rows.append([])
+        for r in results:
+            ref = r.source
+            if r.ok:
+                rows[-1].append(("detections", ref.path, ref.frame, ref.time, tuple(r.image_size), len(r.scores)))
+                boxes.append(np.asarray(r.boxes, np.float32).reshape(-1, 4))
+                scores.append(np.asarray(r.scores, np.float32))
+                classes.append(np.asarray(r.class_ids, np.int64))
+                names = names or r.names
+            else:
+                rows[-1].append(("error", ref.path, ref.frame, ref.time, r.reason, r.stage))
+    cat = lambda parts, empty: np.concatenate(parts) if parts else empty  # noqa: E731
+    return {"rows": rows, "names": names, "boxes": cat(boxes, np.zeros((0, 4), np.float32)),
+            "scores": cat(scores, np.zeros(0, np.float32)), "class_ids": cat(classes, np.zeros(0, np.int64))}
+
+
+def unpack_results(packed: dict) -> list[list]:
+    """pack_results' input again: each input's Detections (views into the arrays) and ErrorRecords."""
+    out: list[list] = []
+    k = 0
+    for rows in packed["rows"]:
+        out.append([])
+        for kind, path, frame, when, *rest in rows:
+            if kind == "detections":
+                size, n = rest
+                out[-1].append(Detections(InputRef(path, frame, when), size, packed["boxes"][k:k + n],
+                                          packed["scores"][k:k + n], packed["class_ids"][k:k + n], packed["names"]))
+                k += n
+            else:
+                reason, stage = rest
+                out[-1].append(ErrorRecord(InputRef(path, frame, when), reason, stage))
+    return out
 
 
 def results_per_input(paths: list[str], kinds: list[str], results: list) -> list[list]:
@@ -222,6 +266,6 @@ def _rows(ray, model: str, overrides: dict, batch: int, todo: list[tuple[int, st
         # pickles made by this job's own actors on the user's cluster
         call = pickle.loads(call_row["call"])
         n = max(1, len(call["index"]))
-        for index, results in zip(call["index"], call["results"]):
+        for index, results in zip(call["index"], unpack_results(call["results"])):
             yield {"index": index, "results": results, "actor": call["actor"], "device": call["device"],
                    "seconds": call["seconds"] / n, "config": call["config"]}

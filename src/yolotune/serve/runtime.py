@@ -81,8 +81,9 @@ class StreamRuntime:
         self.stop = threading.Event()
         self.backlog = Backlog()
         self.wake = self.backlog.wake
-        # streams may be added: decode in the way that suits many
-        expected = max(len(specs), 2) if self.opt.keep_running else len(specs)
+        # streams may be added: decode as for many (decoder processes, one FFmpeg thread each)
+        cores = usable_cores()
+        expected = self.expected_streams = max(len(specs), cores) if self.opt.keep_running else len(specs)
         self.decoders = decoder_mode(self.opt.decoders, detector, expected)
         # In processes, a stream's frames wait in ring slots (4 x queue_size): a live stream's queue here (queue_size)
         # plus two batches in flight, whose slots the device reads until they are collected, always fit, so a live
@@ -94,9 +95,7 @@ class StreamRuntime:
         self._events: queue.Queue = queue.Queue()
         self.pool: DecoderPool | None = None
         if self.decoders == "processes":
-            cores = usable_cores()
-            processes = self.opt.decoder_processes or decoder_processes(max(expected, cores) if self.opt.keep_running
-                                                                        else expected)
+            processes = self.opt.decoder_processes or decoder_processes(expected)
             self.pool = DecoderPool([], self.table.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
                 self.opt.backoff_cap_s, self.pixel_format, slots, decoder_threads(expected), self.opt.decoder_nice,

@@ -80,8 +80,9 @@ class StreamTable:
         rt, opt = self.rt, self.rt.opt
         if rt.pool is not None:
             return rt.pool.add(i, spec)
-        # FFmpeg's own threads per decoder: many decoders share the cores
-        threads = decoder_threads(max(1, len(self.specs) - len(self.removed)))
+        # FFmpeg's own threads per decoder: many decoders share the cores (counted with the streams the run
+        # started with: a first stream given every core decoded with a frame-threading delay)
+        threads = decoder_threads(max(rt.expected_streams, len(self.specs) - len(self.removed)))
         return SourceWorker(i, spec, queue, stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
                             Backoff(opt.backoff_base_s, opt.backoff_cap_s), on_event=rt._on_event,
                             pixel_format=rt.pixel_format, decoder_threads=threads, nice=opt.decoder_nice,
