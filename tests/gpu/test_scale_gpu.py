@@ -29,9 +29,18 @@ def test_predict_on_ray_on_cuda_writes_what_plain_predict_writes(cluster, tmp_pa
     with Detector("default", **opts) as det:
         predict_to_sinks(det, [tmp_path / "in"], tmp_path / "plain", ["jsonl"])
     summary = predict_on_ray("default", [tmp_path / "in"], tmp_path / "ray", ["jsonl"], opts, actors=1)
-    plain = (tmp_path / "plain" / "detections.jsonl").read_text().splitlines()
-    on_ray = (tmp_path / "ray" / "detections.jsonl").read_text().splitlines()
-    assert len(on_ray) == 96 and on_ray == plain
+    from matching import matched_fraction
+    from yolotune.types import result_from_dict
+
+    def read(folder):
+        return [result_from_dict(json.loads(line)) for line in (tmp_path / folder / "detections.jsonl").open()]
+
+    plain, on_ray = read("plain"), read("ray")
+    assert [r.source.path for r in on_ray] == [r.source.path for r in plain] and len(on_ray) == 96
+    # FP16 on the GPU: batches of other sizes (a call's inputs are batched on their own) round a little otherwise
+    as_arrays = lambda rs: [(r.boxes, r.scores, r.class_ids) for r in rs]  # noqa: E731
+    fraction, total = matched_fraction(as_arrays(plain), as_arrays(on_ray))
+    assert total > 100 and fraction >= 0.98
     assert summary.actors[0]["device"].startswith("cuda")
 
 

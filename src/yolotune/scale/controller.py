@@ -57,7 +57,7 @@ class StreamEntry:
     done: bool = False
     counts: dict = field(default_factory=dict)  # from the actor it runs on now
     earlier: dict = field(default_factory=dict)  # summed over the actors it ran on before
-    adding: object = None  # the add() call in flight
+    adding: tuple | None = None  # (the add_many() call in flight, this stream's place in it)
     why: str | None = None  # why it left its last actor: said in the record of where it continues
 
 
@@ -125,14 +125,22 @@ class StreamController:
     # ------------------------------------------------------------------------------------------------ streams
     def add_stream(self, spec: SourceSpec, clip: tuple | None = None) -> str:
         """Place ``spec`` on the actor with the most room; its name (a default one made unique)."""
+        return self.add_streams([spec], clip)[0]
+
+    def add_streams(self, specs: list[SourceSpec], clip: tuple | None = None) -> list[str]:
+        """Place every spec, each actor's share sent in one call: an actor that has not started its runtime yet
+        prepares for all of them (rings, graphs) before any clock runs."""
         with self.lock:
-            running = {n.lower() for n, e in self.streams.items() if not e.done}
-            if spec.named or not spec.name or spec.name.lower() in running:
-                name_streams([spec], running)
-            rate = clip[2] if clip else source_fps(spec)
-            self.streams[spec.name] = StreamEntry(spec, rate, clip)
+            names = []
+            for spec in specs:
+                running = {n.lower() for n, e in self.streams.items() if not e.done}
+                if spec.named or not spec.name or spec.name.lower() in running:
+                    name_streams([spec], running)
+                rate = clip[2] if clip else source_fps(spec)
+                self.streams[spec.name] = StreamEntry(spec, rate, clip)
+                names.append(spec.name)
             self._place_waiting()
-            return spec.name
+            return names
 
     def remove_stream(self, name: str) -> None:
         with self.lock:
@@ -166,36 +174,51 @@ class StreamController:
         """Streams not on any actor (new, or their actor died) onto the actors up, the busiest streams first."""
         waiting = sorted((n for n, e in self.streams.items() if e.actor is None and not e.done),
                          key=lambda n: (-self.streams[n].rate, n))
+        placed = []
         for name in waiting:
             loads = self._loads()
             target = choose(loads, {a.index: a.capacity_fps for a in self.actors}, self.streams[name].rate)
             if target is None:
-                return
-            self._start_on(name, self.actors[target])
+                break
+            self.streams[name].actor = target
+            placed.append(name)
+        self._send(placed)
 
-    def _start_on(self, name: str, a: ActorSlot) -> None:
-        e = self.streams[name]
-        e.actor = a.index
-        e.counts = {}
-        start = e.last_frame + 1 if e.last_frame >= 0 else e.spec.start_frame
-        e.adding = a.handle.add.remote(dataclasses.replace(e.spec, start_frame=start), e.clip)
-        if e.why:
-            self.outbox.append((name, event_row(name, "moved", f"{e.why}: continues on actor {a.name} from frame "
-                                                               f"{start}")))
-            e.why = None
+    def _send(self, names: list[str]) -> None:
+        """Start ``names`` on the actors they were placed on: one add_many call per actor."""
+        by_actor: dict[int, list[str]] = {}
+        for name in names:
+            by_actor.setdefault(self.streams[name].actor, []).append(name)
+        for index, mine in by_actor.items():
+            a = self.actors[index]
+            items = []
+            for name in mine:
+                e = self.streams[name]
+                e.counts = {}
+                start = e.last_frame + 1 if e.last_frame >= 0 else e.spec.start_frame
+                items.append((dataclasses.replace(e.spec, start_frame=start), e.clip))
+                if e.why:
+                    self.outbox.append((name, event_row(name, "moved", f"{e.why}: continues on actor {a.name} from "
+                                                                       f"frame {start}")))
+                    e.why = None
+            ref = a.handle.add_many.remote(items)
+            for k, name in enumerate(mine):
+                self.streams[name].adding = (ref, k)
 
     def _rebalance(self) -> None:
         assigned = {n: e.actor for n, e in self.streams.items() if e.actor is not None and not e.done}
         capacities = {a.index: a.capacity_fps for a in self.actors if a.state == "up"}
-        for name, target in rebalance(assigned, {n: e.rate for n, e in self.streams.items()}, capacities).items():
+        moves = rebalance(assigned, {n: e.rate for n, e in self.streams.items()}, capacities)
+        for name, target in moves.items():
             e = self.streams[name]
             old = self.actors[e.actor]
             old.handle.remove.remote(name)
             self._moved(e, f"actor {old.name} over its capacity ({old.capacity_fps:.0f} frames/s)")
-            self._start_on(name, self.actors[target])
+            e.actor = target
+        self._send(list(moves))
 
     def _moved(self, e: StreamEntry, why: str) -> None:
-        """Off its actor: its counts so far kept; it waits for an actor (_start_on records where it goes on)."""
+        """Off its actor: its counts so far kept; it waits for an actor (_send records where it goes on)."""
         for k in SUMMED:
             e.earlier[k] = e.earlier.get(k, 0) + e.counts.get(k, 0)
         e.counts, e.actor, e.adding, e.why = {}, None, None, why
@@ -298,18 +321,19 @@ class StreamController:
         with self.lock:
             adding = [(n, e) for n, e in self.streams.items() if e.adding is not None]
         for name, e in adding:
-            ready, _ = ray.wait([e.adding], timeout=0)
+            ref, k = e.adding
+            ready, _ = ray.wait([ref], timeout=0)
             if not ready:
                 continue
-            try:
-                ray.get(e.adding)
-            except ray.exceptions.RayActorError:
-                pass  # its actor died: _lost moves the stream
-            except Exception as err:  # noqa: BLE001  (the actor refused it: that stream's error)
-                with self.lock:
-                    e.done, e.counts = True, {**e.counts, "state": "failed", "error": str(err)}
-                    self.outbox.append((name, event_row(name, "failed", f"could not start: {err}")))
             e.adding = None
+            try:
+                error = ray.get(ref)[k]
+            except ray.exceptions.RayError:
+                continue  # its actor died: _lost moves the stream
+            if error is not None:  # the actor refused it: that stream's error
+                with self.lock:
+                    e.done, e.counts = True, {**e.counts, "state": "failed", "error": error}
+                    self.outbox.append((name, event_row(name, "failed", f"could not start: {error}")))
 
     def _revive(self) -> None:
         """Actors Ray restarted: up again once they answer (new streams and rebalancing go to them)."""

@@ -112,8 +112,7 @@ def drive(ray, controller, specs: list[SourceSpec], options: RunOptions, stop: t
     metrics = None
     stop_control = None
     try:
-        for spec in specs:
-            ray.get(controller.add_stream.remote(spec, clip))
+        ray.get(controller.add_streams.remote(list(specs), clip))
         if options.metrics_port is not None:
             from yolotune.scale.metrics import ClusterMetrics
 

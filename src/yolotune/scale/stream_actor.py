@@ -73,15 +73,23 @@ class StreamActor:
             self._clips[key] = str(plan_clip(work, width, height, fps))
         return self._clips[key]
 
-    def add(self, spec: SourceSpec, clip: tuple | None = None) -> str:
-        """Run ``spec`` here (``clip``: (width, height, fps) of a generated clip that replaces its uri)."""
-        if clip is not None:
-            spec.uri = self._clip(*clip)
-        name = self.runtime.add_stream(spec)
-        if self._thread is None:  # started after its first stream: it prepares for that one's size before any clock
+    def add_many(self, items: list[tuple[SourceSpec, tuple | None]]) -> list[str | None]:
+        """Run each ``(spec, clip)`` here (``clip``: (width, height, fps) of a generated clip that replaces its
+        uri); for each, None or why it could not start. The runtime starts after the first call's streams, so it
+        prepares for them all (rings, graphs: StreamRuntime._prepare) before any clock runs."""
+        errors: list[str | None] = []
+        for spec, clip in items:
+            try:
+                if clip is not None:
+                    spec.uri = self._clip(*clip)
+                self.runtime.add_stream(spec)
+                errors.append(None)
+            except (ValueError, OSError) as e:
+                errors.append(str(e))
+        if self._thread is None:
             self._thread = threading.Thread(target=self.runtime.run, name="yolotune-stream-runtime", daemon=True)
             self._thread.start()
-        return name
+        return errors
 
     def remove(self, name: str) -> bool:
         try:
