@@ -25,6 +25,7 @@ FPS = float(os.environ.get("FPS", "30" if CUDA else "5"))
 LATENCY_MS = float(os.environ["LATENCY_MS"]) if os.environ.get("LATENCY_MS") else (50.0 if CUDA else None)
 SECONDS = float(os.environ.get("SECONDS", "20" if CUDA else "6"))
 BATCH = int(os.environ.get("BATCH", "32" if CUDA else "4"))
+SIDES = os.environ.get("SIDES", "plain,ray").split(",")  # ray alone: plan --ray only (plain plan measured before)
 
 
 def main() -> None:
@@ -39,11 +40,13 @@ def main() -> None:
     keys = ("streams", "holds", "min_stream_fps", "max_lag_s", "dropped", "latency_p50_ms", "latency_p99_ms",
             "total_fps", "mean_batch")
     t0 = time.perf_counter()
-    with planning_detector("default", device, BATCH) as det:
-        plain = plan(det, FPS, (W, H), verify_seconds=SECONDS, latency_budget_ms=LATENCY_MS)
-    log.emit(section="plan", seconds=round(time.perf_counter() - t0, 1), predicted=plain.predicted_streams,
-             binding=plain.binding, limits=plain.limits, verified=plain.verified_streams,
-             runs=[{k: v.get(k) for k in keys} for v in plain.verification])
+    plain = None
+    if "plain" in SIDES:
+        with planning_detector("default", device, BATCH) as det:
+            plain = plan(det, FPS, (W, H), verify_seconds=SECONDS, latency_budget_ms=LATENCY_MS)
+        log.emit(section="plan", seconds=round(time.perf_counter() - t0, 1), predicted=plain.predicted_streams,
+                 binding=plain.binding, limits=plain.limits, verified=plain.verified_streams,
+                 runs=[{k: v.get(k) for k in keys} for v in plain.verification])
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     t0 = time.perf_counter()
     on_ray = plan_on_ray("default", FPS, (W, H), {"device": device, "batch": BATCH}, ClusterOptions(actors=1),
@@ -54,7 +57,7 @@ def main() -> None:
     ray.shutdown()
     result = {"environment": environment(), "resolution": [W, H], "fps": FPS, "latency_ms": LATENCY_MS,
               "batch": BATCH, "seconds": SECONDS, "rows": log.rows,
-              "plain": {"predicted": plain.predicted_streams, "verified": plain.verified_streams},
+              "plain": {"predicted": plain.predicted_streams, "verified": plain.verified_streams} if plain else None,
               "ray": {"predicted": on_ray.predicted_streams, "verified": on_ray.verified_streams}}
     out = Path(os.environ.get("OUT") or tempfile.mkdtemp())
     (out / "plan_ray.json").write_text(json.dumps(result, indent=1, default=str))

@@ -141,3 +141,39 @@ def test_a_live_stream_resumed_numbers_its_frames_on(clips, tmp_path):
                                                          decoders="threads")).run()
     frames = frames_of(tmp_path, "cam")
     assert frames and frames[0] >= 500 and frames == sorted(frames)
+
+
+def test_a_stream_that_ended_gives_its_decoder_ring_back_while_the_run_goes_on(clips, tmp_path):
+    """A long-running service sees streams come and go: the shared-memory ring of one that ended (removed, or its
+    file done) is unmapped here and unlinked by its decoder process once its frames are processed, not at the end
+    of the run (120 removed 720p streams held 5 GB of rings that were no longer used)."""
+    import os
+
+    a = SourceSpec(str(clips["b"]), "file", "short", realtime=True, lossless=True)
+    looped = SourceSpec(str(clips["a"]), "file", "looped", loop=True, realtime=True, lossless=True)
+    rt = StreamRuntime(SlowDetector(0.0), [a, looped], RunOptions(out=tmp_path, max_batch=4, duration_s=30.0,
+                                                                   decoders="processes", keep_running=True))
+    seen = {}
+
+    def rings_of(i: int) -> set[str]:
+        return {name for name, stream in rt.pool.ring_streams().items() if stream == i}
+
+    def watch():
+        deadline = time.time() + 20
+        seen["short"] = set()
+        while time.time() < deadline and rt.stream_list()[0]["state"] != "finished":
+            seen["short"] |= rings_of(0)
+            time.sleep(0.02)
+        while time.time() < deadline and rings_of(0):  # its frames processed: given back
+            time.sleep(0.05)
+        seen["short_after"] = rings_of(0)
+        seen["looped"] = rings_of(1)
+        time.sleep(0.5)  # the decoder process unlinks it on its side
+        seen["still_linked"] = [n for n in seen["short"] if os.path.exists(f"/dev/shm/{n.lstrip('/')}")]
+        rt._request_stop("duration")
+
+    at(0.0, watch)
+    summary = rt.run()
+    assert summary.streams[0].processed == 17 and seen["short"]  # it had a ring
+    assert seen["short_after"] == set() and seen["still_linked"] == []  # given back before the run ended
+    assert seen["looped"]  # the stream still running keeps its own

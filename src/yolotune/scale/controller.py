@@ -384,9 +384,11 @@ class StreamController:
                                                                          if e.actor == a.index and not e.done),
                      **a.last} for a in self.actors]
 
-    def end_streams(self, timeout_s: float = 30.0) -> dict:
-        """Remove every stream and wait (up to ``timeout_s``) until each has ended; the actors stay up for more.
-        The last records and counts."""
+    def end_streams(self, timeout_s: float = 30.0, fresh: bool = False) -> dict:
+        """Remove every stream and wait (up to ``timeout_s``) until each has ended; the actors stay up for more
+        (``fresh``: each with a new runtime). The last records and counts."""
+        import ray
+
         with self.lock:
             names = [n for n, e in self.streams.items() if not e.done]
         for name in names:
@@ -397,6 +399,10 @@ class StreamController:
         deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline and any(not e.done for e in self.streams.values()):
             time.sleep(self.tick_s)
+        if fresh:
+            up = [a for a in self.actors if a.state == "up"]
+            refs = [a.handle.fresh_runtime.remote() for a in up]
+            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         final = self.poll()
         with self.lock:  # the next run starts with none of these
             self.streams = {n: e for n, e in self.streams.items() if not e.done}

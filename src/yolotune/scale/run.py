@@ -106,7 +106,8 @@ def drive(ray, controller, specs: list[SourceSpec], options: RunOptions, stop: t
           keep_actors: bool = False) -> RunSummary:
     """Run ``specs`` on a started controller and write their records (``options.out``) until they end, the
     duration passes or ``stop`` is set. ``clip``: (width, height, fps) of a clip each actor generates for every
-    stream (plan's verification). ``keep_actors``: end only the streams, for another run on the same actors."""
+    stream (plan's verification). ``keep_actors``: end only the streams, and give each actor a new runtime, for
+    another run on the same actors."""
     stop = stop or threading.Event()
     writer = _Writer(options.out)
     metrics = None
@@ -143,7 +144,7 @@ def drive(ray, controller, specs: list[SourceSpec], options: RunOptions, stop: t
         if stop_control is not None:
             stop_control()
             stop_control = None
-        final = ray.get((controller.end_streams if keep_actors else controller.stop).remote())
+        final = ray.get(controller.end_streams.remote(fresh=True) if keep_actors else controller.stop.remote())
         writer.write(final["records"])
     finally:
         if stop_control is not None:

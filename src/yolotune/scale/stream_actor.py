@@ -29,8 +29,8 @@ class StreamActor:
         self.started_at = time.time()
         self._records: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
-        options = RunOptions(out=None, keep_running=True, **run_options)
-        self.runtime = StreamRuntime(self.detector, [], options, make_sink=self._sink)
+        self.options = RunOptions(out=None, keep_running=True, **run_options)
+        self.runtime = StreamRuntime(self.detector, [], self.options, make_sink=self._sink)
         self._thread: threading.Thread | None = None
         self._clips: dict[tuple, str] = {}
 
@@ -118,3 +118,13 @@ class StreamActor:
         if self._thread is not None:
             self._thread.join(timeout=30)
         return self.drain()
+
+    def fresh_runtime(self) -> dict:
+        """Stop the runtime and start from a new one (no stream, no decoder process, no ring), the Detector and its
+        graphs kept: each of plan's verification runs starts as plain plan's does. The last records."""
+        from yolotune.serve.runtime import StreamRuntime
+
+        last = self.stop()
+        self.runtime = StreamRuntime(self.detector, [], self.options, make_sink=self._sink)
+        self._thread = None
+        return last

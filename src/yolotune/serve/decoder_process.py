@@ -190,6 +190,20 @@ def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOpti
             workers[index] = (worker, own_stop)
         worker.start()
 
+    def drop_ring(stream: int, name: str) -> None:
+        with lock:
+            for w in [writers.get(stream), *retired]:
+                if w is None:
+                    continue
+                if w.ring is not None and w.ring.shm.name == name:
+                    w.ring.close()
+                    w.ring = None
+                for ring in [r for r in w.old if r.shm.name == name]:
+                    ring.close()
+                    w.old.remove(ring)
+            if stream in rings and rings[stream].shm.name == name:
+                del rings[stream]
+
     def end_sources() -> None:
         with lock:
             ending.set()
@@ -209,6 +223,8 @@ def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOpti
                         ring.free.put(k)
             elif msg[0] == "add":
                 start(*msg[1])
+            elif msg[0] == "drop":  # a ring of an ended stream the runtime no longer reads
+                drop_ring(msg[1], msg[2])
             elif msg[0] == "remove":
                 entry = workers.get(msg[1])
                 if entry is not None:

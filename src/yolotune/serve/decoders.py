@@ -28,8 +28,8 @@ import numpy as np
 from yolotune.interpreter import usable_cores
 from yolotune.io.stream_specs import SourceSpec
 from yolotune.io.streams import SourceStatus, StreamFrame
-from yolotune.serve.decoder_process import (COUNTER_BLOCK, DecoderOptions, attach_ring, counter_views, decoder_main,
-                                            frame_nbytes)
+from yolotune.serve.decoder_process import DecoderOptions, attach_ring, decoder_main, frame_nbytes
+from yolotune.serve.pool_memory import RingLedger, StreamCounters
 from yolotune.serve.queues import FrameQueue
 
 __all__ = ["DecoderOptions", "DecoderPool", "decoder_cpus", "decoder_processes", "frame_nbytes"]
@@ -53,36 +53,6 @@ def decoder_cpus(reserve: int, allowed: set[int] | None = None) -> tuple[int, ..
         allowed = os.sched_getaffinity(0)
     cores = sorted(allowed)
     return tuple(cores[reserve:]) if len(cores) - reserve >= 4 else None
-
-
-class StreamCounters:
-    """Two counters per stream in shared memory (decoder_process.counter_views), in blocks of COUNTER_BLOCK
-    streams made as streams are added: a decoder process attaches a block once, by name."""
-
-    def __init__(self):
-        self.blocks: list[shared_memory.SharedMemory] = []
-
-    def place(self, i: int) -> tuple[str, int]:
-        """The block (its name) and offset of stream ``i``'s counters, the block made if need be."""
-        b, offset = divmod(i, COUNTER_BLOCK)
-        while len(self.blocks) <= b:
-            shm = shared_memory.SharedMemory(create=True, size=16 * COUNTER_BLOCK)
-            np.ndarray((2, COUNTER_BLOCK), np.int64, buffer=shm.buf)[...] = 0
-            self.blocks.append(shm)
-        return self.blocks[b].name, offset
-
-    def views(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        b, offset = divmod(i, COUNTER_BLOCK)
-        return counter_views(self.blocks[b].buf, offset)
-
-    def close(self) -> None:
-        for shm in self.blocks:
-            try:
-                shm.close()
-            except BufferError:  # a view still held by a caller: freed with the process
-                pass
-            shm.unlink()
-        self.blocks.clear()
 
 
 class RemoteSource:
@@ -134,6 +104,9 @@ class DecoderPool:
         self._attached: dict[str, shared_memory.SharedMemory] = {}
         self._owned: list[str] = []  # rings made here (make_rings): unlinked here
         self._unpin: dict[str, object] = {}
+        self.ledger = RingLedger()  # which rings still hold frames: those of streams that ended are given back
+        self._closing: list[shared_memory.SharedMemory] = []  # given back, still viewed by a frame on its way out
+        self._closing_lock = threading.Lock()
         # page-locking a ring takes a while (tens of MB): a thread of its own, so frames keep flowing meanwhile
         # (through staging until it is done) and no CUDA call is made on the receiver's thread
         self._to_pin: queue.Queue = queue.Queue()
@@ -201,8 +174,8 @@ class DecoderPool:
         if self.pin is not None and made:
             # on a thread of its own, like later rings: a refused registration leaves a CUDA error behind on the
             # calling thread, and this one goes on to launch the engine's kernels
-            for item in made:
-                self._to_pin.put(item)
+            for name, shm in made:
+                self._to_pin.put(("pin", name, shm))
             self._to_pin.put(None)
             pinner = threading.Thread(target=self._pin_rings, name="yolotune-ring-pinner", daemon=True)
             pinner.start()
@@ -247,6 +220,7 @@ class DecoderPool:
                 pass
             if name in self._owned:
                 shm.unlink()
+        self._close_now()
         self._attached.clear()
         self._owned.clear()
         self._started = False
@@ -256,21 +230,72 @@ class DecoderPool:
 
     def _pin_rings(self) -> None:
         while (item := self._to_pin.get()) is not None:
-            name, shm = item
-            unpin = self.pin(shm.buf)
-            if unpin is not None:
-                self._unpin[name] = unpin
+            action, name, shm = item
+            if action == "pin":
+                unpin = self.pin(shm.buf)
+                if unpin is not None:
+                    self._unpin[name] = unpin
+            else:  # a ring given back: unpinned here too, as page-locking it was, then closed
+                unpin = self._unpin.pop(name, None)
+                if unpin is not None:
+                    unpin()
+                self._close(shm)
+
+    def _retire(self, rings: list[tuple[str, int]]) -> None:
+        """Rings no longer needed (their stream ended, their frames processed): unmapped here, and closed (unlinked)
+        by the decoder process that made them."""
+        for name, stream in rings:
+            shm = self._attached.pop(name, None)
+            if shm is None:
+                continue
+            self.mapped_bytes -= shm.size
+            self._send(self.owner[stream], ("drop", stream, name))
+            if name in self._owned:
+                self._owned.remove(name)
+                shm.unlink()
+            if self._pinner is not None:
+                self._to_pin.put(("unpin", name, shm))
+            else:
+                self._close(shm)
+
+    def _close(self, shm: shared_memory.SharedMemory) -> None:
+        """Unmap ``shm`` now, or once no frame views it any more (a frame on its way to a sink)."""
+        with self._closing_lock:
+            self._closing.append(shm)
+            still = []
+            for s in self._closing:
+                try:
+                    s.close()
+                except BufferError:
+                    still.append(s)
+            self._closing = still
+
+    def ring_streams(self) -> dict[str, int]:
+        """The rings mapped here now, and the stream each belongs to."""
+        return {name: stream for name, stream in self.ledger.streams().items() if name in self._attached}
+
+    def _close_now(self) -> None:
+        for shm in self._closing:
+            try:
+                shm.close()
+            except BufferError:  # freed with the process
+                pass
+        self._closing.clear()
 
     def release(self, frames: list[StreamFrame]) -> None:
         """Give the frames' slots back to their decoder processes (their pixels have been read)."""
         by_proc: dict[int, list] = {}
+        done: list = []
         for f in frames:
             slot = getattr(f, "slot", None)
             if slot is not None:
                 by_proc.setdefault(self.owner[f.stream], []).append((f.stream, *slot))
                 f.slot = None
+                done += self.ledger.released(slot[0])
         for p, items in by_proc.items():
             self._send(p, ("free", items))
+        if done:
+            self._retire(done)
 
     def _send(self, p: int, msg) -> None:
         with self._send_locks[p]:
@@ -324,11 +349,12 @@ class DecoderPool:
                 shm = self._attached[name] = attach_ring(name)
                 self.mapped_bytes += shm.size
                 if self._pinner is not None:
-                    self._to_pin.put((name, shm))
+                    self._to_pin.put(("pin", name, shm))
             nbytes = int(np.prod(shape))
             image = np.ndarray(shape, np.uint8, buffer=shm.buf, offset=k * nbytes)
             frame = StreamFrame(stream, index, image, decoded_at, pts, slot=(name, k), on_drop=self.release,
                                 captured_at=captured_at)
+            self.ledger.delivered(name, stream)
             st = src.status
             st.frames += 1
             st.lag_s, st.max_lag_s, st.received, st.dropped = lag, max_lag, received, dropped
@@ -342,6 +368,7 @@ class DecoderPool:
             self._update(src.status, msg[2])
         elif kind == "closed":
             self.queues[stream].close()
+            self._retire(self.ledger.ended(stream))
 
     @staticmethod
     def _update(st: SourceStatus, snapshot: dict) -> None:
