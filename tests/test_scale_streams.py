@@ -97,8 +97,13 @@ def test_the_run_command_on_ray_with_its_sources_file_watched_its_endpoint_and_o
         time.sleep(3)
         with urllib.request.urlopen(base, timeout=10) as r:
             seen["list"] = json.loads(r.read())
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
-            seen["metrics"] = r.read().decode()
+        deadline = time.time() + 15
+        while time.time() < deadline:  # the actors' metrics come with their drains, every two seconds
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
+                seen["metrics"] = r.read().decode()
+            if 'yolotune_frames_total{actor="' in seen["metrics"]:
+                break
+            time.sleep(0.5)
 
     helper = threading.Thread(target=meanwhile)
     helper.start()

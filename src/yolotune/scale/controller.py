@@ -295,7 +295,7 @@ class StreamController:
                     e.done = True
             a.batches, a.engine_errors = update["batches"], update["engine_errors"]
             a.metrics = update["metrics"] or a.metrics
-            a.last = {k: update[k] for k in ("pixel_format", "decoders", "last_engine_error")}
+            a.last = {k: update[k] for k in ("pixel_format", "decoders", "last_engine_error", "running")}
 
     def _lost(self, a: ActorSlot, why: str) -> None:
         """Actor ``a`` is gone: its streams go to the survivors now (or wait for one)."""

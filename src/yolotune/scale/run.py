@@ -29,6 +29,7 @@ ACTOR_OPTIONS = ("max_batch", "max_wait_ms", "queue_size", "open_timeout_s", "re
                  "backoff_base_s", "backoff_cap_s", "pixel_format", "decoders", "decoder_processes", "runtime_cores",
                  "on_demand")
 POLL_S = 0.25
+START_WAIT_S = 120.0  # a run's duration counts from when its actors run their streams, or at the latest from here
 
 
 class ClusterStreams:
@@ -121,7 +122,8 @@ def drive(ray, controller, specs: list[SourceSpec], options: RunOptions, stop: t
             metrics.serve(options.metrics_port, options.metrics_host)
         if control is not None:
             stop_control = control(ClusterStreams(ray, controller))
-        t0 = time.perf_counter()
+        began = time.perf_counter()
+        t0 = None  # when every actor with streams runs them (their rings and graphs made): the duration counts from here
         stopped_by = None
         while True:
             update = ray.get(controller.poll.remote())
@@ -130,17 +132,21 @@ def drive(ray, controller, specs: list[SourceSpec], options: RunOptions, stop: t
                 metrics.update(update)
             if on_poll is not None:
                 on_poll(update)
+            now = time.perf_counter()
+            if t0 is None and (all(a.get("running") for a in update["actors"] if a["streams"])
+                               or now - began >= START_WAIT_S):
+                t0 = now
             if update["finished"]:
                 break
             if stop.is_set():
                 stopped_by = getattr(stop, "reason", None) or "stop"
                 break
-            if options.duration_s is not None and time.perf_counter() - t0 >= options.duration_s:
+            if options.duration_s is not None and t0 is not None and now - t0 >= options.duration_s:
                 stopped_by = "duration"
                 break
             stop.wait(POLL_S)
         ended = time.perf_counter()
-        seconds = ended - t0
+        seconds = ended - (t0 or began)
         if stop_control is not None:
             stop_control()
             stop_control = None

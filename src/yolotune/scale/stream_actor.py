@@ -107,7 +107,9 @@ class StreamActor:
             records, self._records = self._records, []
         streams = {spec.name: {**stream_counts(spec, st, q, w.status, i in rt.table.removed), "fps": round(st.fps, 2)}
                    for i, spec, st, q, w in rt.table.rows()}
+        # running: its streams' clocks run (the runtime made their rings and captured their graphs first)
         return {"actor": self.name, "records": records, "streams": streams, "batches": rt.batches,
+                "running": rt.started > 0,
                 "engine_errors": rt.engine_errors, "last_engine_error": rt.last_engine_error,
                 "pixel_format": rt.pixel_format, "decoders": rt.decoders,
                 "metrics": rt.metrics.text() if metrics else None}
