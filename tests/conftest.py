@@ -30,3 +30,12 @@ def bad_inputs(tmp_path_factory):
     from bad_inputs import BadInputs
 
     return BadInputs.create(tmp_path_factory.mktemp("bad") / "inputs", np.random.default_rng(7))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster of 2 CPUs for a module's tests, stopped after them."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

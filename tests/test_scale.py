@@ -21,12 +21,6 @@ pytestmark = pytest.mark.slow
 OPTS = {"device": "cpu", "batch": 8, "imgsz": 64, "conf": 0.05}
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
@@ -41,7 +35,7 @@ def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_actors_give_the_records_plain_predict_gives(cluster, images, tmp_path):
+def test_two_actors_give_the_records_plain_predict_gives(ray_cluster, images, tmp_path):
     from yolotune.scale.predict import predict_on_ray
 
     with Detector("default", **OPTS) as det:
@@ -56,7 +50,7 @@ def test_two_actors_give_the_records_plain_predict_gives(cluster, images, tmp_pa
     assert all(a["device"] == "cpu" and a["images_per_s"] > 0 for a in summary.actors)
 
 
-def test_an_actor_killed_mid_run_loses_and_repeats_nothing(cluster, images, tmp_path):
+def test_an_actor_killed_mid_run_loses_and_repeats_nothing(ray_cluster, images, tmp_path):
     from yolotune.scale.predict import predict_on_ray
 
     killed = []
@@ -72,7 +66,7 @@ def test_an_actor_killed_mid_run_loses_and_repeats_nothing(cluster, images, tmp_
     assert summary.ok == 300 and summary.failed == 1
 
 
-def test_a_stopped_run_resumes_without_writing_anything_twice(cluster, images, tmp_path):
+def test_a_stopped_run_resumes_without_writing_anything_twice(ray_cluster, images, tmp_path):
     from yolotune.scale.predict import predict_on_ray
 
     stop = threading.Event()
@@ -89,7 +83,7 @@ def test_a_stopped_run_resumes_without_writing_anything_twice(cluster, images, t
     assert len(coco) == 300  # the merged COCO file holds every image once
 
 
-def test_the_cli_runs_on_ray_and_refuses_what_it_cannot_write(cluster, images, tmp_path):
+def test_the_cli_runs_on_ray_and_refuses_what_it_cannot_write(ray_cluster, images, tmp_path):
     res = CliRunner().invoke(app, ["predict", "default", str(images), "--device", "cpu", "--imgsz", "64", "--ray",
                                    "local", "--actors", "1", "--out", str(tmp_path / "c"), "--json"])
     assert res.exit_code == 3, res.output  # the broken file is a failed input (exit 3, as plain predict)

@@ -12,14 +12,8 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
-
-def test_plan_on_ray_measures_each_type_once_sums_and_verifies(cluster, tmp_path):
+def test_plan_on_ray_measures_each_type_once_sums_and_verifies(ray_cluster, tmp_path):
     res = CliRunner().invoke(app, ["plan", "default", "--ray", "local", "--device", "cpu", "--fps", "5",
                                    "--resolution", "64x48", "--seconds", "5", "--batch", "2", "--actors", "2",
                                    "--out", str(tmp_path / "plan.json")])

@@ -22,12 +22,6 @@ pytestmark = pytest.mark.slow
 OVERRIDES = {"device": "cpu", "batch": 4, "imgsz": 64, "conf": 0.05}
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
@@ -44,7 +38,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_actor_killed_mid_run_its_file_streams_go_on_elsewhere_losing_no_frame(cluster, clip, tmp_path):
+def test_an_actor_killed_mid_run_its_file_streams_go_on_elsewhere_losing_no_frame(ray_cluster, clip, tmp_path):
     from yolotune.scale.run import ClusterOptions, run_on_ray
     from yolotune.serve.runtime import RunOptions
 
@@ -73,7 +67,7 @@ def test_an_actor_killed_mid_run_its_file_streams_go_on_elsewhere_losing_no_fram
     assert summary.failed == [] and summary.frames == 360 and len(summary.actors) == 2
 
 
-def test_the_run_command_on_ray_with_its_sources_file_watched_its_endpoint_and_one_metrics(cluster, clip, tmp_path):
+def test_the_run_command_on_ray_with_its_sources_file_watched_its_endpoint_and_one_metrics(ray_cluster, clip, tmp_path):
     listing = tmp_path / "cams.txt"
     listing.write_text(f"door={clip}\nyard={clip}\n")
     control, metrics = free_port(), free_port()

@@ -311,11 +311,16 @@ def print_cluster_plan(r: dict, console: Console) -> None:
         console.print(f"{gpu}: {c['streams_exact']:.1f} streams per actor at batch {c['batch']}, bound by "
                       f"{c['binding'].replace('_', ' ')}")
     for v in r.get("verification", []):
-        console.print(f"verified {v['streams']} streams: {'[green]holds' if v['holds'] else '[red]does not hold'}[/] - "
-                      f"slowest stream {v['min_stream_fps']:.1f} FPS, lag {v['max_lag_s']:.2f} s, {v['dropped']} dropped, "
-                      f"p50 {v['latency_p50_ms'] or 0:.1f} ms, p99 {v['latency_p99_ms'] or 0:.1f} ms")
+        console.print(verification_line(v))
     if r.get("verified_streams") is not None:
         console.print(f"[bold]verified: {r['verified_streams']} streams[/bold]")
+
+
+def verification_line(v: dict) -> str:
+    """One verification run of plan: held or not, and what it showed."""
+    return (f"verified {v['streams']} streams: {'[green]holds' if v['holds'] else '[red]does not hold'}[/] - "
+            f"slowest stream {v['min_stream_fps']:.1f} FPS, lag {v['max_lag_s']:.2f} s, {v['dropped']} dropped, "
+            f"p50 {v['latency_p50_ms'] or 0:.1f} ms, p99 {v['latency_p99_ms'] or 0:.1f} ms")
 
 
 def print_plan(r: dict, console: Console) -> None:
@@ -347,10 +352,8 @@ def print_plan(r: dict, console: Console) -> None:
     for note in r.get("notes", []):
         console.print(f"note: {note}")
     for v in r.get("verification", []):
-        console.print(f"verified {v['streams']} streams: {'[green]holds' if v['holds'] else '[red]does not hold'}[/] - "
-                      f"slowest stream {v['min_stream_fps']:.1f} FPS, lag {v['max_lag_s']:.2f} s, {v['dropped']} dropped, "
-                      f"p50 {v['latency_p50_ms'] or 0:.1f} ms, p99 {v['latency_p99_ms'] or 0:.1f} ms, "
-                      f"mean batch {v['mean_batch']:.1f}, host memory after warm-up {v['host_rss_growth_mib'] or 0:+.0f} MiB")
+        console.print(f"{verification_line(v)}, mean batch {v['mean_batch']:.1f}, host memory after warm-up "
+                      f"{v['host_rss_growth_mib'] or 0:+.0f} MiB")
         if v.get("latency_parts_ms"):
             console.print(f"  where the latency goes (p50 / p99): {latency_parts_line(v['latency_parts_ms'])}")
     if r.get("host_pipeline_errors"):

@@ -12,14 +12,8 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
-
-def test_predict_on_ray_on_cuda_writes_what_plain_predict_writes(cluster, tmp_path):
+def test_predict_on_ray_on_cuda_writes_what_plain_predict_writes(ray_cluster, tmp_path):
     from yolotune import Detector
     from yolotune.pipeline.run import predict_to_sinks
     from yolotune.scale.predict import predict_on_ray
@@ -44,7 +38,7 @@ def test_predict_on_ray_on_cuda_writes_what_plain_predict_writes(cluster, tmp_pa
     assert summary.actors[0]["device"].startswith("cuda")
 
 
-def test_run_on_ray_streams_move_off_a_killed_gpu_actor_losing_no_frame(cluster, tmp_path):
+def test_run_on_ray_streams_move_off_a_killed_gpu_actor_losing_no_frame(ray_cluster, tmp_path):
     from yolotune.io.stream_specs import SourceSpec
     from yolotune.scale.run import ClusterOptions, run_on_ray
     from yolotune.serve.runtime import RunOptions

@@ -16,49 +16,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from dataclasses import dataclass, field
 
 from yolotune.io.stream_sinks import event_row
 from yolotune.io.stream_specs import SourceSpec, name_streams, source_fps
 from yolotune.scale.placement import choose, rebalance
+from yolotune.scale.roster import ENDED, SUMMED, ActorSlot, StreamEntry, ray_error_reason
 from yolotune.scale.stream_actor import StreamActor
-
-# counts that add up over the actors a stream ran on (serve/summary.stream_counts)
-SUMMED = ("received", "decoded", "processed", "dropped", "dropped_before_decode", "frames_lost", "outages",
-          "reconnects", "reconnect_attempts", "detections")
-ENDED = ("finished", "failed", "never-connected", "removed")
-
-
-@dataclass
-class ActorSlot:
-    index: int
-    handle: object
-    name: str = ""  # host:pid of the incarnation that answers now
-    state: str = "starting"  # starting, up, down
-    info: dict = field(default_factory=dict)  # StreamActor.ready()
-    capacity_fps: float = 0.0
-    pending: object = None  # a ready() call in flight while down
-    draining: object = None  # the drain() call in flight: one at a time, its records taken once it answers
-    drain_since: float = 0.0
-    batches: int = 0
-    engine_errors: int = 0
-    metrics: str | None = None
-    last: dict = field(default_factory=dict)  # its last drain's other fields
-
-
-@dataclass
-class StreamEntry:
-    spec: SourceSpec
-    rate: float  # frames/s: its load on an actor
-    clip: tuple | None = None  # a generated clip made on the actor's node (plan's verification)
-    actor: int | None = None  # the slot it runs on; None: waiting for one
-    last_frame: int = -1  # the last frame whose record was handed on
-    moves: int = 0
-    done: bool = False
-    counts: dict = field(default_factory=dict)  # from the actor it runs on now
-    earlier: dict = field(default_factory=dict)  # summed over the actors it ran on before
-    adding: tuple | None = None  # (the add_many() call in flight, this stream's place in it)
-    why: str | None = None  # why it left its last actor: said in the record of where it continues
 
 
 class StreamController:
@@ -266,7 +229,7 @@ class StreamController:
         try:
             update = ray.get(ref)
         except ray.exceptions.RayError as e:
-            self._lost(a, _reason(e))
+            self._lost(a, ray_error_reason(e))
             return
         if update["actor"] != a.name:  # Ray restarted it between two drains: the old one is gone
             self._lost(a, "its process was restarted")
@@ -356,16 +319,9 @@ class StreamController:
         over the actors it ran on, moves counted as reconnects), the actors, and their metrics."""
         with self.lock:
             records, self.outbox = self.outbox, []
-            streams = {}
-            for name, e in self.streams.items():
-                counts = {**e.counts}
-                for k in SUMMED:
-                    counts[k] = e.earlier.get(k, 0) + e.counts.get(k, 0)
-                counts["reconnects"] += e.moves
-                counts["outages"] += e.moves
-                counts.update(name=name, source=e.spec.uri, kind=e.spec.kind, state=self._state(e), moves=e.moves,
-                              actor=self.actors[e.actor].name if e.actor is not None else None)
-                streams[name] = counts
+            streams = {name: {**e.summed(), "name": name, "state": self._state(e),
+                              "actor": self.actors[e.actor].name if e.actor is not None else None}
+                       for name, e in self.streams.items()}
             running = sum(1 for e in self.streams.values() if not e.done)
             return {"records": records, "streams": streams, "actors": self.actor_list(), "moves": self.moves,
                     "last_error": self.last_error,
@@ -432,11 +388,6 @@ class StreamController:
             try:
                 self._absorb(refs[ref], ray.get(ref))
             except ray.exceptions.RayError as e:
-                self._lost(refs[ref], _reason(e))
+                self._lost(refs[ref], ray_error_reason(e))
         return self.poll()
 
-
-def _reason(error: Exception) -> str:
-    """A Ray error in a few words: its first line."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__

@@ -59,17 +59,15 @@ class ClusterMetrics:
         yield from (up, capacity, load, moves)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        from prometheus_client import start_http_server
+        from yolotune.serve.metrics import serve_registry
 
-        started = start_http_server(port, addr=addr, registry=self.registry)
-        self._server = started[0] if isinstance(started, tuple) else None
-        self.port = port
+        self._server, self.port = serve_registry(self.registry, port, addr), port
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        from yolotune.serve.metrics import close_server
+
+        close_server(self._server)
+        self._server = None
 
     def text(self) -> str:
         from prometheus_client import generate_latest

@@ -92,17 +92,11 @@ class PrometheusMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """/metrics on ``addr``:``port``; loopback unless asked, so a camera wall's numbers stay on this machine."""
-        from prometheus_client import start_http_server
-
-        started = start_http_server(port, addr=addr, registry=self.registry)
-        self._server = started[0] if isinstance(started, tuple) else None
-        self.port = port
+        self._server, self.port = serve_registry(self.registry, port, addr), port
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        close_server(self._server)
+        self._server = None
 
     def observe(self, stream: int, latency_s: float) -> None:
         name = self._names[stream]
@@ -127,3 +121,50 @@ class PrometheusMetrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry).decode()
+
+
+def serve_registry(registry, port: int, addr: str):
+    """prometheus-client's HTTP server for ``registry`` (its server object, where this version returns one)."""
+    from prometheus_client import start_http_server
+
+    started = start_http_server(port, addr=addr, registry=registry)
+    return started[0] if isinstance(started, tuple) else None
+
+
+def close_server(server) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+def resident_bytes() -> int:
+    """Resident memory of this process but its shared-memory mappings (the decoder processes' rings: fixed in size,
+    and resident here only once read, which would look like growth)."""
+    import psutil
+
+    rss = psutil.Process().memory_info().rss
+    try:
+        with open("/proc/self/status") as f:
+            shmem = next((int(line.split()[1]) * 1024 for line in f if line.startswith("RssShmem:")), 0)
+    except OSError:
+        shmem = 0
+    return rss - shmem
+
+
+class _NoSampler:
+    series = None
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def gpu_sampler(device):
+    """NVML utilisation sampled every half second while the block runs (nothing on a CPU)."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return _NoSampler()
+    from yolotune.profile.counters import NvmlSampler
+
+    return NvmlSampler(device, interval_s=0.5)

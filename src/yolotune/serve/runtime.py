@@ -25,7 +25,7 @@ from yolotune.io.stream_specs import SourceSpec, name_streams, picture_size, sou
 from yolotune.io.streams import decoder_threads
 from yolotune.serve.choices import decoder_mode, pixel_format_for, ring_pinner
 from yolotune.serve.decoders import DecoderOptions, DecoderPool, decoder_cpus, decoder_processes, frame_nbytes
-from yolotune.serve.metrics import PrometheusMetrics
+from yolotune.serve.metrics import PrometheusMetrics, gpu_sampler, resident_bytes
 from yolotune.serve.queues import Backlog
 from yolotune.serve.scheduler import BatchScheduler
 from yolotune.serve.stream_table import StreamTable
@@ -213,7 +213,7 @@ class StreamRuntime:
         overlap = hasattr(self.detector, "submit_frames") and self.detector.device.type == "cuda"
         pending = None
         k = 0
-        with _gpu_sampler(self.detector.device) as nvml:
+        with gpu_sampler(self.detector.device) as nvml:
             self._nvml = nvml
             clock = self.loop_seconds
             while True:
@@ -345,7 +345,7 @@ class StreamRuntime:
 
     def refresh(self) -> None:
         now = time.perf_counter()
-        self.rss.append((now, _rss_bytes()))
+        self.rss.append((now, resident_bytes()))
         for i, _, st, q, w in self.table.rows():
             st.update_rate(now)
             self.metrics.refresh(i, len(q), q.dropped + w.status.dropped, w.status, st.fps)
@@ -377,35 +377,3 @@ class StreamRuntime:
     # ------------------------------------------------------------------------------------------------ report
     def summary(self) -> RunSummary:
         return summarize(self, time.perf_counter())
-
-
-def _rss_bytes() -> int:
-    """Resident memory of this process but its shared-memory mappings (the decoder processes' rings: fixed in size,
-    and resident here only once read, which would look like growth)."""
-    import psutil
-
-    rss = psutil.Process().memory_info().rss
-    try:
-        with open("/proc/self/status") as f:
-            shmem = next((int(line.split()[1]) * 1024 for line in f if line.startswith("RssShmem:")), 0)
-    except OSError:
-        shmem = 0
-    return rss - shmem
-
-
-class _NoSampler:
-    series = None
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
-
-
-def _gpu_sampler(device):
-    if getattr(device, "type", "cpu") != "cuda":
-        return _NoSampler()
-    from yolotune.profile.counters import NvmlSampler
-
-    return NvmlSampler(device, interval_s=0.5)
