@@ -19,7 +19,7 @@ import time
 
 from yolotune.io.stream_sinks import event_row
 from yolotune.io.stream_specs import SourceSpec, name_streams, source_fps
-from yolotune.scale.placement import choose, rebalance
+from yolotune.scale.placement import place_all, rebalance
 from yolotune.scale.roster import ENDED, SUMMED, ActorSlot, StreamEntry, ray_error_reason
 from yolotune.scale.stream_actor import StreamActor
 
@@ -135,17 +135,11 @@ class StreamController:
 
     def _place_waiting(self) -> None:
         """Streams not on any actor (new, or their actor died) onto the actors up, the busiest streams first."""
-        waiting = sorted((n for n, e in self.streams.items() if e.actor is None and not e.done),
-                         key=lambda n: (-self.streams[n].rate, n))
-        placed = []
-        for name in waiting:
-            loads = self._loads()
-            target = choose(loads, {a.index: a.capacity_fps for a in self.actors}, self.streams[name].rate)
-            if target is None:
-                break
+        waiting = {n: e.rate for n, e in self.streams.items() if e.actor is None and not e.done}
+        placed = place_all(waiting, self._loads(), {a.index: a.capacity_fps for a in self.actors})
+        for name, target in placed.items():
             self.streams[name].actor = target
-            placed.append(name)
-        self._send(placed)
+        self._send(list(placed))
 
     def _send(self, names: list[str]) -> None:
         """Start ``names`` on the actors they were placed on: one add_many call per actor."""
