@@ -263,13 +263,17 @@ def plan_command(
     with detector, stage_progress("planning") as say:
         report = plan(detector, fps, (w, h), gpus=gpus, verify=verify, verify_seconds=seconds, latency_budget_ms=latency_ms,
                       max_streams=max_streams, progress=say)
-    data = report.to_dict()
+    _write_plan(report.to_dict(), out, json_output, print_plan)
+
+
+def _write_plan(data: dict, out: Path | None, json_output: bool, show) -> None:
+    """A plan's JSON to ``--out``, then as JSON on stdout or shown."""
     if out is not None:
         out.write_text(json.dumps(data, indent=1, default=str))
     if json_output:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-        return
-    print_plan(data, console())
+    else:
+        show(data, console())
 
 
 def _plan_on_ray(model, fps, resolution, device, batch, verify, seconds, latency_ms, max_streams, out, json_output,
@@ -286,13 +290,7 @@ def _plan_on_ray(model, fps, resolution, device, batch, verify, seconds, latency
                                  max_streams=max_streams, progress=say)
     except (RayUnavailable, ValueError) as e:
         _fail(str(e))
-    data = report.to_dict()
-    if out is not None:
-        out.write_text(json.dumps(data, indent=1, default=str))
-    if json_output:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-        return
-    print_cluster_plan(data, console())
+    _write_plan(report.to_dict(), out, json_output, print_cluster_plan)
 
 
 def print_cluster_plan(r: dict, console: Console) -> None:
