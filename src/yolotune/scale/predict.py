@@ -71,7 +71,7 @@ class DetectorActor:
     def __call__(self, batch: dict) -> dict:
         paths, kinds = [str(p) for p in batch["path"]], [str(k) for k in batch["kind"]]
         start = time.perf_counter()
-        # listed by the driver already: listing them again cost a call 6% (ray_call_diag_h100.json)
+        # listed by the driver already: listing them again cost a call 6% (benchmarks/results/ray_call_diag_h100.json)
         inputs = SourceList([SourceItem(p, k) for p, k in zip(paths, kinds)])
         grouped = results_per_input(paths, kinds, list(self.det.predict(inputs)))
         call = {"index": [int(i) for i in batch["index"]], "results": pack_results(grouped), "actor": self.name,
