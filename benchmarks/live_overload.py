@@ -1,5 +1,6 @@
 """Live overload vs files, side by side in one process on one device: N 720p30 streams of a camera-like clip
-(H.264, a keyframe a second, no B-frames, ~3 Mbit/s) through one Detector, as
+(``write_video(camera=True)``: sensor noise, a pan, H.264, a keyframe a second, no B-frames, 3 Mbit/s; the runs of
+2026-12-01 used a pan over a photograph without objects, encoded the same way) through one Detector, as
 
 - files: the clip looped from disk (decoders wait for the pipeline: frames/s = what the pipeline processes at capacity);
 - files beside the servers: the same, while another process reads the live streams and throws them away (the
@@ -31,30 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the live server the tests use
 
-from common import environment, photo_sources  # noqa: E402
+from common import environment  # noqa: E402
 
-
-def camera_clip(path: Path, seconds: float = 5.0, size=(720, 1280), fps: int = 30) -> Path:
-    """A slow pan over a real photograph with sensor noise, encoded like a camera: GOP 1 s, IPPP, ~3 Mbit/s."""
-    import av
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    h, w = size
-    photo = np.asarray(Image.fromarray(photo_sources()[0]).resize((int(w * 1.3), int(h * 1.3))), np.int16)
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=fps, options={"g": str(fps), "bf": "0", "preset": "veryfast",
-                                                         "b": "3M", "maxrate": "3M", "bufsize": "6M"})
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for t in range(int(seconds * fps)):
-            x = int((photo.shape[1] - w) * t / (seconds * fps))
-            frame = photo[(photo.shape[0] - h) // 2:(photo.shape[0] - h) // 2 + h, x:x + w]
-            noisy = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(noisy, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
+from yolotune.data.synth import write_video  # noqa: E402
 
 
 def run(detector, specs, seconds: float, batch: int, on_demand: bool = True) -> dict:
@@ -95,7 +75,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="live-overload-"))
     t0 = time.perf_counter()
-    clip = camera_clip(work / "camera.mp4")
+    # a camera's stream: sensor noise, a pan, a keyframe a second, no B-frames, 3 Mbit/s at 720p30 (data/synth.py)
+    clip = write_video(work / "camera.mp4", frames=150, size=(720, 1280), fps=30, camera=True)
     print(f"clip: {clip.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
     with Detector("default", device=device, batch=batch) as det:

@@ -77,3 +77,27 @@ def test_cli_size_gives_every_image_that_size(tmp_path):
     assert {(im["width"], im["height"]) for im in coco["images"]} == {(320, 180)}
     res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "e"), "--n", "1", "--size", "720p"])
     assert res.exit_code == 2 and "--size must look like 1280x720" in res.output
+
+
+def test_a_camera_clip_is_encoded_like_a_cameras_stream(tmp_path):
+    """Sensor noise, a keyframe a second, no B-frames and a camera's bitrate (3 Mbit/s at 720p30, here scaled to
+    its size): decoding it costs what a camera's stream does, which a plain generated clip does not."""
+    import av
+
+    res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "d"), "--n", "1", "--size", "640x360",
+                                   "--video-frames", "60", "--camera", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    camera = tmp_path / "d" / "video.mp4"
+    plain = write_video(tmp_path / "plain.mp4", frames=60, size=(360, 640), seed=0)
+    with av.open(str(camera)) as c:
+        s = c.streams.video[0]
+        assert (s.codec_context.name, s.width, s.height) == ("h264", 640, 360)
+        packets = [p for p in c.demux(s) if p.size]
+        keyframes = [k for k, p in enumerate(packets) if p.is_keyframe]
+        pts = [p.pts for p in packets]
+    assert keyframes == [0, 30] and pts == sorted(pts)  # a keyframe a second; decode order is display order
+    bits_per_s = 8 * camera.stat().st_size / 2.0
+    assert 0.5e6 <= bits_per_s <= 1.2e6  # 3 Mbit/s x (640x360 / 1280x720) = 0.75 Mbit/s, capped
+    assert camera.stat().st_size > 2 * plain.stat().st_size  # the noise a sensor adds does not compress away
+    truth = json.loads((tmp_path / "d" / "video.json").read_text())
+    assert len(truth["frames"]) == 60 and any(f["boxes"] for f in truth["frames"])

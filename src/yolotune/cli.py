@@ -246,7 +246,11 @@ def data_synth(
     n: int = typer.Option(1000, min=1, help="Number of images."),
     seed: int = typer.Option(0, help="Dataset seed: image i depends only on (seed, i)."),
     workers: Optional[int] = typer.Option(None, help="Processes."),
-    video_frames: int = typer.Option(0, min=0, help="Also write video.mp4 (+ video.json ground truth) with this many frames."),
+    video_frames: int = typer.Option(0, min=0, help="Also write video.mp4 (+ video.json ground truth) with this many "
+                                                    "frames (at --size; 640x360 without it, 1280x720 with --camera)."),
+    camera: bool = typer.Option(False, "--camera", help="The clip encoded like a camera's (sensor noise, a slow pan, a "
+                                                        "keyframe a second, no B-frames, 3 Mbit/s at 720p30), so that "
+                                                        "decoding it costs what a camera's stream does.", metavar=""),
     size: Optional[str] = typer.Option(None, help="WIDTHxHEIGHT of every image (a camera's frames, for `optimize "
                                                   "--data`); default: five sizes mixed."),
 ) -> None:
@@ -268,7 +272,9 @@ def data_synth(
         write_dataset(out, n, seed=seed, cfg=cfg, workers=workers,
                       progress=lambda done, total: progress.update(task, completed=done))
     if video_frames:
-        write_video(out / "video.mp4", frames=video_frames, seed=seed)
+        # the clip at --size; a camera's at 720p unless --size says otherwise
+        hw = cfg.sizes[0] if size is not None else (720, 1280) if camera else (360, 640)
+        write_video(out / "video.mp4", frames=video_frames, size=hw, seed=seed, camera=camera)
     console().print(f"wrote {n} images to {out.resolve()}" + (f" and a {video_frames}-frame clip" if video_frames else ""))
 
 

@@ -183,16 +183,26 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, cfg: SynthConfig =
     return out
 
 
+CAMERA_BITRATE = 3_000_000  # bits/s of a camera's 720p30 H.264 (2-4 Mbit/s is usual): scaled by pixels and rate
+CAMERA_NOISE = 4.0  # sensor noise, grey levels (standard deviation), new in every frame as a sensor's is
+CAMERA_PAN = 0.2  # the view drifts across this share of a wider scene over the clip
+
+
 def write_video(path: str | Path, frames: int = 90, size: tuple[int, int] = (360, 640), fps: int = 30, seed: int = 0,
-                objects: int = 5) -> Path:
-    """An H.264/MPEG-4 clip of objects moving over a photograph, and ``<name>.json`` with each frame's boxes."""
+                objects: int = 5, camera: bool = False) -> Path:
+    """An H.264/MPEG-4 clip of objects moving over a photograph, and ``<name>.json`` with each frame's boxes.
+
+    ``camera``: encoded like a camera's stream, so that decoding costs what a camera's does (a generated clip
+    compresses far better): sensor noise in every frame, a slow pan, a keyframe a second, no B-frames, and a
+    camera's bitrate (3 Mbit/s at 720p30, scaled by pixels and frame rate)."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 10**6])
     h, w = size
-    background = random_background(rng, h, w).astype(np.float32)
+    pan = int(w * CAMERA_PAN) if camera else 0
+    scene = random_background(rng, h, w + pan).astype(np.float32)
     movers = []
     for _ in range(objects):
         class_id = int(rng.integers(0, len(CLASS_NAMES)))
@@ -200,16 +210,20 @@ def write_video(path: str | Path, frames: int = 90, size: tuple[int, int] = (360
         movers.append((class_id, patch, rng.uniform(0, w), rng.uniform(0, h), rng.uniform(-4, 4), rng.uniform(-3, 3)))
     truth = []
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        stream = container.add_stream(codec, rate=fps, options=_camera_encoding(h, w, fps, codec) if camera else {})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for t in range(frames):
-            canvas = background.copy()
+            x0 = round(pan * t / max(1, frames - 1))
+            canvas = scene[:, x0:x0 + w].copy()
             placed = []
             for class_id, patch, x, y, dx, dy in movers:
                 px, py = int((x + dx * t) % (w + patch.size[0])) - patch.size[0] // 2, int((y + dy * t) % (h + patch.size[1])) - patch.size[1] // 2
                 placed.append((class_id, _paste(canvas, patch, px, py)))
             boxes = _visible_boxes(placed, np.zeros((h, w), bool), 0.4)
             truth.append({"frame": t, "boxes": [[b.class_id, b.x1, b.y1, b.x2, b.y2] for b in boxes]})
+            if camera:
+                canvas += rng.normal(0.0, CAMERA_NOISE, canvas.shape).astype(np.float32)
             frame = av.VideoFrame.from_ndarray(np.clip(canvas, 0, 255).astype(np.uint8), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -217,3 +231,10 @@ def write_video(path: str | Path, frames: int = 90, size: tuple[int, int] = (360
             container.mux(packet)
     path.with_suffix(".json").write_text(json.dumps({"classes": list(CLASS_NAMES), "fps": fps, "frames": truth}))
     return path
+
+
+def _camera_encoding(h: int, w: int, fps: int, codec: str) -> dict:
+    """Encoder options of a camera's stream: a keyframe a second, no B-frames, a capped bitrate."""
+    bitrate = max(200_000, int(CAMERA_BITRATE * (h * w * fps) / (720 * 1280 * 30)))
+    options = {"g": str(fps), "bf": "0", "b": str(bitrate), "maxrate": str(bitrate), "bufsize": str(2 * bitrate)}
+    return {**options, "preset": "veryfast"} if codec == "libx264" else options
