@@ -15,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from yolotune.cli_shared import EXIT_FAILURES as EXIT_INPUT_FAILURES
-from yolotune.cli_shared import (EXIT_OK, EXIT_SIGNALS, TRUST_MODEL, LineProgress, console, err, output_file, plain_help,
-                                 output_folder, stop_on_signals, trust_models)
+from yolotune.cli_shared import (EXIT_OK, EXIT_SIGNALS, GPUS_PER_ACTOR, RAY_ACTORS, TRUST_MODEL, LineProgress, console,
+                                 err, output_file, output_folder, plain_help, stop_on_signals, trust_models)
 from yolotune.cli_shared import fail as _fail
 from yolotune.report.terminal import print_predict_summary
 
@@ -83,9 +83,8 @@ def predict(
     json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout.", metavar=""),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (yolotune\\[ray]): local "
                                       "(a cluster on this machine), auto or HEAD:6379 (a running one)."),
-    actors: Optional[int] = typer.Option(None, min=1, help="With --ray: Detector actors (default: one per GPU, else "
-                                         "one per node)."),
-    gpus_per_actor: float = typer.Option(1.0, min=0.01, help="With --ray: GPUs per actor (0.5: two per GPU)."),
+    actors: Optional[int] = RAY_ACTORS,
+    gpus_per_actor: float = GPUS_PER_ACTOR,
     resume: bool = typer.Option(False, "--resume", help="With --ray: skip inputs already in --out's detections.jsonl.",
                                 metavar=""),
     trust_model: bool = TRUST_MODEL,

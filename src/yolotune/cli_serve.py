@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 
 from yolotune.cli_shared import console, EXIT_FAILURES as EXIT_STREAM_FAILURES
-from yolotune.cli_shared import (EXIT_OK, TRUST_MODEL, err, output_file, output_folder, stage_progress, stop_on_signals,
-                                 trust_models)
+from yolotune.cli_shared import (EXIT_OK, GPUS_PER_ACTOR, RAY_ACTORS, TRUST_MODEL, err, output_file, output_folder,
+                                 stage_progress, stop_on_signals, trust_models)
 from yolotune.cli_shared import fail as _fail
 
 
@@ -62,9 +62,8 @@ def run_command(
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Run on Ray (yolotune\\[ray]): local "
                                       "(a cluster on this machine), auto or HEAD:6379 (a running one); streams placed "
                                       "on actors by their measured capacity, moved when one dies."),
-    actors: Optional[int] = typer.Option(None, min=1, help="With --ray: stream actors (default: one per GPU, else one "
-                                         "per node)."),
-    gpus_per_actor: float = typer.Option(1.0, min=0.01, help="With --ray: GPUs per actor (0.5: two per GPU)."),
+    actors: Optional[int] = RAY_ACTORS,
+    gpus_per_actor: float = GPUS_PER_ACTOR,
     capacity_fps: Optional[float] = typer.Option(None, min=0.1, help="With --ray: frames/s each actor takes (default: "
                                                  "plan's figure, measured once per GPU type at the first file "
                                                  "source's size and frame rate, else 1280x720 at 30)."),
@@ -235,9 +234,8 @@ def plan_command(
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Plan a Ray cluster (yolotune\\[ray]): "
                                       "each GPU type measured once, the figures summed, the total verified by "
                                       "running it there; local, auto or HEAD:6379."),
-    actors: Optional[int] = typer.Option(None, min=1, help="With --ray: stream actors (default: one per GPU, else one "
-                                         "per node)."),
-    gpus_per_actor: float = typer.Option(1.0, min=0.01, help="With --ray: GPUs per actor (0.5: two per GPU)."),
+    actors: Optional[int] = RAY_ACTORS,
+    gpus_per_actor: float = GPUS_PER_ACTOR,
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""

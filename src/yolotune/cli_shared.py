@@ -25,6 +25,10 @@ EXIT_OK, EXIT_USAGE, EXIT_FAILURES = 0, 2, 3  # 3: some inputs or streams failed
 EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # stopped by a signal, after writing every output (128 + signal)
 TRUST_ENV = "YOLOTUNE_TRUST_MODEL"  # read by the .pt loader (models/ultralytics.py)
 
+# the Ray options every command with --ray takes
+RAY_ACTORS = typer.Option(None, "--actors", min=1, help="With --ray: actors (default: one per GPU, else one per node).")
+GPUS_PER_ACTOR = typer.Option(1.0, "--gpus-per-actor", min=0.01, help="With --ray: GPUs per actor (0.5: two per GPU).")
+
 TRUST_MODEL = typer.Option(False, "--trust-model", help="Load a .pt even if it asks to run code while unpickling "
                                                         "(only for files from a source you trust).", metavar="")
 

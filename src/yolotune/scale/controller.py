@@ -13,6 +13,7 @@ this is bookkeeping.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -342,10 +343,8 @@ class StreamController:
         with self.lock:
             names = [n for n, e in self.streams.items() if not e.done]
         for name in names:
-            try:
+            with contextlib.suppress(KeyError):  # it ended meanwhile
                 self.remove_stream(name)
-            except KeyError:
-                pass  # it ended meanwhile
         deadline = time.perf_counter() + timeout_s
         while time.perf_counter() < deadline and any(not e.done for e in self.streams.values()):
             time.sleep(self.tick_s)

@@ -95,10 +95,9 @@ def stream_cluster(model: str, overrides: dict, options: RunOptions, cluster: Cl
             ray.get(controller.start.remote(want_metrics))
             yield ray, controller
         finally:
-            try:
+            # a controller that is gone already: Ray ends its actors with the job
+            with contextlib.suppress(ray.exceptions.RayError):
                 ray.get(controller.stop.remote(), timeout=120)
-            except ray.exceptions.RayError:
-                pass  # the controller itself is gone: Ray ends its actors with the job
 
 
 def drive(ray, controller, specs: list[SourceSpec], options: RunOptions, stop: threading.Event | None = None,

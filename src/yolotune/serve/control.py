@@ -10,6 +10,7 @@ runtime, or the Ray controller (scale/). The endpoint listens on 127.0.0.1 unles
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.parse
@@ -68,11 +69,9 @@ class SourcesFileWatcher(threading.Thread):
         wanted = list(dict.fromkeys(lines))
         for line in [t for t in self.running if t not in wanted]:
             name = self.running.pop(line)
-            try:
+            with contextlib.suppress(KeyError):  # it ended meanwhile
                 self.control.remove_stream(name)
                 self.say(f"stream {name} removed ({self.path.name} no longer lists it)")
-            except KeyError:
-                pass  # it ended meanwhile
         for line in [t for t in wanted if t not in self.running]:
             try:
                 name = self.control.add_stream(self.parse(line))
