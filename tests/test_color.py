@@ -109,3 +109,45 @@ def test_prepare_frames_builds_every_batch_size_for_both_slots_without_counting_
         blank = np.zeros((540, 640), np.uint8)  # then the run's frames go through the prepared buffers
         got = det.collect(det.submit_frames([blank] * 3, 1))
         assert len(got) == 3 and det.stats["inputs"] == stats["inputs"] + 3
+
+
+def test_nv12_converts_exactly_as_the_same_pixels_in_i420(frames):
+    from yolotune.ops.color import i420_to_nv12, nv12_to_rgb
+
+    planes = torch.from_numpy(np.stack([p for p, _ in frames]))
+    nv12 = i420_to_nv12(planes)
+    h = planes.shape[1] * 2 // 3
+    assert nv12.shape == planes.shape and torch.equal(nv12[:, :h], planes[:, :h])
+    assert torch.equal(nv12[:, h:, 0::2].reshape(len(frames), -1), planes[:, h : h + h // 4].reshape(len(frames), -1))
+    assert torch.equal(nv12_to_rgb(nv12), i420_to_rgb(planes))
+
+
+def test_one_graph_path_takes_nvdec_frames_and_i420_beside_them(frames):
+    """NVDEC's NV12 pictures (here on the CPU) in the one-graph path, alone and mixed with I420 host frames of the
+    same size (streams decoded on NVDEC and on the CPU in one batch): the detections of the I420 path."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from matching import matched_fraction
+
+    from yolotune import Detector
+    from yolotune.io.nvdec import NV12Picture
+    from yolotune.ops.color import i420_to_nv12
+
+    i420 = [p for p, _ in frames]
+    nv12 = [NV12Picture(i420_to_nv12(torch.from_numpy(p)[None])[0]) for p in i420]
+    rows = lambda ds: [(d.boxes, d.scores, d.class_ids) for d in ds]  # noqa: E731
+    with Detector("default", device="cpu", batch=4) as det:
+        want = det.detect(i420[:8])
+        per_image = det.detect(nv12[:3])  # not one graph: converted frame by frame
+        det.frames.one_graph = True
+        a = det.submit_frames(nv12[:4], 0)
+        b = det.submit_frames([nv12[4], i420[5], nv12[6], i420[7]], 1)
+        got = det.collect(a) + det.collect(b)
+        assert {k[-1] for k in det.frames.buffers} == {"nv12"}
+        assert det.prepare_frames((360, 640), "nv12") > 0
+    assert [d.image_size for d in got] == [(360, 640)] * 8
+    for ref, new in ((want, got), (want[:3], per_image)):
+        frac, total = matched_fraction(rows(ref), rows(new), iou=0.9, score_tol=0.02)
+        assert total > 10 and frac >= 0.98
