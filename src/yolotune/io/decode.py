@@ -37,7 +37,7 @@ class DecodedImage:
 
 
 # An item to decode: its reference and either encoded bytes (None: read the file) or an RGB array (video frame).
-DecodeItem = tuple[InputRef, "bytes | bytearray | np.ndarray | None"]
+DecodeItem = tuple[InputRef, "bytes | bytearray | np.ndarray | torch.Tensor | None"]
 
 
 def read_file(path: str) -> bytearray:
@@ -210,7 +210,7 @@ class ImageDecoder:
 
     def _read_and_probe(self, item: DecodeItem):
         ref, payload = item
-        if isinstance(payload, (ErrorRecord, np.ndarray)):
+        if isinstance(payload, (ErrorRecord, np.ndarray, torch.Tensor)):  # decoded already (video frames)
             return ref, payload, None
         if payload is None:
             try:
@@ -247,6 +247,10 @@ class ImageDecoder:
         if isinstance(payload, ErrorRecord):
             self.stats["errors"] += 1
             return payload
+        if isinstance(payload, torch.Tensor):  # [3, h, w] RGB decoded on the device (NVDEC video frames)
+            self.stats["gpu"] += 1
+            host = payload.permute(1, 2, 0).cpu().numpy() if self.keep_host else None
+            return DecodedImage(ref, payload.to(self.device), host)
         try:
             arr = payload if isinstance(payload, np.ndarray) else decode_with_pil(payload, self.max_pixels)
         except ValueError as e:

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from yolotune.io.stream_specs import SourceSpec
+from yolotune.io.nvdec import NV12Picture
 from yolotune.io.video import CATCH_UP, FrameGap, VideoReader
 
 
@@ -128,6 +129,7 @@ class SourceStatus:
     last_error: str | None = None  # the last error seen, kept after recovery
     lag_s: float = 0.0  # how late the last frame was delivered: behind a real-time file's clock, or since it arrived
     max_lag_s: float = 0.0  # and at worst
+    decoder: str = ""  # where its video is decoded now: "nvdec" (the GPU's engines) or "cpu"
 
     def snapshot(self) -> dict:
         return dataclasses.asdict(self)
@@ -169,7 +171,7 @@ class SourceWorker(threading.Thread):
                  open_timeout_s: float = 10.0, read_timeout_s: float = 10.0, max_retries: int | None = None,
                  backoff: Backoff | None = None, on_event: Callable[..., None] | None = None,
                  pixel_format: str = "rgb24", decoder_threads: int = 0, nice: int = 0, catch_up: int = CATCH_UP,
-                 on_demand: bool = True):
+                 on_demand: bool = True, video_decoder=None):
         super().__init__(name=f"source-{index}-{spec.name}", daemon=True)
         self.index, self.spec, self.queue, self.stop_event = index, spec, queue, stop
         self.timeouts = (open_timeout_s, read_timeout_s)
@@ -191,6 +193,8 @@ class SourceWorker(threading.Thread):
         self.decoder_threads = decoder_threads  # FFmpeg threads for this decoder; 0: FFmpeg's choice (one per core)
         self.nice = nice  # added to this thread's niceness (and its FFmpeg threads'): the engine comes first
         self.catch_up = catch_up
+        # io/nvdec.py's factory: video decoded on NVDEC into device memory (a stream it cannot take, on the CPU)
+        self.video_decoder = video_decoder
         # camera-like: decode only what the queue has room for (io/video.py), so drops cost no decoding
         self.admission = Admission(queue) if on_demand and spec.drops and spec.kind != "folder" else None
 
@@ -292,8 +296,14 @@ class SourceWorker(threading.Thread):
         options = {"rtsp_transport": "tcp"} if spec.uri.startswith("rtsp") else {}
         self._phase = "opening"
         reader = VideoReader(spec.uri, format="v4l2" if spec.kind == "camera" else None, options=options,
-                             timeout=self.timeouts, threads=self.decoder_threads, live=spec.live)
+                             timeout=self.timeouts, threads=self.decoder_threads, live=spec.live,
+                             decoder=self.video_decoder)
         self._phase = "reading"
+        if reader.decoded_on != st.decoder:
+            st.decoder = reader.decoded_on
+            if reader.fallback:  # asked for NVDEC, which cannot take this stream: said once per change
+                self.on_event(self.index, "decoder", f"decoded on the CPU: {reader.fallback}", time.time(),
+                              st.snapshot())
         if spec.realtime and self._pace_from is None:
             self._pace_from = time.perf_counter()
         start = 0
@@ -331,6 +341,8 @@ class SourceWorker(threading.Thread):
         counted[0], counted[1] = received, dropped
 
     def _image(self, picture):
+        if isinstance(picture, NV12Picture):  # decoded on NVDEC: stays on the device
+            return picture
         even = picture.width % 2 == 0 and picture.height % 2 == 0  # I420 needs even sizes
         if self.pictures and even and self.pixel_format == "yuv420p" and picture.format.name == "yuv420p":
             return I420Picture(picture)

@@ -22,6 +22,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
+from yolotune.io.nvdec import NV12Picture, NvdecError, NvdecUnavailable
 from yolotune.types import ErrorRecord, InputRef
 
 CATCH_UP = 8  # decodes spent to reach the newest frame after a hold, before skipping to a keyframe instead
@@ -79,7 +80,8 @@ class VideoReader:
     """One opened video: a file, a URL or a device. Raises what PyAV raises when it cannot be opened."""
 
     def __init__(self, uri: str, format: str | None = None, options: dict | None = None,
-                 timeout: tuple[float, float] | None = None, threads: int = 0, live: bool = False):
+                 timeout: tuple[float, float] | None = None, threads: int = 0, live: bool = False,
+                 decoder=None):
         import av
 
         self.uri, self.live = uri, live
@@ -91,6 +93,14 @@ class VideoReader:
         except Exception:
             self.container.close()
             raise
+        # ``decoder(stream)``: another decoder for the packets (io/nvdec.py's NVDEC); where it cannot take this
+        # stream (NvdecUnavailable), FFmpeg decodes it and ``fallback`` says why
+        self.codec, self.decoded_on, self.fallback = self.stream.codec_context, "cpu", None
+        if decoder is not None:
+            try:
+                self.codec, self.decoded_on = decoder(self.stream), "nvdec"
+            except NvdecUnavailable as e:
+                self.fallback = str(e)
         self.stream.thread_type = "AUTO"  # FFmpeg frame threads; PyAV releases the GIL while decoding
         if threads > 0:
             self.stream.codec_context.thread_count = threads
@@ -100,6 +110,7 @@ class VideoReader:
         self.duration_s = 0.0  # from the first frame to the end of the last one (for the next pass of a loop)
 
     def close(self) -> None:
+        self.codec = None  # an NVDEC session ends with its stream
         self.container.close()
 
     def __enter__(self) -> "VideoReader":
@@ -234,12 +245,12 @@ class VideoReader:
         import av
 
         out: list[VideoFrame | FrameGap] = []
-        codec = self.stream.codec_context
+        codec = self.codec
         for packet in packets:
             try:
                 pictures = codec.decode(packet)
-            except av.FFmpegError as e:
-                if self.live and not isinstance(e, av.error.InvalidDataError):
+            except (av.FFmpegError, NvdecError) as e:
+                if self.live and isinstance(e, av.FFmpegError) and not isinstance(e, av.error.InvalidDataError):
                     raise
                 self.stats.errors += 1
                 self._errors_since += 1
@@ -300,11 +311,12 @@ def video_frame_count(path: str) -> int | None:
         return None
 
 
-def iter_video_frames(path: str) -> Iterator[tuple[InputRef, np.ndarray] | ErrorRecord]:
+def iter_video_frames(path: str, decoder=None) -> Iterator[tuple[InputRef, object] | ErrorRecord]:
     """Decoded RGB frames of the first video stream, numbered by their timestamps; frames that could not be decoded
-    (damage, truncation) come back as ErrorRecords in their place, and the frames after them still come."""
+    (damage, truncation) come back as ErrorRecords in their place, and the frames after them still come. Frames are
+    [h, w, 3] uint8 arrays, or with ``decoder`` (io/nvdec.py's factory) [3, h, w] uint8 tensors on its device."""
     try:
-        reader = VideoReader(path)
+        reader = VideoReader(path, decoder=decoder)
     except NoVideoStream as e:
         yield ErrorRecord(InputRef(path), str(e), "read")
         return
@@ -318,6 +330,15 @@ def iter_video_frames(path: str) -> Iterator[tuple[InputRef, np.ndarray] | Error
                 yield ErrorRecord(InputRef(path, item.first), item.message, "decode")
                 continue
             delivered += 1
-            yield InputRef(path, item.index, item.time), item.picture.to_ndarray(format="rgb24")
+            yield InputRef(path, item.index, item.time), rgb_picture(item.picture)
     if not delivered and not reader.stats.gaps:
         yield ErrorRecord(InputRef(path), "video has no decodable frames", "decode")
+
+
+def rgb_picture(picture):
+    """A decoded picture as RGB: PyAV's as a [h, w, 3] array, NVDEC's NV12 as a [3, h, w] tensor where it is."""
+    if isinstance(picture, NV12Picture):
+        from yolotune.ops.color import nv12_to_rgb
+
+        return nv12_to_rgb(picture.planes[None])[0]
+    return picture.to_ndarray(format="rgb24")

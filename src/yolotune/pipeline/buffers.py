@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from yolotune.io.decode import DecodedImage
+from yolotune.io.nvdec import is_nv12
 from yolotune.ops.letterbox import geometry_tensor, letterbox_geometry
 from yolotune.types import ErrorRecord
 
@@ -64,15 +65,18 @@ class FrameBuffers:
     """The one-graph path for in-memory frames of one shape: pinned staging -> device frames -> model input ->
     pinned outputs. ``graph`` replays (I420 -> RGB,) letterbox, model, NMS and copy-back on these tensors.
 
-    ``layout`` "rgb": frames [bucket, h, w, 3]; "i420": PyAV's yuv420p planes [bucket, h * 3 / 2, w]. ``hw`` is the
-    picture's size either way. Duck-types a Slot for ``Detector.collect`` (host_dets, host_counts, done)."""
+    ``layout`` "rgb": frames [bucket, h, w, 3]; "i420": PyAV's yuv420p planes [bucket, h * 3 / 2, w]; "nv12":
+    NVDEC's planes [bucket, h * 3 / 2, w / 2, 2] (the chroma rows' U, V pairs; the shape tells the graph's step it is
+    NV12). ``hw`` is the picture's size in each. Duck-types a Slot for ``Detector.collect`` (host_dets, host_counts, done)."""
 
     def __init__(self, bucket: int, hw: tuple[int, int], canvas: tuple[int, int], slot: Slot, device: torch.device,
                  layout: str = "rgb"):
-        shape = (bucket, *hw, 3) if layout == "rgb" else (bucket, hw[0] * 3 // 2, hw[1])
+        shape = {"rgb": (bucket, *hw, 3), "i420": (bucket, hw[0] * 3 // 2, hw[1]),
+                 "nv12": (bucket, hw[0] * 3 // 2, hw[1] // 2, 2)}[layout]
         pin = device.type == "cuda"
         self.layout = layout
-        self.staging = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+        # NV12 frames are on the device already (NVDEC): no host staging
+        self.staging = None if layout == "nv12" else torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
         self.frames = torch.empty(shape, dtype=torch.uint8, device=device)
         self.inputs = slot.input(canvas)[:bucket]
         self.geometry = geometry_tensor([letterbox_geometry(hw, canvas)] * bucket, bucket, device)
@@ -88,7 +92,12 @@ class FrameBuffers:
 
 
 def frame_layout(frames: Sequence) -> str | None:
-    """"rgb" or "i420" when every frame is a host array of that layout and one shape (the one-graph path), else None."""
+    """"rgb" or "i420" when every frame is a host array of that layout and one shape, "nv12" when NVDEC pictures
+    (and I420 host arrays, decoded on the CPU beside them) have one shape (the one-graph path), else None."""
+    if frames and any(is_nv12(f) for f in frames):  # I420 host frames beside them are converted as they upload
+        nv12_or_i420 = all(is_nv12(f) or (isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.ndim == 2)
+                           for f in frames)
+        return "nv12" if nv12_or_i420 and len({tuple(f.shape) for f in frames}) == 1 else None
     if not frames or not all(isinstance(f, np.ndarray) and f.dtype == np.uint8 for f in frames):
         return None
     if len({f.shape for f in frames}) != 1:
@@ -101,7 +110,7 @@ def frame_layout(frames: Sequence) -> str | None:
     return None
 
 
-def picture_hw(frame: np.ndarray, layout: str) -> tuple[int, int]:
+def picture_hw(frame, layout: str) -> tuple[int, int]:
     return (frame.shape[0], frame.shape[1]) if layout == "rgb" else (frame.shape[0] * 2 // 3, frame.shape[1])
 
 

@@ -1,8 +1,9 @@
 """In-memory frames: ``detect`` (synchronous, lowest latency) and ``submit_frames`` (two batches in flight, for
 ``run``'s stream runtime), on a pipeline's BatchStages.
 
-Same-size host frames (RGB or I420) take one CUDA graph: upload, colour conversion, letterbox, model, NMS and the
-copy-back. Other frames (tensors, mixed sizes, the CPU) go through the stages one by one.
+Same-size frames (host RGB or I420, NVDEC's NV12 on the device) take one CUDA graph: upload, colour conversion,
+letterbox, model, NMS and the copy-back. Other frames (tensors, mixed sizes, the CPU) go through the stages one by
+one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 from yolotune.engine.cuda_graph import CudaGraphCache
 from yolotune.io.decode import DecodedImage
-from yolotune.ops.color import i420_to_rgb, is_i420
+from yolotune.io.nvdec import NV12Picture, is_nv12
+from yolotune.ops.color import i420_to_nv12, i420_to_rgb, is_i420, nv12_to_rgb
 from yolotune.ops.letterbox import letterbox_batch
 from yolotune.pipeline.buffers import Batch, FrameBuffers, copy_all, frame_layout, host_tensor, is_page_locked, picture_hw
 from yolotune.pipeline.stages import BatchStages
@@ -39,9 +41,14 @@ class FramePath:
         self.busy = lambda: False  # set by the Detector: whether predict() holds the slots
 
     def _frame_step(self, fb_frames, fb_inputs, fb_geometry, fb_host_dets, fb_host_counts):
-        """In-memory frames in one graph: (I420 -> RGB,) letterbox, model, NMS, D2H into pinned memory (all static
-        buffers). I420 frames are [B, h * 3 / 2, w], RGB ones [B, h, w, 3]."""
-        rgb = i420_to_rgb(fb_frames) if fb_frames.ndim == 3 else fb_frames.permute(0, 3, 1, 2)
+        """In-memory frames in one graph: (I420 or NV12 -> RGB,) letterbox, model, NMS, D2H into pinned memory (all
+        static buffers). I420 frames are [B, h * 3 / 2, w], NV12 ones [B, h * 3 / 2, w / 2, 2], RGB ones [B, h, w, 3]."""
+        if fb_frames.ndim == 3:
+            rgb = i420_to_rgb(fb_frames)
+        elif fb_frames.shape[-1] == 2:
+            rgb = nv12_to_rgb(fb_frames.flatten(2))
+        else:
+            rgb = fb_frames.permute(0, 3, 1, 2)
         letterbox_batch(list(rgb), fb_inputs)
         dets, counts = self.stages.detect_step(fb_inputs, fb_geometry)
         fb_host_dets.copy_(dets, non_blocking=True)
@@ -61,7 +68,7 @@ class FramePath:
                 if layout is not None:
                     out.extend(self._detect_in_one_graph(chunk, start, layout))
                     continue
-                if any(is_i420(f) for f in chunk):
+                if any(is_i420(f) or is_nv12(f) for f in chunk):
                     chunk = self._rgb_from_i420(chunk)  # on the compute stream, ahead of the batch that reads them
                 images = [DecodedImage(InputRef(f"<frame {start + i}>"), self._to_device(f)) for i, f in enumerate(chunk)]
                 slot = s.direct_slot
@@ -85,7 +92,7 @@ class FramePath:
         target = s.slots[slot]
         stream_ctx = torch.cuda.stream(s.decode_stream) if s.decode_stream is not None else contextlib.nullcontext()
         with stream_ctx:
-            if any(is_i420(f) for f in frames):
+            if any(is_i420(f) or is_nv12(f) for f in frames):
                 frames = self._rgb_from_i420(frames)
             images = [DecodedImage(InputRef(f"<frame {i}>"), self._to_device(f)) for i, f in enumerate(frames)]
             batch = Batch(list(range(len(images))), images, target, s.bucket(len(images)))
@@ -103,7 +110,10 @@ class FramePath:
         t0 = time.perf_counter()
         stats, timings = dict(s.stats), copy.deepcopy(s.timings)  # blank frames are not work done
         h, w = hw
-        blank = np.zeros((h * 3 // 2, w) if layout == "i420" else (h, w, 3), np.uint8)
+        if layout == "nv12":
+            blank = NV12Picture(torch.zeros((h * 3 // 2, w), dtype=torch.uint8, device=s.device))
+        else:
+            blank = np.zeros((h * 3 // 2, w) if layout == "i420" else (h, w, 3), np.uint8)
         for b in s.buckets:
             pending = [self._submit_in_one_graph([blank] * b, slot, layout) for slot in (0, 1)]
             for batch in pending:
@@ -181,6 +191,9 @@ class FramePath:
         chunk's DMA starts while the next chunk is copied. "pageable": one synchronous copy straight from the
         user's memory (the driver stages it at the single-thread memcpy rate; benchmarks/e2e.py compares them).
         """
+        if fb.layout == "nv12":
+            self._upload_nv12(frames, fb)
+            return
         if self.upload_mode == "pinned":
             direct: tuple[list, list] = ([], [])
             for i, f in enumerate(frames):
@@ -201,15 +214,33 @@ class FramePath:
             for i, f in enumerate(frames):
                 fb.frames[i].copy_(host_tensor(f))
 
+    def _upload_nv12(self, frames: Sequence, fb: FrameBuffers) -> None:
+        """NVDEC's frames device to device (ready to read: io/nvdec.py); I420 host frames decoded on the CPU beside
+        them uploaded, then their chroma planes interleaved into NV12."""
+        rows, w = fb.frames.shape[1], fb.frames.shape[2] * 2
+        device = fb.frames.device
+        nv12 = [i for i, f in enumerate(frames) if is_nv12(f)]
+        copy_all([fb.frames[i] for i in nv12], [frames[i].planes.view(rows, w // 2, 2).to(device) for i in nv12])
+        host = [i for i, f in enumerate(frames) if not is_nv12(f)]
+        if host:
+            planes = torch.stack([host_tensor(frames[i]) for i in host])
+            if device.type == "cuda":
+                planes = planes.pin_memory().to(device, non_blocking=True)
+            for i, converted in zip(host, i420_to_nv12(planes)):
+                fb.frames[i].copy_(converted.view(rows, w // 2, 2))
+
     # ------------------------------------------------------------------------------------------ per image
     def _rgb_from_i420(self, frames: Sequence) -> list:
-        """I420 frames -> [3, h, w] RGB tensors where preprocessing runs (one upload and conversion per frame size)."""
+        """I420 and NV12 frames -> [3, h, w] RGB tensors where preprocessing runs (one upload and conversion per I420
+        frame size)."""
         s = self.stages
         out = list(frames)
         target = s.device if s.preprocess == "gpu" else torch.device("cpu")
         groups: dict[tuple, list[int]] = {}
         for i, f in enumerate(frames):
-            if is_i420(f):
+            if is_nv12(f):  # on the device already (NVDEC)
+                out[i] = nv12_to_rgb(f.planes[None])[0].to(target)
+            elif is_i420(f):
                 groups.setdefault(tuple(f.shape), []).append(i)
         for idx in groups.values():
             planes = torch.stack([host_tensor(frames[i]) if isinstance(frames[i], np.ndarray) else frames[i] for i in idx])

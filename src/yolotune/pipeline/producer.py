@@ -97,7 +97,7 @@ class BatchProducer:
                 ref = InputRef(item.path)
                 yield ref, ErrorRecord(ref, item.error or "bad input", "read")
             elif item.kind == "video":
-                for frame in iter_video_frames(item.path):
+                for frame in iter_video_frames(item.path, self.stages.video_decoder):
                     yield (frame.source, frame) if isinstance(frame, ErrorRecord) else frame
             else:
                 yield InputRef(item.path), None

@@ -17,6 +17,7 @@ import torch
 from yolotune.engine import PRECISIONS, build_engine
 from yolotune.engine.cuda_graph import CudaGraphCache
 from yolotune.io.decode import DecodedImage, ImageDecoder
+from yolotune.io.nvdec import video_decoder_for
 from yolotune.models import LoadedModel
 from yolotune.ops.letterbox import canvas_shape, geometry_tensor, letterbox_batch
 from yolotune.ops.nms import triton_available
@@ -78,6 +79,8 @@ class BatchStages:
         self.decoder = ImageDecoder(decode_device, workers=options.workers, gpu_decode=options.gpu_decode,
                                     keep_host=options.return_images, max_pixels=options.max_image_pixels)
         self.return_images = options.return_images
+        # videos: NVDEC's decoder where asked or (auto) usable, frames staying on the device; None: FFmpeg
+        self.video_decoder = video_decoder_for(options.video_decode, self.device if self.preprocess == "gpu" else None)
         cuda = self.device.type == "cuda"
         # The graph holds NMS too, which needs the fixed-shape Triton kernels (torchvision's NMS is dynamic).
         self.uses_cuda_graph = (cuda and options.cuda_graph and self.engine.graph_capturable and triton_available()
