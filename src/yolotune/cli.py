@@ -15,8 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from yolotune.cli_shared import EXIT_FAILURES as EXIT_INPUT_FAILURES
-from yolotune.cli_shared import (EXIT_OK, EXIT_SIGNALS, GPUS_PER_ACTOR, RAY_ACTORS, TRUST_MODEL, LineProgress, console,
-                                 err, output_file, output_folder, plain_help, stop_on_signals, trust_models)
+from yolotune.cli_shared import (EXIT_OK, EXIT_SIGNALS, GPUS_PER_ACTOR, RAY_ACTORS, TRUST_MODEL, VIDEO_DECODE,
+                                 LineProgress, console, err, output_file, output_folder, plain_help, stop_on_signals,
+                                 trust_models)
 from yolotune.cli_shared import fail as _fail
 from yolotune.report.terminal import print_predict_summary
 
@@ -68,6 +69,7 @@ def predict(
                                         "(default: on, except for compiled engines, where each canvas is a compile).", metavar=""),
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on).", metavar=""),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA.", metavar=""),
+    video_decode: str = VIDEO_DECODE,
     compile: Optional[str] = typer.Option(None, help="Compile the model: inductor (torch.compile), aoti (AOTInductor, "
                                           "packaged and cached on disk; load-checked in a child process first: "
                                           "its loader can crash), none."),
@@ -102,7 +104,7 @@ def predict(
         # options left unset are not passed, so an artifact's tuned values (batch, precision, graph) apply
         unset = dict(half=half, batch=batch, imgsz=imgsz, cuda_graph=cuda_graph, workers=workers, class_bias=class_bias,
                      end2end=end2end, compile=compile, rect=rect)
-        overrides = dict(device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode,
+        overrides = dict(device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode, video_decode=video_decode,
                          preprocess=preprocess, agnostic=agnostic, return_images=bool({"images", "video"} & set(formats)),
                          seed=seed, max_image_pixels=max_image_pixels, **{k: v for k, v in unset.items() if v is not None})
         if ray is not None:

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 
 from yolotune.cli_shared import console, EXIT_FAILURES as EXIT_STREAM_FAILURES
-from yolotune.cli_shared import (EXIT_OK, GPUS_PER_ACTOR, RAY_ACTORS, TRUST_MODEL, err, output_file, output_folder,
-                                 stage_progress, stop_on_signals, trust_models)
+from yolotune.cli_shared import (EXIT_OK, GPUS_PER_ACTOR, RAY_ACTORS, TRUST_MODEL, VIDEO_DECODE, err, output_file,
+                                 output_folder, stage_progress, stop_on_signals, trust_models)
 from yolotune.cli_shared import fail as _fail
 
 
@@ -48,6 +48,12 @@ def run_command(
                                               "machine with 8+ cores)."),
     decoder_processes: Optional[int] = typer.Option(None, min=1, help="How many decoder processes (default: one per "
                                                                      "core but two, at most one per source)."),
+    video_decode: str = VIDEO_DECODE,
+    nvdec_streams: Optional[int] = typer.Option(None, min=0, help="Streams NVDEC decodes at most (plan's figure); the "
+                                                "rest are decoded on the CPU at the same time (default: every stream "
+                                                "NVDEC can take)."),
+    nvdec_processes: Optional[int] = typer.Option(None, min=1, help="Decoder processes for NVDEC's streams (default: "
+                                                  "a third of the cores, at most one per stream)."),
     runtime_cores: int = typer.Option(2, min=0, help="Cores kept free of decoder processes for the engine thread "
                                                      "and sinks (0: decoders may use every core; ignored where fewer "
                                                      "than 4 would be left to decoders)."),
@@ -100,7 +106,8 @@ def run_command(
                       open_timeout_s=timeout, read_timeout_s=timeout,
                       max_retries=max_retries, pixel_format=pixel_format, decoders=decoders,
                       decoder_processes=decoder_processes, runtime_cores=runtime_cores,
-                      keep_running=watch or control_port is not None)
+                      keep_running=watch or control_port is not None, video_decode=video_decode,
+                      nvdec_streams=nvdec_streams, nvdec_processes=nvdec_processes)
     # the streams the sources file started, by its lines: what --watch compares its next version with
     started = {line: spec.name for line, spec in zip(texts[len(source):], specs[len(source):])}
     control = _stream_control(sources_file if watch else None, started, parse, control_port, control_host)
@@ -331,7 +338,9 @@ def print_plan(r: dict, console: Console) -> None:
     mib = lambda b: f"{b / 2**20:.1f} MiB" if b else "n/a"  # noqa: E731
     why = {"compute": f"{r['frames_per_s']:.0f} frames/s at batch {r['batch']}",
            "decode": f"{r['host_pipeline_fps'] or 0:.0f} frames/s decoded and handed over by {r['decode_cores']} cores "
-                     f"({r['decode_fps_per_core']:.0f} on one)",
+                     f"({r['decode_fps_per_core']:.0f} on one)" + (
+                         f" + {r['nvdec']['frames_per_s']:.0f} on NVDEC ({r['nvdec']['engines']} engines)"
+                         if r.get("nvdec") else ""),
            "host_memory": f"{mib(r['host_bytes_per_stream'])} per stream, 80% of {mib(r['total_host_bytes'])}",
            "device_memory": f"{mib(r['device_bytes_per_stream'])} per stream, 80% of {mib(r['total_device_bytes'])}"}
     for k, v in r["limits"].items():
@@ -347,6 +356,9 @@ def print_plan(r: dict, console: Console) -> None:
                       f"({why[fit['bound_by']]})[/]")
     for note in r.get("notes", []):
         console.print(f"note: {note}")
+    if r.get("nvdec"):
+        console.print(f"NVDEC takes {r['nvdec']['streams']} such streams (run --nvdec-streams "
+                      f"{r['nvdec']['streams']}); the rest are decoded on the CPU")
     for v in r.get("verification", []):
         console.print(f"{verification_line(v)}, mean batch {v['mean_batch']:.1f}, host memory after warm-up "
                       f"{v['host_rss_growth_mib'] or 0:+.0f} MiB")

@@ -26,6 +26,9 @@ EXIT_SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # stopped by a signal, after wri
 TRUST_ENV = "YOLOTUNE_TRUST_MODEL"  # read by the .pt loader (models/ultralytics.py)
 
 # the Ray options every command with --ray takes
+VIDEO_DECODE = typer.Option("auto", help="Where video is decoded: nvdec (the GPU's NVDEC engines, yolotune\\[nvdec]; "
+                            "frames stay in GPU memory), cpu (FFmpeg), auto (NVDEC where the GPU and the extra have it; "
+                            "what NVDEC cannot take is decoded on the CPU).")
 RAY_ACTORS = typer.Option(None, "--actors", min=1, help="With --ray: actors (default: one per GPU, else one per node).")
 GPUS_PER_ACTOR = typer.Option(1.0, "--gpus-per-actor", min=0.01, help="With --ray: GPUs per actor (0.5: two per GPU).")
 

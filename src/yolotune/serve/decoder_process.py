@@ -1,7 +1,9 @@
 """What runs inside a decoder process (serve/decoders.py starts them): its sources as SourceWorker threads, each
 frame copied into a slot of its stream's shared-memory ring, a small message per frame to the runtime.
 
-Imports no torch: a decoder process must not pay for it (about 2 s and 300 MB each).
+A CPU decoder process imports no torch: it must not pay for it (about 2 s and 300 MB each). An NVDEC decoder process
+(``nvdec_device`` set) does: its streams are decoded on the GPU's NVDEC engines, and each frame is copied into a slot
+of its stream's ring in device memory, which the runtime maps once through CUDA IPC; no frame crosses the host.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from yolotune.io.nvdec import NV12Picture
 from yolotune.io.stream_specs import SourceSpec
 from yolotune.io.streams import Backoff, SourceStatus, SourceWorker, StreamFrame
 
@@ -35,6 +38,8 @@ class DecoderOptions:
     queue_size: int = 8  # a camera-like stream's queue in the runtime: what its decoder may have waiting there
     on_demand: bool = True  # camera-like streams decode only what their queue has room for
     keep_running: bool = False  # streams come and go: the process lives until the runtime says stop
+    nvdec_device: int | None = None  # decode on this GPU's NVDEC engines into device rings (io/nvdec.py)
+    device_slots: int = 8  # slots of a device ring (NV12 frames in GPU memory: fewer than a host ring's)
 
 
 COUNTER_BLOCK = 256  # streams per block of shared counters (serve/decoders.py StreamCounters)
@@ -70,12 +75,45 @@ class _Ring:
             self.shm.unlink()
 
 
+class _DeviceRing:
+    """One stream's slots in device memory (NVDEC processes): NV12 frames, shared once with the runtime through CUDA
+    IPC (torch's reduction of the tensor, sent over the pipe); freed when the runtime no longer reads it."""
+
+    count = 0
+
+    def __init__(self, slots: int, shape: tuple[int, int], device: int, send, stream: int):
+        import torch
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        _DeviceRing.count += 1
+        self.name = f"nvdec-{os.getpid()}-{stream}-{_DeviceRing.count}"
+        self.shape = tuple(shape)
+        self.nbytes = int(np.prod(shape))
+        self.tensor = torch.empty((slots, *shape), dtype=torch.uint8, device=f"cuda:{device}")
+        self.copies = torch.cuda.Stream(self.tensor.device)
+        self.free: queue.Queue[int] = queue.Queue()
+        for k in range(slots):
+            self.free.put(k)
+        send(("device_ring", stream, self.name, reduce_tensor(self.tensor)))
+
+    def write(self, k: int, planes) -> None:
+        import torch
+
+        with torch.cuda.stream(self.copies):
+            self.tensor[k].copy_(planes)
+        self.copies.synchronize()  # in the slot before the runtime hears of it
+
+    def close(self) -> None:
+        self.tensor = None
+
+
 class _SlotWriter:
     """What a SourceWorker puts frames into, in a decoder process: a ring slot and a message to the runtime."""
 
     def __init__(self, stream: int, slots: int, send, rings: dict, premade: tuple[str, int] | None = None,
-                 capacity: int = 8, left=None, limit=None):
+                 capacity: int = 8, left=None, limit=None, device: int | None = None, device_slots: int = 8):
         self.stream, self.slots, self.send, self.rings = stream, slots, send, rings
+        self.device, self.device_slots = device, device_slots  # NVDEC processes: the GPU of the device rings
         self.premade = premade  # (name, frame bytes) of the ring the runtime made for this stream
         self.ring: _Ring | None = None
         self.old: list[_Ring] = []  # rings of an earlier frame size, kept until the process ends
@@ -96,13 +134,22 @@ class _SlotWriter:
     takes_pictures = True  # I420 frames arrive as I420Picture: their planes are copied once, into the slot
 
     def put(self, frame: StreamFrame, stop: threading.Event | None = None) -> bool:
-        image = frame.image if hasattr(frame.image, "write_into") else np.ascontiguousarray(frame.image)
-        if self.ring is None or self.ring.nbytes != image.nbytes:
+        on_device = isinstance(frame.image, NV12Picture)  # decoded on NVDEC: into a device ring
+        if on_device:
+            image = frame.image
+        else:
+            image = frame.image if hasattr(frame.image, "write_into") else np.ascontiguousarray(frame.image)
+        kind = (_DeviceRing, tuple(image.shape)) if on_device else (_Ring, image.nbytes)
+        if self.ring is None or (type(self.ring), getattr(self.ring, "shape", self.ring.nbytes)) != kind:
             if self.ring is not None:
                 self.old.append(self.ring)
-            name = self.premade[0] if self.premade and self.premade[1] == image.nbytes else None
-            self.premade = None
-            self.ring = self.rings[self.stream] = _Ring(self.slots, image.nbytes, name)
+            if on_device:
+                self.ring = _DeviceRing(self.device_slots, image.shape, self.device, self.send, self.stream)
+            else:
+                name = self.premade[0] if self.premade and self.premade[1] == image.nbytes else None
+                self.premade = None
+                self.ring = _Ring(self.slots, image.nbytes, name)
+            self.rings[self.stream] = self.ring
         while True:  # block until the runtime gives a slot back (files never drop; live ones are dropped there)
             try:
                 k = self.ring.free.get(timeout=0.1)
@@ -110,15 +157,18 @@ class _SlotWriter:
             except queue.Empty:
                 if stop is not None and stop.is_set():
                     return False
-        view = np.ndarray(image.shape, image.dtype, buffer=self.ring.shm.buf, offset=k * self.ring.nbytes)
-        if hasattr(image, "write_into"):
-            image.write_into(view)
+        if on_device:
+            self.ring.write(k, image.planes)
         else:
-            view[...] = image
+            view = np.ndarray(image.shape, image.dtype, buffer=self.ring.shm.buf, offset=k * self.ring.nbytes)
+            if hasattr(image, "write_into"):
+                image.write_into(view)
+            else:
+                view[...] = image
         st = self.status or SourceStatus()
         self.sent += 1
-        self.send(("frame", self.stream, self.ring.shm.name, k, image.shape, frame.index, frame.decoded_at, frame.pts,
-                   frame.captured_at, st.lag_s, st.max_lag_s, st.received, st.dropped))
+        self.send(("frame", self.stream, ring_name(self.ring), k, tuple(image.shape), frame.index, frame.decoded_at,
+                   frame.pts, frame.captured_at, st.lag_s, st.max_lag_s, st.received, st.dropped))
         return True
 
     def close(self) -> None:
@@ -127,9 +177,13 @@ class _SlotWriter:
         self.send(("closed", self.stream))
 
 
+def ring_name(ring) -> str:
+    return ring.name if isinstance(ring, _DeviceRing) else ring.shm.name
+
+
 # what a decoder process is given per stream: (stream, spec, premade ring (name, frame bytes) or None, counters
-# (block name, offset in it))
-Assignment = tuple[int, SourceSpec, "tuple[str, int] | None", "tuple[str, int] | None"]
+# (block name, offset in it), whether NVDEC decodes it)
+Assignment = tuple[int, SourceSpec, "tuple[str, int] | None", "tuple[str, int] | None", bool]
 
 
 def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOptions) -> None:
@@ -150,6 +204,14 @@ def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOpti
                 pass
     send_lock = threading.Lock()
     stop = threading.Event()
+    video_decoder = None
+    if opt.nvdec_device is not None:  # this process decodes on NVDEC (and imports torch for it)
+        import torch
+
+        from yolotune.io.nvdec import nvdec_factory
+
+        torch.cuda.set_device(opt.nvdec_device)
+        video_decoder = nvdec_factory(torch.device("cuda", opt.nvdec_device))
 
     def send(msg) -> None:
         with send_lock:
@@ -166,20 +228,21 @@ def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOpti
     lock = threading.Lock()
     ending = threading.Event()  # sources stop: the runtime said stop, or every source ended
 
-    def start(index: int, spec: SourceSpec, premade, counters) -> None:
+    def start(index: int, spec: SourceSpec, premade, counters, on_nvdec: bool = False) -> None:
         left = limit = None
         if counters is not None:
             name, offset = counters
             if name not in blocks:
                 blocks[name] = attach_ring(name)
             left, limit = counter_views(blocks[name].buf, offset)
-        w = _SlotWriter(index, opt.slots, send, rings, premade, opt.queue_size, left, limit)
+        w = _SlotWriter(index, opt.slots, send, rings, premade, opt.queue_size, left, limit, opt.nvdec_device,
+                        opt.device_slots)
         own_stop = threading.Event()  # this source's alone: set when it is removed, or when all end
         worker = SourceWorker(index, spec, w, own_stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
                               Backoff(opt.backoff_base_s, opt.backoff_cap_s),
                               on_event=lambda i, state, message, when, snap: send(("event", i, state, message, when, snap)),
                               pixel_format=opt.pixel_format, decoder_threads=opt.decoder_threads,
-                              on_demand=opt.on_demand)
+                              on_demand=opt.on_demand, video_decoder=video_decoder if on_nvdec else None)
         w.status = worker.status
         with lock:
             if ending.is_set():
@@ -195,13 +258,13 @@ def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOpti
             for w in [writers.get(stream), *retired]:
                 if w is None:
                     continue
-                if w.ring is not None and w.ring.shm.name == name:
+                if w.ring is not None and ring_name(w.ring) == name:
                     w.ring.close()
                     w.ring = None
-                for ring in [r for r in w.old if r.shm.name == name]:
+                for ring in [r for r in w.old if ring_name(r) == name]:
                     ring.close()
                     w.old.remove(ring)
-            if stream in rings and rings[stream].shm.name == name:
+            if stream in rings and ring_name(rings[stream]) == name:
                 del rings[stream]
 
     def end_sources() -> None:
@@ -219,7 +282,7 @@ def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOpti
             if msg[0] == "free":
                 for stream, name, k in msg[1]:
                     ring = rings.get(stream)
-                    if ring is not None and ring.shm.name == name:
+                    if ring is not None and ring_name(ring) == name:
                         ring.free.put(k)
             elif msg[0] == "add":
                 start(*msg[1])

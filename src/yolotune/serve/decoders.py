@@ -16,6 +16,7 @@ without a message; frames dropped oldest-first by the runtime's FrameQueue free 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -26,6 +27,7 @@ from multiprocessing import connection, shared_memory
 import numpy as np
 
 from yolotune.interpreter import usable_cores
+from yolotune.io.nvdec import NV12Picture
 from yolotune.io.stream_specs import SourceSpec
 from yolotune.io.streams import SourceStatus, StreamFrame
 from yolotune.serve.decoder_process import DecoderOptions, attach_ring, decoder_main, frame_nbytes
@@ -74,14 +76,18 @@ class DecoderPool:
     shared slots, handed back by ``release``), and keeps each RemoteSource's status."""
 
     def __init__(self, specs: list[SourceSpec], queues: list[FrameQueue], stop: threading.Event, opt: DecoderOptions,
-                 on_event, processes: int | None = None, pin=None):
+                 on_event, processes: int | None = None, pin=None, nvdec_processes: int = 0,
+                 nvdec_device: int | None = None):
         # the runtime's list of queues, by stream: a stream added later (add) has its queue appended there first
         self.queues, self.stop_event, self.on_event = queues, stop, on_event
         # pin(buffer) -> unpin or None: page-locks each ring once attached, so the engine DMAs frames straight from
         # the slots (no copy in this process); then a slot is given back only once its batch is collected
         self.pin = pin
         self.sources: list[RemoteSource] = []
-        n = processes or decoder_processes(len(specs))
+        n = processes if processes is not None else decoder_processes(len(specs))
+        # the last nvdec_processes processes decode on NVDEC into device rings (serve/decoder_process.py)
+        m = nvdec_processes if nvdec_device is not None else 0
+        self.nvdec_procs = set(range(n, n + m))
         ctx = mp.get_context("spawn")  # the runtime has CUDA and threads: never fork it
         self.slots = opt.slots
         # per stream: the frames that left its queue (read by its decoder process: Admission) and the limit its
@@ -89,19 +95,23 @@ class DecoderPool:
         self.counters = StreamCounters()
         self.procs, self.out_conns, self.in_conns, self.owner = [], [], [], {}
         # per process: the streams it starts with (a list it gets when it starts, so make_rings can fill it in)
-        self._assigned: list[list] = [[] for _ in range(n)]
-        self._load = [0] * n  # streams each process decodes now
+        self._assigned: list[list] = [[] for _ in range(n + m)]
+        self._load = [0] * (n + m)  # streams each process decodes now
         for i, spec in enumerate(specs):
             p, item = self._register(i, spec)
             self._assigned[p].append(item)
-        for p in range(n):
+        for p in range(n + m):
             recv_end, send_end = ctx.Pipe(duplex=False)
             child_recv, runtime_send = ctx.Pipe(duplex=False)
-            self.procs.append(ctx.Process(target=decoder_main, args=(self._assigned[p], send_end, child_recv, opt),
-                                          name=f"yolotune-decoder-{p}", daemon=True))
+            popt = dataclasses.replace(opt, nvdec_device=nvdec_device if p in self.nvdec_procs else None)
+            kind = "nvdec" if p in self.nvdec_procs else "decoder"
+            self.procs.append(ctx.Process(target=decoder_main, args=(self._assigned[p], send_end, child_recv, popt),
+                                          name=f"yolotune-{kind}-{p}", daemon=True))
             self.out_conns.append(recv_end)
             self.in_conns.append(runtime_send)
         self._attached: dict[str, shared_memory.SharedMemory] = {}
+        self._device_rings: dict[str, object] = {}  # NVDEC processes' rings in device memory, mapped once (CUDA IPC)
+        self.device_ring_bytes = 0
         self._owned: list[str] = []  # rings made here (make_rings): unlinked here
         self._unpin: dict[str, object] = {}
         self.ledger = RingLedger()  # which rings still hold frames: those of streams that ended are given back
@@ -116,29 +126,31 @@ class DecoderPool:
         self._started = False
         self._receiver = threading.Thread(target=self._receive, name="yolotune-decoders", daemon=True)
 
-    def _register(self, i: int, spec: SourceSpec) -> tuple[int, tuple]:
-        """Stream ``i`` (its queue already in ``queues``): its counters, its process (the least busy; the one it had,
-        if it comes back), its RemoteSource. Returns the process and what that process is given."""
+    def _register(self, i: int, spec: SourceSpec, nvdec: bool = False) -> tuple[int, tuple]:
+        """Stream ``i`` (its queue already in ``queues``): its counters, its process (the least busy of its kind,
+        NVDEC or CPU; the one it had, if it comes back as that kind), its RemoteSource. Returns the process and what
+        that process is given."""
         q = self.queues[i]
         block, offset = self.counters.place(i)
         left, limit = self.counters.views(i)
         left[0], limit[0] = 0, q.capacity
         q.left_counter, q.limit_view = left, limit
+        group = [k for k in range(len(self._load)) if (k in self.nvdec_procs) == nvdec] or list(range(len(self._load)))
         p = self.owner.get(i)
-        if p is None:
-            p = self.owner[i] = min(range(len(self._load)), key=self._load.__getitem__)
+        if p is None or p not in group:
+            p = self.owner[i] = min(group, key=self._load.__getitem__)
         self._load[p] += 1
         source = RemoteSource(i, spec, self)
         if i < len(self.sources):
             self.sources[i] = source
         else:
             self.sources.append(source)
-        return p, (i, spec, None, (block, offset))
+        return p, (i, spec, None, (block, offset), nvdec and p in self.nvdec_procs)
 
-    def add(self, i: int, spec: SourceSpec) -> RemoteSource:
-        """Decode stream ``i`` too (its queue is ``queues[i]``), also while running; a stream removed before may
-        come back under its number once its queue is done."""
-        p, item = self._register(i, spec)
+    def add(self, i: int, spec: SourceSpec, nvdec: bool = False) -> RemoteSource:
+        """Decode stream ``i`` too (its queue is ``queues[i]``; ``nvdec``: in an NVDEC process), also while running;
+        a stream removed before may come back under its number once its queue is done."""
+        p, item = self._register(i, spec, nvdec and bool(self.nvdec_procs))
         if self._started:
             self._send(p, ("add", item))
         else:
@@ -161,16 +173,16 @@ class DecoderPool:
         t0 = time.perf_counter()
         made = []
         for assigned in self._assigned:
-            for j, (i, spec, _, counters) in enumerate(assigned):
+            for j, (i, spec, _, counters, on_nvdec) in enumerate(assigned):
                 nbytes = frame_bytes.get(i)
-                if not nbytes:
+                if not nbytes or on_nvdec:  # NVDEC's frames go to a device ring
                     continue
                 shm = shared_memory.SharedMemory(create=True, size=self.slots * nbytes)
                 self._attached[shm.name] = shm
                 self._owned.append(shm.name)
                 self.mapped_bytes += shm.size
                 made.append((shm.name, shm))
-                assigned[j] = (i, spec, (shm.name, nbytes), counters)
+                assigned[j] = (i, spec, (shm.name, nbytes), counters, on_nvdec)
         if self.pin is not None and made:
             # on a thread of its own, like later rings: a refused registration leaves a CUDA error behind on the
             # calling thread, and this one goes on to launch the engine's kernels
@@ -222,6 +234,7 @@ class DecoderPool:
                 shm.unlink()
         self._close_now()
         self._attached.clear()
+        self._device_rings.clear()
         self._owned.clear()
         self._started = False
         for q in self.queues:
@@ -245,6 +258,11 @@ class DecoderPool:
         """Rings no longer needed (their stream ended, their frames processed): unmapped here, and closed (unlinked)
         by the decoder process that made them."""
         for name, stream in rings:
+            ring = self._device_rings.pop(name, None)
+            if ring is not None:  # unmapped here, freed by its NVDEC process
+                self.device_ring_bytes -= ring.numel()
+                self._send(self.owner[stream], ("drop", stream, name))
+                continue
             shm = self._attached.pop(name, None)
             if shm is None:
                 continue
@@ -272,7 +290,8 @@ class DecoderPool:
 
     def ring_streams(self) -> dict[str, int]:
         """The rings mapped here now, and the stream each belongs to."""
-        return {name: stream for name, stream in self.ledger.streams().items() if name in self._attached}
+        return {name: stream for name, stream in self.ledger.streams().items()
+                if name in self._attached or name in self._device_rings}
 
     def _close_now(self) -> None:
         for shm in self._closing:
@@ -344,14 +363,18 @@ class DecoderPool:
         src = self.sources[stream]
         if kind == "frame":
             _, _, name, k, shape, index, decoded_at, pts, captured_at, lag, max_lag, received, dropped = msg
-            shm = self._attached.get(name)
-            if shm is None:
-                shm = self._attached[name] = attach_ring(name)
-                self.mapped_bytes += shm.size
-                if self._pinner is not None:
-                    self._to_pin.put(("pin", name, shm))
-            nbytes = int(np.prod(shape))
-            image = np.ndarray(shape, np.uint8, buffer=shm.buf, offset=k * nbytes)
+            ring = self._device_rings.get(name)
+            if ring is not None:  # NVDEC: the frame is in device memory, read in place
+                image = NV12Picture(ring[k])
+            else:
+                shm = self._attached.get(name)
+                if shm is None:
+                    shm = self._attached[name] = attach_ring(name)
+                    self.mapped_bytes += shm.size
+                    if self._pinner is not None:
+                        self._to_pin.put(("pin", name, shm))
+                nbytes = int(np.prod(shape))
+                image = np.ndarray(shape, np.uint8, buffer=shm.buf, offset=k * nbytes)
             frame = StreamFrame(stream, index, image, decoded_at, pts, slot=(name, k), on_drop=self.release,
                                 captured_at=captured_at)
             self.ledger.delivered(name, stream)
@@ -360,6 +383,10 @@ class DecoderPool:
             st.lag_s, st.max_lag_s, st.received, st.dropped = lag, max_lag, received, dropped
             if not self.queues[stream].put(frame, self.stop_event):
                 self.release([frame])
+        elif kind == "device_ring":  # an NVDEC process's ring for this stream, mapped once
+            rebuild, args = msg[3]
+            ring = self._device_rings[msg[2]] = rebuild(*args)
+            self.device_ring_bytes += ring.numel()
         elif kind == "event":
             state, message, when, snapshot = msg[2], msg[3], msg[4], msg[5]
             self._update(src.status, snapshot)

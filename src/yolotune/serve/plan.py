@@ -3,8 +3,10 @@
 Three resources can bind, each measured here rather than assumed:
 - device compute: frames/s of the whole detect step (upload, letterbox, model, NMS, copy back) at the best batch;
 - memory: per-stream bytes against 80% of the device's memory (the usual rule of thumb: 20% reserve) and of the
-  host's (a stream's queue of decoded frames and its decoder live on the host);
-- decode: frames/s one CPU core decodes at this resolution (PyAV), times the cores.
+  host's (a stream's queue of decoded frames and its decoder live on the host; an NVDEC stream's decoder surfaces
+  and frame ring on the device);
+- decode: frames/s the CPU decoders deliver at this resolution, plus, where the GPU has NVDEC (io/nvdec.py), what
+  the NVDEC decoder processes deliver; streams beyond NVDEC's share are decoded on the CPU at the same time.
 The prediction is the smallest of the three; ``verify`` then runs that many looped, real-time file streams through
 ``StreamRuntime`` and reports what held: per-stream FPS, drops, lag behind real time, p50/p99 latency, memory.
 """
@@ -16,17 +18,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from yolotune.interpreter import usable_cores
+from yolotune.io.nvdec import NvdecUnavailable, video_decoder_for
 from yolotune.io.stream_specs import SourceSpec
 from yolotune.pipeline.buffers import register_host_memory
 from yolotune.profile.sweep import knee as knee_of
 from yolotune.serve.decoders import decoder_processes, frame_nbytes
 from yolotune.serve.plan_report import PlanReport
 from yolotune.serve.choices import decoder_mode, ring_pinner
+from yolotune.serve.decode_routing import nvdec_stream_limit
+from yolotune.serve.nvdec_capacity import measure_nvdec
 from yolotune.serve.runtime import RunOptions, StreamRuntime
 from yolotune.types import Detections, InputRef
 
@@ -85,8 +91,10 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
     cores = usable_cores()
     # decoder processes leave two cores to the engine and the sinks
     decode_cores = decoder_processes(10**6, cores) if decoders == "processes" else cores
+    nvdec = _nvdec_side(detector, clip, decoders, fps, say)
     say("measuring the host side alone: decoding and handing frames over, many streams at once")
-    host_fps, host_errors = _host_pipeline_fps(clip, decoders, pixel_format, min(64, 2 * decode_cores))
+    host_fps, host_errors = _host_pipeline_fps(clip, decoders, pixel_format, min(64, 2 * decode_cores),
+                                               video_decode="cpu")
     # frames a stream holds on the host: its queue, or in decoder processes its ring (4 x queue_size slots), of
     # I420 on a GPU or RGB
     frames_held = 4 * queue_size if decoders == "processes" else queue_size
@@ -94,13 +102,15 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
     device_per_frame = knee["memory_bytes_per_frame"]
     # a stream holds at most ~2 frames on the device: one in the batch being computed, one being uploaded
     device_per_stream = 2 * device_per_frame if device_per_frame else None
+    if nvdec and device_per_stream is not None:  # NVDEC streams also hold their decoder's surfaces and frame ring
+        device_per_stream += nvdec["device_bytes_per_stream"]
     total_device, total_host = _device_memory(dev), _host_memory()
     limits = {
         "compute": gpus * chosen["frames_per_s"] / fps,
         # what the decoders and the runtime deliver together, not one core's rate times the cores, which promised
         # twice what was delivered (serve/plan_h100_latency50.json); with no stream delivering in that run, the
-        # latter, and a note says so
-        "decode": (host_fps or decode_fps * decode_cores) / fps,
+        # latter, and a note says so; NVDEC's streams beside them
+        "decode": ((host_fps or decode_fps * decode_cores) + (nvdec["frames_per_s"] if nvdec else 0.0)) / fps,
         "host_memory": (1 - RESERVE) * total_host / host_per_stream,
     }
     if device_per_stream and total_device:
@@ -117,7 +127,7 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
         host_pipeline_errors=host_errors, host_bytes_per_stream=host_per_stream,
         device_bytes_per_stream=device_per_stream, total_host_bytes=total_host, total_device_bytes=total_device,
         limits={k: round(v, 1) for k, v in limits.items()}, binding=binding, predicted_streams=predicted,
-        latency_budget_ms=latency_budget_ms)
+        latency_budget_ms=latency_budget_ms, nvdec=nvdec)
     if predicted == 0:
         report.one_stream = one_stream_fit(limits, fps, chosen["frames_per_s"], host_fps or decode_fps * decode_cores)
     if not host_fps:
@@ -128,9 +138,10 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
             report.notes.append(f"verified on this machine's one device with {predicted // gpus} "
                                                   "streams (the per-GPU share)")
         per_device = max(1, predicted // gpus)
+        nvdec_streams = nvdec["streams"] if nvdec else None
         report.verification = step_down(per_device, lambda n: _verify(
-            detector, clip, n, fps, verify_seconds, queue_size, max_wait_ms, chosen["batch"], latency_budget_ms),
-            fps, latency_budget_ms, verify_seconds, say)
+            detector, clip, n, fps, verify_seconds, queue_size, max_wait_ms, chosen["batch"], latency_budget_ms,
+            nvdec_streams=nvdec_streams), fps, latency_budget_ms, verify_seconds, say)
         held = [r["streams"] for r in report.verification if r["holds"]]
         report.verified_streams = (max(held) * gpus) if held else 0
     return report
@@ -251,29 +262,56 @@ def plan_clip(work: Path, width: int, height: int, fps: float) -> Path:
 
 
 class _NoEngine:
-    """Stands in for the model so that a run measures only the host side: decoders, handover, queues, scheduler."""
+    """Stands in for the model so that a run measures only the host side: decoders, handover, queues, scheduler.
+    On ``device`` "cuda" it takes NVDEC's device frames (it looks like a detector preprocessing on the GPU)."""
 
-    device = torch.device("cpu")
     batch = 64
+
+    def __init__(self, device: torch.device | None = None):
+        self.device = device or torch.device("cpu")
+        self.preprocess = "gpu" if self.device.type == "cuda" else "cpu"
+        self.frames = SimpleNamespace(one_graph=False)
 
     def detect(self, frames):
         empty = np.zeros((0, 4), np.float32)
         return [Detections(InputRef("frame"), f.shape[:2], empty, empty[:, 0], np.zeros(0, np.int64)) for f in frames]
 
 
-def _host_pipeline_fps(clip: Path, decoders: str, pixel_format: str, streams: int,
-                       seconds: float = 6.0) -> tuple[float, list[str]]:
+def _host_pipeline_fps(clip: Path, decoders: str, pixel_format: str, streams: int, seconds: float = 6.0,
+                       video_decode: str = "cpu", device: torch.device | None = None) -> tuple[float, list[str]]:
     """Frames/s that ``streams`` looped copies of ``clip`` deliver through the runtime with a model that takes no
     time (after each stream's first frame): decoding, handover and scheduling together, in the runtime's decoder
-    mode and pixel format; and the distinct errors its streams reported (a decode limit of 0 says why)."""
+    mode and pixel format (``video_decode`` "nvdec": on NVDEC, ``device``'s); and the distinct errors its streams
+    reported (a decode limit of 0 says why)."""
     specs = [SourceSpec(str(clip), "file", f"h{i:03d}", loop=True) for i in range(streams)]
-    s = StreamRuntime(_NoEngine(), specs, RunOptions(out=None, max_batch=64, max_wait_ms=5, queue_size=4,
-                                                     duration_s=seconds, pixel_format=pixel_format,
-                                                     decoders=decoders)).run()
+    s = StreamRuntime(_NoEngine(device), specs, RunOptions(out=None, max_batch=64, max_wait_ms=5, queue_size=4,
+                                                           duration_s=seconds, pixel_format=pixel_format,
+                                                           decoders=decoders, video_decode=video_decode)).run()
     errors = sorted({st.error for st in s.streams if st.error})
     if s.last_engine_error:
         errors.append(f"engine: {s.last_engine_error}")
     return float(sum(st.steady_fps for st in s.streams)), errors
+
+
+def _nvdec_side(detector, clip: Path, decoders: str, fps: float, say) -> dict | None:
+    """What NVDEC decodes of such streams through the runtime (its decoder processes, no model), its engines, the
+    device memory a stream holds (decoder surfaces and frame ring), and the streams it so takes (None: no NVDEC
+    here, or it cannot take this stream)."""
+    device = detector.device if getattr(detector, "preprocess", "cpu") == "gpu" else None
+    if video_decoder_for("auto", device) is None:
+        return None
+    say("measuring NVDEC: its sessions, then its decoder processes with many streams at once")
+    try:
+        cap = measure_nvdec(str(clip), device, seconds=1.0)
+    except NvdecUnavailable:
+        return None
+    streams = 48 if decoders == "processes" else 8
+    frames_per_s, errors = _host_pipeline_fps(clip, decoders, "yuv420p", streams, video_decode="nvdec", device=device)
+    rows, width = cap.size[0] * 3 // 2, cap.size[1]
+    ring = 2 * 4 * rows * width  # a device ring: 2 x queue_size (4 in plan's runs) NV12 frames
+    return {"frames_per_s": round(frames_per_s, 1), "streams": nvdec_stream_limit(frames_per_s, fps) or 0,
+            "engines": cap.engines, "sessions_one_process_fps": round(cap.frames_per_s, 1),
+            "device_bytes_per_stream": (cap.device_bytes_per_session or 0) + ring, "errors": errors + cap.errors}
 
 
 def _decode_fps_one_core(clip: Path, pixel_format: str = "rgb24") -> float:
@@ -324,7 +362,7 @@ def _host_memory() -> int:
 
 def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size: int, max_wait_ms: float | None,
             batch: int, latency_budget_ms: float | None, pixel_format: str = "auto",
-            decoder_processes: int | None = None) -> dict:
+            decoder_processes: int | None = None, nvdec_streams: int | None = None) -> dict:
     """Run ``n`` looped real-time streams; holds when no stream falls behind its clock (lag under a second: a
     reader blocks when its queue is full, so a pipeline that cannot keep up shows as lag), nothing is dropped, and
     the p99 latency is within the budget if one is given."""
@@ -332,7 +370,7 @@ def _verify(detector, clip: Path, n: int, fps: float, seconds: float, queue_size
     specs = [SourceSpec(str(clip), "file", f"s{i:03d}", loop=True, realtime=True, lossless=True) for i in range(n)]
     wait = batch_wait_ms(max_wait_ms, latency_budget_ms, fps)
     opts = RunOptions(out=None, max_batch=batch, max_wait_ms=wait, queue_size=queue_size, duration_s=seconds,
-                      pixel_format=pixel_format, decoder_processes=decoder_processes)
+                      pixel_format=pixel_format, decoder_processes=decoder_processes, nvdec_streams=nvdec_streams)
     if detector.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(detector.device)
     rt = StreamRuntime(detector, specs, opts)
@@ -362,6 +400,7 @@ def verification_row(s, n: int, fps: float, seconds: float, latency_budget_ms: f
     row["engine_errors"], row["stopped_by"] = s.engine_errors, s.stopped_by
     row["decoders"], row["engine_thread_s"], row["warmup_s"] = s.decoders, s.engine_thread_s, s.warmup_s
     row["latency_parts_ms"] = s.latency_parts_ms
+    row["video_decode"] = s.video_decode
     if s.last_engine_error:
         row["last_engine_error"] = s.last_engine_error
     # It must also have run its time and kept every stream near its rate: a run that stopped early or processed

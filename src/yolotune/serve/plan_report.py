@@ -34,12 +34,17 @@ class PlanReport:
     verification: list[dict] = field(default_factory=list)  # each verification run (serve/plan.py _verify)
     verified_streams: int | None = None
     one_stream: dict | None = None  # where none fits: the frame rate one stream fits at, and what bounds it
+    # where the GPU has NVDEC: frames/s its decoder processes deliver, the streams it takes (run --nvdec-streams),
+    # its engines and the device memory an NVDEC stream holds (serve/plan.py _nvdec_side)
+    nvdec: dict | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         if self.one_stream is None:
             d.pop("one_stream")
+        if self.nvdec is None:
+            d.pop("nvdec")
         if not self.notes:
             d.pop("notes")
         return d

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 from yolotune.interpreter import startup_objects_frozen, usable_cores
+from yolotune.io.nvdec import video_decoder_for
 from yolotune.io.stream_sinks import StreamSinks
 from yolotune.io.stream_specs import SourceSpec, name_streams, picture_size, source_fps
 from yolotune.io.streams import decoder_threads
 from yolotune.serve.choices import decoder_mode, pixel_format_for, ring_pinner
+from yolotune.serve.decode_routing import DecodeRouter
 from yolotune.serve.decoders import DecoderOptions, DecoderPool, decoder_cpus, decoder_processes, frame_nbytes
 from yolotune.serve.metrics import PrometheusMetrics, gpu_sampler, resident_bytes
 from yolotune.serve.queues import Backlog
@@ -59,11 +61,31 @@ class RunOptions:
     on_demand: bool = True
     # run until stopped (duration, a signal, stop()), also with no stream left: streams may be added (add_stream)
     keep_running: bool = False
+    # video decoding: "nvdec" on the GPU's NVDEC engines into device memory (serve/decode_routing.py), "cpu" with
+    # FFmpeg, "auto" NVDEC where the detector's device has it; streams past NVDEC's limit are decoded on the CPU
+    video_decode: str = "auto"
+    # streams NVDEC takes at most (plan's figure: the rest are decoded on the CPU); None: every one it can take
+    nvdec_streams: int | None = None
+    nvdec_processes: int | None = None  # decoder processes for NVDEC's streams; None: nvdec_processes()
 
 
 # a result's latency (decode end -> result) in parts: handing the frame over (a decoder process's pipe), waiting in
 # its queue for a batch, and the engine (upload, model, NMS, copy back, waiting for the batch ahead)
 LATENCY_PARTS = ("handover", "queued", "engine")
+
+
+def nvdec_processes(streams: int, cores: int) -> int:
+    """Decoder processes for ``streams`` NVDEC streams: a third of the cores (the rest decode on the CPU), at most
+    one per stream."""
+    return max(1, min(streams, cores // 3))
+
+
+def _gpu_index(device) -> int | None:
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    import torch
+
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 class StreamRuntime:
@@ -84,6 +106,11 @@ class StreamRuntime:
         # streams may be added: decode as for many (decoder processes, one FFmpeg thread each)
         cores = usable_cores()
         expected = self.expected_streams = max(len(specs), cores) if self.opt.keep_running else len(specs)
+        self.router = self._decode_router()
+        # the streams NVDEC decodes and those the CPU does (decoder processes where there are several streams)
+        on_nvdec = min(expected, self.router.limit if self.router.limit is not None else expected)
+        on_nvdec = on_nvdec if self.router.enabled else 0
+        on_cpu = expected if self.opt.keep_running else expected - on_nvdec  # streams may come past NVDEC's limit
         self.decoders = decoder_mode(self.opt.decoders, detector, expected)
         # In processes, a stream's frames wait in ring slots (4 x queue_size): a live stream's queue here (queue_size)
         # plus two batches in flight, whose slots the device reads until they are collected, always fit, so a live
@@ -95,12 +122,16 @@ class StreamRuntime:
         self._events: queue.Queue = queue.Queue()
         self.pool: DecoderPool | None = None
         if self.decoders == "processes":
-            processes = self.opt.decoder_processes or decoder_processes(expected)
+            # NVDEC's streams in processes of their own (one GIL each: one process's threads decode about a third of
+            # what NVDEC does: benchmarks/results/serve/nvdec_h100.json), the CPU's in the others
+            nvdec_procs = (self.opt.nvdec_processes or nvdec_processes(on_nvdec, cores)) if on_nvdec else 0
+            processes = self.opt.decoder_processes or (decoder_processes(on_cpu) if on_cpu else 0)
             self.pool = DecoderPool([], self.table.queues, self.stop, DecoderOptions(
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
-                self.opt.backoff_cap_s, self.pixel_format, slots, decoder_threads(expected), self.opt.decoder_nice,
-                decoder_cpus(self.opt.runtime_cores), self.opt.queue_size, self.opt.on_demand,
-                self.opt.keep_running), self._on_event, processes, pin=ring_pinner(detector))
+                self.opt.backoff_cap_s, self.pixel_format, slots, decoder_threads(max(1, on_cpu)),
+                self.opt.decoder_nice, decoder_cpus(self.opt.runtime_cores), self.opt.queue_size, self.opt.on_demand,
+                self.opt.keep_running, device_slots=max(4, 2 * self.opt.queue_size)), self._on_event, processes,
+                pin=ring_pinner(detector), nvdec_processes=nvdec_procs, nvdec_device=_gpu_index(detector.device))
         for spec in specs:
             self.table.add(spec)
         max_batch = min(self.opt.max_batch, getattr(detector, "batch", self.opt.max_batch))
@@ -118,6 +149,11 @@ class StreamRuntime:
         self.rss: list[tuple[float, int]] = []  # (time, host resident bytes), sampled by the monitor
         self.interrupted: str | None = None
         self.started = 0.0
+
+    def _decode_router(self) -> DecodeRouter:
+        """Which streams NVDEC decodes: every video stream it can take, up to ``nvdec_streams`` (plan's figure)."""
+        device = self.detector.device if getattr(self.detector, "preprocess", "cpu") == "gpu" else None
+        return DecodeRouter(video_decoder_for(self.opt.video_decode, device), self.opt.nvdec_streams)
 
     def _file_sinks(self, spec: SourceSpec):
         return StreamSinks(self.opt.out, spec.name, self.opt.formats, fps=source_fps(spec)) if self.opt.out else None
@@ -201,9 +237,12 @@ class StreamRuntime:
         prepare = getattr(self.detector, "prepare_frames", None)
         if prepare is None or self.detector.device.type != "cuda":
             return time.perf_counter() - t0
-        for h, w in list(dict.fromkeys(sizes.values()))[:4]:
+        layouts = {}  # (size, layout) the streams' frames come in: NVDEC's NV12, or the CPU decoders' format
+        for i, (h, w) in sizes.items():
             i420 = self.pixel_format == "yuv420p" and h % 2 == 0 and w % 2 == 0
-            prepare((h, w), "i420" if i420 else "rgb")
+            layouts[(h, w), "nv12" if i in self.router.on_nvdec else "i420" if i420 else "rgb"] = None
+        for hw, layout in list(layouts)[:4]:
+            prepare(hw, layout)
         return time.perf_counter() - t0
 
     def _engine_loop(self, results: queue.Queue) -> None:

@@ -37,10 +37,11 @@ class StreamTable:
         with self.lock:
             return {s.name.lower(): i for i, s in enumerate(self.specs) if i not in self.removed}
 
-    def capacity(self, spec: SourceSpec) -> int:
-        """Frames a stream's queue holds: see StreamRuntime.__init__."""
+    def capacity(self, spec: SourceSpec, in_process: bool = False) -> int:
+        """Frames a stream's queue holds: see StreamRuntime.__init__. A stream decoded in this process (threads,
+        or NVDEC in a thread here) holds its queue's frames and no more."""
         opt = self.rt.opt
-        return opt.queue_size if spec.drops or self.rt.decoders == "threads" else 4 * opt.queue_size
+        return opt.queue_size if spec.drops or in_process or self.rt.decoders == "threads" else 4 * opt.queue_size
 
     def add(self, spec: SourceSpec) -> int:
         """Stream ``spec`` (named if it has no name yet; a name that runs already is refused), its source started if
@@ -55,7 +56,10 @@ class StreamTable:
             i = next((k for k, s in enumerate(self.specs) if s.name.lower() == spec.name.lower()), None)
             if i is not None and not self.queues[i].done:
                 raise ValueError(f"stream {spec.name!r} is still stopping: add it again in a moment")
-            queue = FrameQueue(self.capacity(spec), "drop_oldest" if spec.drops else "block", rt.backlog)
+            rt.router.retain({k for k, q in enumerate(self.queues) if not q.done})  # ended streams leave NVDEC
+            nvdec = rt.router.take(len(self.specs) if i is None else i, spec)
+            in_process = nvdec and not (rt.pool is not None and rt.pool.nvdec_procs)
+            queue = FrameQueue(self.capacity(spec, in_process), "drop_oldest" if spec.drops else "block", rt.backlog)
             stop = threading.Event()
             with rt.backlog.lock:
                 if i is None:
@@ -71,13 +75,20 @@ class StreamTable:
                     self.stats[i] = StreamStats(spec.name)
                     self.removed.discard(i)
             rt.metrics.add(i, spec.name)
-            self.workers[i] = self._source(i, spec, queue, stop)
+            self.workers[i] = self._source(i, spec, queue, stop, nvdec)
             if self.started:
                 self.workers[i].start()
         return i
 
-    def _source(self, i: int, spec: SourceSpec, queue: FrameQueue, stop: threading.Event):
+    def _source(self, i: int, spec: SourceSpec, queue: FrameQueue, stop: threading.Event, nvdec: bool = False):
         rt, opt = self.rt, self.rt.opt
+        if nvdec and rt.pool is not None and rt.pool.nvdec_procs:  # NVDEC in a decoder process: device rings
+            return rt.pool.add(i, spec, nvdec=True)
+        if nvdec:  # decoded on NVDEC by a thread here: its frames stay in device memory
+            return SourceWorker(i, spec, queue, stop, opt.open_timeout_s, opt.read_timeout_s, opt.max_retries,
+                                Backoff(opt.backoff_base_s, opt.backoff_cap_s), on_event=rt._on_event,
+                                pixel_format=rt.pixel_format, decoder_threads=1, on_demand=opt.on_demand,
+                                video_decoder=rt.router.factory)
         if rt.pool is not None:
             return rt.pool.add(i, spec)
         # FFmpeg's own threads per decoder: many decoders share the cores (counted with the streams the run
@@ -97,7 +108,9 @@ class StreamTable:
                 raise KeyError(f"no stream {name!r} is running")
             self.removed.add(i)
             self.stops[i].set()
-            if self.rt.pool is not None:
+            if i in self.rt.router.on_nvdec:
+                self.rt.router.release(i)
+            if self.rt.pool is not None and i in self.rt.pool.owner:
                 self.rt.pool.remove(i)
         self.rt._on_event(i, "removed", "removed while running")
         return i

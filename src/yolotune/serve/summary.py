@@ -39,6 +39,7 @@ class StreamSummary:
     last_error: str | None
     actor: str | None = None  # run --ray: the actor it runs on now
     moves: int = 0  # run --ray: times it moved to another actor (each also counted as an outage and a reconnect)
+    decoder: str = ""  # where its video was decoded last: "nvdec" (the GPU's engines) or "cpu"
 
 
 @dataclass
@@ -72,6 +73,8 @@ class RunSummary:
     actors: list[dict] = field(default_factory=list)  # run --ray: each stream actor, its device, capacity and load
     moves: int = 0  # run --ray: streams moved to another actor
     capacities: dict = field(default_factory=dict)  # run --ray: plan's figure per GPU type
+    # streams decoded on NVDEC and on the CPU, NVDEC's stream limit, its decoder processes and their device rings
+    video_decode: dict = field(default_factory=dict)
 
     @property
     def any_failed(self) -> bool:
@@ -108,7 +111,18 @@ def summarize(rt, now: float) -> RunSummary:
         engine_thread_s={k: round(v, 3) for k, v in rt.loop_seconds.items()},
         latency_parts_ms={part: {"p50": round(float(np.percentile(v, 50)) * 1e3, 2),
                                  "p99": round(float(np.percentile(v, 99)) * 1e3, 2)}
-                          for part, v in rt.latency_parts.items() if v})
+                          for part, v in rt.latency_parts.items() if v},
+        video_decode=_video_decode(rt, streams))
+
+
+def _video_decode(rt, streams: list[StreamSummary]) -> dict:
+    router = getattr(rt, "router", None)
+    pool = getattr(rt, "pool", None)
+    return {"nvdec_streams": sum(s.decoder == "nvdec" for s in streams),
+            "cpu_streams": sum(s.decoder == "cpu" for s in streams),
+            "nvdec_limit": router.limit if router is not None and router.factory is not None else None,
+            "nvdec_processes": len(pool.nvdec_procs) if pool is not None else 0,
+            "device_rings_mib": round(pool.device_ring_bytes / 2**20, 1) if pool is not None else 0.0}
 
 
 def stream_counts(spec, st, q, status, removed: bool = False) -> dict:
@@ -119,7 +133,8 @@ def stream_counts(spec, st, q, status, removed: bool = False) -> dict:
         dropped_before_decode=status.dropped, unprocessed_at_stop=len(q), frames_lost=status.frames_lost,
         outages=status.outages, reconnects=status.reconnects, reconnect_attempts=status.attempts,
         detections=st.detections, max_queue_depth=q.max_depth, lag_s=round(status.lag_s, 3),
-        max_lag_s=round(status.max_lag_s, 3), error=status.error, last_error=status.last_error)
+        max_lag_s=round(status.max_lag_s, 3), error=status.error, last_error=status.last_error,
+        decoder=getattr(status, "decoder", ""))
 
 
 def _stream(spec, st, q, status, wall: float, stopped_at: float, removed: bool = False) -> StreamSummary:
