@@ -220,7 +220,7 @@ def test_cli_compare_and_diagram(cpu_profile, tmp_path):
 def test_profile_errors_are_clear(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     res = CliRunner().invoke(app, ["profile", "default", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "no image files" in res.output
+    assert res.exit_code == 2 and "no image or video files" in res.output
     res = CliRunner().invoke(app, ["profile", "default", "--pipeline", "fastest", "--device", "cpu"])
     assert res.exit_code == 2 and "pipeline must be one of" in res.output
     res = CliRunner().invoke(app, ["compare", str(tmp_path / "notes.txt"), str(tmp_path / "notes.txt")])
@@ -307,3 +307,44 @@ def test_cudnn_autotunes_only_the_detectors_batch_and_the_batches_the_sweep_time
     seen.clear()
     det.detect_step(torch.zeros(4, 3, 64, 64), g[:4])
     assert seen == [False] and torch.backends.cudnn.benchmark is False
+
+
+def _video_bound(decoded_on: str, probes: dict) -> dict:
+    """The stored optimized profile, as if its inputs were a video whose decoding took most of the producer side."""
+    p = _stored("yolov8n_optimized")
+    p["inputs"] = {**p["inputs"], "video": "cam.mp4", "video_decode": decoded_on}
+    cons = sum(s["ms_per_image_p50"] for s in p["stages"] if s["stage"] in ("backbone", "neck", "head", "nms", "d2h", "sink"))
+    for s in p["stages"]:
+        if s["stage"] == "decode":
+            s["ms_per_image_p50"] = s["ms_per_image"] = 3 * cons
+    p["e2e"] = {**p["e2e"], "images_per_s": 1000 / (3.2 * cons)}
+    p["probes"] = probes
+    return p
+
+
+def test_diagnosis_names_the_video_decoder_and_what_nvdec_would_change():
+    p = _video_bound("cpu", {"video_decode_cpu_ms_per_frame": 2.0, "video_decode_nvdec_ms_per_frame": 0.1})
+    f = next(f for f in diagnose(p) if f.kind == "video_decode_bound")
+    assert f.options == {"video_decode": "nvdec"} and f.predicted_gain > 1.5
+    assert "FFmpeg on the CPU" in f.evidence and "NVDEC 0.10 ms/frame" in f.evidence
+    on_nvdec = next(f for f in diagnose(_video_bound("nvdec", {})) if f.kind == "video_decode_bound")
+    assert on_nvdec.options == {} and "other NVDEC engines" in on_nvdec.recommendation
+    slower = next(f for f in diagnose(_video_bound("cpu", {"video_decode_nvdec_ms_per_frame": 99.0}))
+                  if f.kind == "video_decode_bound")
+    assert slower.options == {} and "NVDEC is not faster here" in slower.recommendation
+    images = _stored("yolov8n_optimized")  # no video: no such finding
+    assert "video_decode_bound" not in {f.kind for f in diagnose(images)}
+
+
+def test_profile_of_a_video_decodes_its_frames_in_the_decode_stage(tmp_path):
+    from yolotune.data.synth import write_video
+    from yolotune.profile.run import profile
+
+    clip = write_video(tmp_path / "cam.mp4", frames=12, size=(144, 256), fps=10, seed=2, camera=True)
+    r = profile("default", [str(clip)], device="cpu", images=8, repeats=1, sweep=False, kernels=False, max_batch=2,
+                batch=4).to_dict()
+    stages = {s["stage"]: s for s in r["stages"]}
+    assert r["inputs"]["video"] == str(clip) and r["inputs"]["video_decode"] == "cpu"
+    assert stages["decode"]["ms_per_image"] > 0 and "read" not in stages
+    assert r["probes"]["video_decode_cpu_ms_per_frame"] > 0 and "video_decode_nvdec_ms_per_frame" not in r["probes"]
+    assert r["e2e"]["images"] % 12 == 0 and r["e2e"]["images_per_s"] > 0  # the whole video, as often as 1.5 s takes

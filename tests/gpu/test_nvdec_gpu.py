@@ -107,3 +107,13 @@ def test_plan_counts_nvdec_beside_the_cpu_decoders():
     assert nv["frames_per_s"] > 300 and nv["engines"] > 0 and nv["errors"] == []
     assert nv["streams"] == int(0.85 * nv["frames_per_s"] / 30) and nv["device_bytes_per_stream"] > 0
     assert r["limits"]["decode"] >= nv["frames_per_s"] / 30
+
+
+def test_profile_of_a_video_probes_both_decoders(clip):
+    from yolotune.profile.run import profile
+
+    r = profile("default", [str(clip)], device="cuda", images=64, repeats=1, sweep=False, kernels=False,
+                video_decode="nvdec").to_dict()
+    assert r["inputs"]["video_decode"] == "nvdec" and r["e2e"]["images"] % 60 == 0
+    assert r["probes"]["video_decode_cpu_ms_per_frame"] > 0 and r["probes"]["video_decode_nvdec_ms_per_frame"] > 0
+    assert {s["stage"] for s in r["stages"]} >= {"decode", "h2d", "preprocess", "nms"}

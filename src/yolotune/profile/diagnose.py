@@ -100,6 +100,12 @@ def diagnose(p: dict) -> list[Finding]:
             host_pixels / bound,
         ))
 
+    # The video decoder: decoding a video's frames is most of the producer side, and the producer binds.
+    inputs = p.get("inputs") or {}
+    decode = ms.get("decode", 0)
+    if inputs.get("video") and decode >= 0.5 * bound and prod >= cons * 0.8:
+        findings.append(video_decode_finding(inputs["video_decode"], decode, cons, bound, p.get("probes", {}), gain))
+
     # File reading: the reader thread (read + JPEG header parse) is the slowest producer part and the producer binds.
     read = ms.get("read", 0)
     rest = sum(ms.get(s, 0) for s in PRODUCER if s != "read")
@@ -293,3 +299,28 @@ def diagnose(p: dict) -> list[Finding]:
         ))
     findings.sort(key=lambda f: -f.severity)
     return findings
+
+
+def video_decode_finding(decoded_on: str, decode: float, consumer: float, bound: float, probe: dict, gain) -> Finding:
+    """The video decoder sets the pace: where NVDEC decodes this video faster than FFmpeg, decode it there; where it
+    decodes it already, one video is one NVDEC session, frame after frame (several videos or streams at once use
+    the other engines)."""
+    cpu, nvdec = probe.get("video_decode_cpu_ms_per_frame"), probe.get("video_decode_nvdec_ms_per_frame")
+    measured = ", ".join(f"{name} {v:.2f} ms/frame" for name, v in (("FFmpeg", cpu), ("NVDEC", nvdec)) if v)
+    where = "NVDEC" if decoded_on == "nvdec" else "FFmpeg on the CPU"
+    evidence = (f"decoding the video takes {decode:.2f} ms/frame ({where}), {decode / bound:.0%} of the bottleneck "
+                f"side, against {consumer:.2f} ms/frame for the model, NMS and results"
+                + (f"; both decoders on the same frames: {measured}" if measured else ""))
+    if decoded_on == "cpu" and nvdec and nvdec < decode:
+        return Finding("video_decode_bound", "The video decoder sets the pace", evidence,
+                       "Decode the video on the GPU's NVDEC engines (video_decode='nvdec'); its frames stay in GPU "
+                       "memory.", {"video_decode": "nvdec"}, gain({"decode": nvdec}),
+                       "producer cost with decoding at the NVDEC probe's rate", decode / bound)
+    if decoded_on == "cpu":
+        advice = ("NVDEC is not faster here (or not available): decode several videos at once (yolotune run, a "
+                  "stream each) so the CPU's cores share the work, or lower the video's resolution or frame rate.")
+    else:
+        advice = ("One video is one NVDEC session, decoded frame after frame: run several videos or streams at once "
+                  "(yolotune run) to use the GPU's other NVDEC engines.")
+    return Finding("video_decode_bound", "The video decoder sets the pace", evidence, advice, {}, None, "",
+                   decode / bound)

@@ -32,5 +32,5 @@ def measure_end_to_end(detector, paths: list[str], repeats: int) -> dict:
             sink.write(json.dumps(r.to_dict()) + "\n")
         rates.append(n / (time.perf_counter() - t0))
     return {"images_per_s": statistics.mean(rates), "std": statistics.pstdev(rates) if len(rates) > 1 else 0.0,
-            "samples": rates, "errors": errors, "images": len(paths),
-            "detections_per_image": boxes / max(1, len(paths) * repeats)}
+            "samples": rates, "errors": errors, "images": n,  # a video's frames each
+            "detections_per_image": boxes / max(1, n * repeats)}

@@ -17,7 +17,8 @@ from typing import Callable
 
 import torch
 
-from yolotune.io.sources import expand_sources
+from yolotune.io.nvdec import video_decoder_for
+from yolotune.io.sources import VIDEO_SUFFIXES, expand_sources
 from yolotune.options import DetectorOptions
 from yolotune.profile import probes
 from yolotune.profile.counters import NvmlSampler
@@ -30,6 +31,7 @@ from yolotune.profile.sections import SECTIONS, SectionRunner, detection_model, 
 from yolotune.profile.staged import STAGES, StagedPipeline
 from yolotune.profile.sweep import knee, sweep_batches
 from yolotune.profile.timeline import StageRecorder
+from yolotune.profile.video import decode_probe
 
 # What users typically run (decode with OpenCV/Pillow on the CPU, one image at a time, eager FP32, an NMS loop),
 # and yolotune's own configuration. Both are plain Detector options, so a profile can be reproduced exactly.
@@ -51,15 +53,20 @@ def preset_options(pipeline: str, device_type: str, overrides: dict) -> Detector
 
 
 def image_paths(sources, limit: int | None, workdir: Path) -> list[str]:
-    """Image files of ``sources`` (or generated 720p photos when none), cycled or cut to ``limit``."""
+    """Image files of ``sources`` (or generated 720p photos when none), cycled or cut to ``limit``; for a video
+    source (and no images), the video's path once per frame profiled (``limit``, default 256)."""
     if not sources:
         from yolotune.data.samples import write_sample_images
 
         n = limit or 64
         return [str(p) for p in write_sample_images(workdir / "images", min(n, 64), size=(720, 1280), seed=0)] * max(1, -(-n // 64))
-    items = [i for i in expand_sources(sources).items if i.kind == "image"]
+    expanded = expand_sources(sources).items
+    items = [i for i in expanded if i.kind == "image"]
+    videos = [i.path for i in expanded if i.kind == "video"]
+    if not items and videos:
+        return [videos[0]] * (limit or 256)
     if not items:
-        raise ValueError("no image files in the sources (profile runs on images; pass JPEG/PNG files or folders)")
+        raise ValueError("no image or video files in the sources (pass JPEG/PNG files, folders, or a video)")
     paths = [i.path for i in items]
     if limit:
         paths = (paths * (-(-limit // len(paths))))[:limit]
@@ -149,12 +156,14 @@ def profile(
             phases.append({"name": name, "start": start - t_origin, "end": time.perf_counter() - t_origin})
 
         sizes = [os.path.getsize(q) for q in set(paths)]
+        video = paths[0] if is_video(paths[0]) else None
         result = ProfileReport(
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), model=str(model), pipeline=pipeline,
             device=_device_info(det.device),
             options={**opts.changed(), **det.describe(), "cuda_graph_active": det.uses_cuda_graph,
                      "decode_workers": det.decoder.workers},
-            inputs={"images": len(paths), "files": len(sizes), "mean_bytes": sum(sizes) / max(1, len(sizes))})
+            inputs={"images": len(paths), "files": len(sizes), "mean_bytes": sum(sizes) / max(1, len(sizes)),
+                    **({"video": video, "video_decode": "nvdec" if det.video_decoder else "cpu"} if video else {})})
         staged = StagedPipeline(det)
         with NvmlSampler(det.device) as sampler, det:
             with phase("warm-up"):
@@ -177,8 +186,10 @@ def profile(
             with phase("probes"):
                 result.probes = _probes(det, staged, paths)
             with phase("end-to-end"):
-                warm = measure_end_to_end(det, paths[: det.batch * 4], 1)  # warm-up: the pipeline's own graphs
-                e2e_paths = e2e_inputs(paths, warm["images_per_s"])
+                # warm-up: the pipeline's own graphs (a video's whole length: predict takes videos whole)
+                warm = measure_end_to_end(det, paths[:1] if video else paths[: det.batch * 4], 1)
+                e2e_paths = paths[:1] * max(1, int(warm["images_per_s"] * 1.5 / max(1, warm["images"]))) if video \
+                    else e2e_inputs(paths, warm["images_per_s"])
                 e2e_start = time.perf_counter()
                 result.e2e = measure_end_to_end(det, e2e_paths, repeats)
                 e2e_end = time.perf_counter()
@@ -243,6 +254,13 @@ def _probes(det, staged: StagedPipeline, paths: list[str]) -> dict:
     out: dict = {}
     if det.device.type == "cuda" and det.post.nms_backend == "loop" and staged.last_raw is not None:
         out["batched_nms_ms"] = probes.batched_nms_ms(det, *staged.last_raw)
-    if det.device.type == "cuda" and det.preprocess == "cpu":
+    if paths and is_video(paths[0]):  # both video decoders on the same frames, as predict runs them
+        factory = video_decoder_for("auto", det.device if det.preprocess == "gpu" else None)
+        out.update({f"video_decode_{k}": v for k, v in decode_probe(paths[0], factory).items()})
+    elif det.device.type == "cuda" and det.preprocess == "cpu":
         out["gpu_decode_preprocess_ms"] = probes.gpu_decode_preprocess_ms(det, paths, max(det.batch, 8))
     return out
+
+
+def is_video(path: str) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import torch
 
 from yolotune.engine.cuda_graph import CudaGraphCache
+from yolotune.io.sources import VIDEO_SUFFIXES
 from yolotune.ops.letterbox import geometry_tensor
 from yolotune.ops.postprocess import postprocess
 from yolotune.pipeline.buffers import Batch
 from yolotune.profile.sections import SectionRunner, detection_model
 from yolotune.profile.timeline import StageRecorder
+from yolotune.profile.video import VideoFrames
 from yolotune.types import InputRef
 
 STAGES = ("read", "decode", "h2d", "preprocess", "backbone", "neck", "head", "model", "nms", "d2h", "sink")
@@ -37,6 +40,7 @@ class StagedPipeline:
         self.slot = detector.direct_slot
         self.last_raw: tuple[torch.Tensor, torch.Tensor] | None = None  # last head output + geometry (for probes)
         self.last_input_shape: tuple[int, ...] | None = None  # [B, 3, H, W] of the last batch (rect canvases vary)
+        self._videos: dict[str, VideoFrames] = {}  # a video's frames, read on from batch to batch
 
     def _postprocess(self, raw: torch.Tensor, geometry: torch.Tensor):
         return postprocess(raw, geometry, self.det.post)
@@ -54,10 +58,19 @@ class StagedPipeline:
     def run_batch(self, paths: list[str], rec: StageRecorder, index: int) -> list:
         det, slot = self.det, self.slot
         n = len(paths)
-        with rec.stage("read", index, n):
-            loaded = det.decoder.load([(InputRef(p), None) for p in paths])
-        with rec.stage("decode", index, n):
-            batch = det.decode(loaded)
+        if Path(paths[0]).suffix.lower() in VIDEO_SUFFIXES:  # a video's next frames: demuxed and decoded as predict does
+            video = self._videos.get(paths[0])
+            if video is None:
+                video = self._videos[paths[0]] = VideoFrames(paths[0], det.video_decoder)
+            with rec.stage("decode", index, n):
+                frames = video.take(n)
+            with rec.stage("h2d", index, n):
+                batch = det.decode(det.decoder.load(frames))
+        else:
+            with rec.stage("read", index, n):
+                loaded = det.decoder.load([(InputRef(p), None) for p in paths])
+            with rec.stage("decode", index, n):
+                batch = det.decode(loaded)
         images = batch.images
         if not images:
             return list(batch.order)
