@@ -177,3 +177,30 @@ def test_a_stream_that_ended_gives_its_decoder_ring_back_while_the_run_goes_on(c
     assert summary.streams[0].processed == 17 and seen["short"]  # it had a ring
     assert seen["short_after"] == set() and seen["still_linked"] == []  # given back before the run ended
     assert seen["looped"]  # the stream still running keeps its own
+
+
+def test_the_decoder_pool_takes_streams_whose_numbers_it_did_not_see_before(clips, tmp_path):
+    """Streams decoded elsewhere (on NVDEC in this process) take numbers too: the pool's streams need not start at 0
+    nor follow each other, and each is decoded and delivered under its own number."""
+    from yolotune.serve.decoders import DecoderOptions, DecoderPool
+    from yolotune.serve.queues import Backlog, FrameQueue
+
+    backlog, stop = Backlog(), threading.Event()
+    queues = [FrameQueue(32, "block", backlog) for _ in range(4)]
+    pool = DecoderPool([], queues, stop, DecoderOptions(5, 5, 0, 0.1, 1, "rgb24", 8), lambda *a: None, processes=1)
+    sources = {i: pool.add(i, SourceSpec(str(clips["b"]), "file", f"s{i}")) for i in (3, 1)}
+    assert {i: s.index for i, s in sources.items()} == {3: 3, 1: 1}
+    pool.start()
+    got = {i: [] for i in (1, 3)}
+    deadline = time.time() + 30
+    while time.time() < deadline and not all(queues[i].done for i in (1, 3)):
+        for i in (1, 3):
+            with backlog.lock:
+                f = queues[i].pop() if len(queues[i]) else None
+            if f is not None:
+                got[i].append(f.index)
+                pool.release([f])
+        time.sleep(0.01)
+    stop.set()
+    pool.join(5)
+    assert got == {1: list(range(17)), 3: list(range(17))}

@@ -26,6 +26,7 @@ from multiprocessing import connection, shared_memory
 
 import numpy as np
 
+from yolotune.capture_guard import CAPTURE_GUARD
 from yolotune.interpreter import usable_cores
 from yolotune.io.nvdec import NV12Picture
 from yolotune.io.stream_specs import SourceSpec
@@ -83,7 +84,7 @@ class DecoderPool:
         # pin(buffer) -> unpin or None: page-locks each ring once attached, so the engine DMAs frames straight from
         # the slots (no copy in this process); then a slot is given back only once its batch is collected
         self.pin = pin
-        self.sources: list[RemoteSource] = []
+        self.sources: dict[int, RemoteSource] = {}  # by stream number: streams decoded elsewhere take numbers too
         n = processes if processes is not None else decoder_processes(len(specs))
         # the last nvdec_processes processes decode on NVDEC into device rings (serve/decoder_process.py)
         m = nvdec_processes if nvdec_device is not None else 0
@@ -140,11 +141,7 @@ class DecoderPool:
         if p is None or p not in group:
             p = self.owner[i] = min(group, key=self._load.__getitem__)
         self._load[p] += 1
-        source = RemoteSource(i, spec, self)
-        if i < len(self.sources):
-            self.sources[i] = source
-        else:
-            self.sources.append(source)
+        self.sources[i] = RemoteSource(i, spec, self)
         return p, (i, spec, None, (block, offset), nvdec and p in self.nvdec_procs)
 
     def add(self, i: int, spec: SourceSpec, nvdec: bool = False) -> RemoteSource:
@@ -385,7 +382,8 @@ class DecoderPool:
                 self.release([frame])
         elif kind == "device_ring":  # an NVDEC process's ring for this stream, mapped once
             rebuild, args = msg[3]
-            ring = self._device_rings[msg[2]] = rebuild(*args)
+            with CAPTURE_GUARD.shared():  # mapping it must not meet the engine thread's capture of a graph
+                ring = self._device_rings[msg[2]] = rebuild(*args)
             self.device_ring_bytes += ring.numel()
         elif kind == "event":
             state, message, when, snapshot = msg[2], msg[3], msg[4], msg[5]
