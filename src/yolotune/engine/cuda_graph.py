@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from yolotune.capture_guard import CAPTURE_GUARD
+
 StepFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
@@ -57,7 +59,7 @@ class CudaGraphCache:
         graph = torch.cuda.CUDAGraph()
         # "thread_local": CUDA calls other threads make meanwhile (the serve runtime page-locks decoder rings with
         # cudaHostRegister) must not invalidate this capture; the default "global" mode fails it
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        with CAPTURE_GUARD.exclusive(), torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             outputs = self.fn(*tensors)
         # Modules may cache tensors per input shape (Ultralytics' anchors) and replace them when the shape
         # changes; the graph reads them by address, so keep this capture's tensors alive with the graph.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from yolotune.capture_guard import CAPTURE_GUARD
+
 # PyAV codec name -> PyNvVideoCodec's cudaVideoCodec member
 NVDEC_CODECS = {
     "h264": "H264", "hevc": "HEVC", "av1": "AV1", "vp9": "VP9", "vp8": "VP8", "mpeg4": "MPEG4",
@@ -186,9 +188,10 @@ class NvdecDecoder:
             context = _current_context()
             latency = nvc.DisplayDecodeLatencyType.LOW if self.low_latency else nvc.DisplayDecodeLatencyType.NATIVE
             try:
-                self._decoder = nvc.CreateDecoder(gpuid=gpu, codec=getattr(nvc.cudaVideoCodec, NVDEC_CODECS[cc.name]),
-                                                  cudacontext=context, cudastream=self.stream.cuda_stream,
-                                                  usedevicememory=True, latency=latency)
+                with CAPTURE_GUARD.shared():
+                        self._decoder = nvc.CreateDecoder(
+                        gpuid=gpu, codec=getattr(nvc.cudaVideoCodec, NVDEC_CODECS[cc.name]), cudacontext=context,
+                        cudastream=self.stream.cuda_stream, usedevicememory=True, latency=latency)
             except Exception as e:  # noqa: BLE001
                 raise NvdecUnavailable(f"NVDEC decoder not created: {type(e).__name__}: {e}") from e
         self.frames = 0
@@ -219,7 +222,8 @@ class NvdecDecoder:
             pd.pts = packet.pts if packet.pts is not None else _NO_PTS
             if self.low_latency:
                 pd.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
-        with torch.cuda.stream(self.stream):
+        # kept apart from CUDA graph captures in this process's other threads: NVDEC invalidated one (on an H100)
+        with CAPTURE_GUARD.shared(), torch.cuda.stream(self.stream):
             try:
                 decoded = self._decoder.Decode(pd)
             except Exception as e:  # noqa: BLE001  (PyNvVideoCodec's own exception types)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from yolotune.capture_guard import CAPTURE_GUARD
+
 SECTIONS = ("backbone", "neck", "head")
 
 
@@ -127,7 +129,7 @@ class SectionRunner:
         state = (x, [])
         for name in self.ranges:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with CAPTURE_GUARD.exclusive(), torch.cuda.graph(graph):
                 out = self.run_section(name, *state)
             self._graphs[name] = (graph, out)
             state = out
