@@ -44,7 +44,8 @@ def test_nvdec_frames_match_ffmpegs(clip):
     got = torch.stack([nv12_to_rgb(f.picture.planes[None])[0] for f in frames]).int()
     ref = i420_to_rgb(torch.from_numpy(np.stack(want)).cuda()).int()
     diff = (got - ref).abs().float()
-    assert diff.mean() < 1.0 and diff.quantile(0.999) <= 8, (diff.mean(), diff.max())
+    sample = diff.flatten()[::64]  # quantile() takes at most 16M values
+    assert diff.mean() < 1.0 and sample.quantile(0.999) <= 8, (diff.mean(), diff.max())
 
 
 def test_predict_on_nvdec_matches_the_cpu_decoder(clip):

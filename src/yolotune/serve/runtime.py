@@ -122,8 +122,8 @@ class StreamRuntime:
         self._events: queue.Queue = queue.Queue()
         self.pool: DecoderPool | None = None
         if self.decoders == "processes":
-            # NVDEC's streams in processes of their own (one GIL each: one process's threads decode about a third of
-            # what NVDEC does: benchmarks/results/serve/nvdec_h100.json), the CPU's in the others
+            # NVDEC's streams in processes of their own, one GIL each: in one process NVDEC's host side is bound by
+            # the GIL (benchmarks/results/serve/nvdec_sessions_h100.json); the CPU's streams in the others
             nvdec_procs = (self.opt.nvdec_processes or nvdec_processes(on_nvdec, cores)) if on_nvdec else 0
             processes = self.opt.decoder_processes or (decoder_processes(on_cpu) if on_cpu else 0)
             self.pool = DecoderPool([], self.table.queues, self.stop, DecoderOptions(
