@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "mse")
 
 
 class CalibrationError(ValueError):
@@ -53,57 +53,125 @@ def _head_nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
 CALIBRATION_CHUNK = 4  # batches collected at once: memory bounded whatever the calibration set's size
 
 
-def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.ndarray], method: str = "minmax",
-                  per_channel: bool = True, also_exclude: Iterable[str] = (), op_types: list[str] | None = None) -> Path:
-    """Write an INT8 QDQ model of ``fp32_onnx`` calibrated on ``calibration`` with ``method``. ``also_exclude``
-    (node names) and ``op_types`` (the only operator types to quantize) are for experiments
-    (benchmarks/int8_variants.py)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+def calibrate(fp32_onnx: str | Path, calibration: list[np.ndarray], method: str = "minmax", work: Path | None = None):
+    """Each quantizable tensor's range over ``calibration`` (ONNX Runtime's ``TensorsData``), by ``method``:
+    minmax, entropy, percentile (ONNX Runtime's), or mse: from each tensor's histogram, the range whose 8-bit
+    steps and clipping lose the least in mean squared error (``mse_range``). Made once; ``quantize_with_ranges``
+    then quantizes with any set of layers left in float without calibrating again."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, create_calibrator
 
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, not {method!r}")
     if not calibration:
         raise CalibrationError("empty calibration set")
-    model = onnx.load(str(fp32_onnx))
-    input_name = model.graph.input[0].name
+    input_name = onnx.load(str(fp32_onnx), load_external_data=False).graph.input[0].name
 
     class Reader(CalibrationDataReader):
-        """The calibration batches, a few at a time (``set_range``): ONNX Runtime's calibrators keep every tensor
-        of every batch they are given before reducing them, ~0.3 GB per 640x640 image for yolov8n."""
+        """A few calibration batches at a time: ONNX Runtime's calibrators keep every tensor of every batch they are
+        given before reducing them, ~0.3 GB per 640x640 image for yolov8n."""
 
-        def __init__(self):
-            self.set_range(0, len(calibration))
-
-        def __len__(self):
-            return len(calibration)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.it = iter(calibration[start_index:end_index])
+        def __init__(self, batches):
+            self.it = iter(batches)
 
         def get_next(self):
             batch = next(self.it, None)
             return None if batch is None else {input_name: batch}
 
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
+    calibrate_as = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile, "mse": CalibrationMethod.Entropy}[method]
+    options = {"minmax": {"moving_average": True}, "percentile": {"percentile": 99.999},
+               "mse": {"num_bins": 512}}.get(method, {})
+    with tempfile.TemporaryDirectory(prefix="yolotune-calibrate-", dir=work) as tmp:
+        calibrator = create_calibrator(Path(fp32_onnx), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=calibrate_as, extra_options=options)
+        step = _chunk(len(calibration))
+        for start in range(0, len(calibration), step):
+            with _quiet():
+                calibrator.collect_data(Reader(calibration[start : start + step]))
+        if method != "mse":
+            with _quiet():
+                return calibrator.compute_data()
+        ranges = {name: mse_range(hist, edges, lo, hi)
+                  for name, (hist, edges, lo, hi, _t) in calibrator.collector.histogram_dict.items()}
+    return TensorsData(calibrate_as, {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+                                      for name, (lo, hi) in ranges.items()})
+
+
+def mse_range(hist: np.ndarray, edges: np.ndarray, lowest: float, highest: float, levels: int = 256,
+              candidates: int = 64) -> tuple[float, float]:
+    """The [low, high] range of 8-bit (``levels`` steps) asymmetric quantization that loses the least in mean
+    squared error over a histogram (counts ``hist`` over ``edges``) of a tensor seen between ``lowest`` and
+    ``highest``: each end clipped inwards over ``candidates`` steps. Values inside lose a step's rounding
+    (step^2 / 12), values outside their distance to the clipped end."""
+    centers = (edges[:-1] + edges[1:]) / 2
+    counts = hist.astype(np.float64)
+    lowest, highest = float(min(lowest, 0.0)), float(max(highest, 0.0))
+    if counts.sum() == 0 or highest - lowest <= 0:
+        return lowest, highest
+    fractions = np.geomspace(1.0, 0.02, candidates)  # outliers can sit far above the bulk
+    best, best_err = (lowest, highest), np.inf
+    for lo in lowest * fractions[:: max(1, candidates // 8)]:  # the low end matters less (SiLU's is small)
+        highs = highest * fractions[:, None]  # [candidates, 1]
+        step = (highs - lo) / (levels - 1)
+        clipped = np.clip(centers[None, :], lo, highs)
+        err = ((centers[None, :] - clipped) ** 2 + step**2 / 12) @ counts
+        k = int(np.argmin(err))
+        if err[k] < best_err:
+            best, best_err = (float(lo), float(highs[k, 0])), float(err[k])
+    return best
+
+
+def quantize_with_ranges(fp32_onnx: str | Path, out: str | Path, ranges, method: str, n_calibration: int,
+                         per_channel: bool = True, keep_float: Iterable[str] = (),
+                         op_types: list[str] | None = None) -> Path:
+    """Write an INT8 QDQ model of ``fp32_onnx`` with calibrated ``ranges`` (``calibrate``); the head's decoding
+    and the nodes named in ``keep_float`` stay in float."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    model = onnx.load(str(fp32_onnx))
     out = Path(out)
-    with _without_preprocessing_advice():
+    with tempfile.TemporaryDirectory(prefix="yolotune-quantize-", dir=out.parent) as tmp, _without_preprocessing_advice():
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(ranges, cache)
         quantize_static(
-            str(fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-            nodes_to_exclude=_head_nodes_to_exclude(model) + list(also_exclude), op_types_to_quantize=op_types,
-            # CalibStridedMinMax: collect per chunk of batches, for every method (ranges and histograms are merged)
-            extra_options={"CalibMovingAverage": method == "minmax", "CalibPercentile": 99.999,
-                           "CalibStridedMinMax": _chunk(len(calibration))},
-        )
+            str(fp32_onnx), str(out), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=ranges.calibration_method,
+            nodes_to_exclude=_head_nodes_to_exclude(model) + list(keep_float), op_types_to_quantize=op_types,
+            calibration_cache_path=str(cache))
     # keep Ultralytics-style metadata (names, stride, imgsz) so the loader describes the model as before
     q = onnx.load(str(out))
     del q.metadata_props[:]
     for prop in model.metadata_props:
         q.metadata_props.add(key=prop.key, value=prop.value)
-    q.metadata_props.add(key="quantization", value=f"int8 qdq per_channel={per_channel} calibration={method} n={len(calibration)}")
+    kept = len(list(keep_float))
+    q.metadata_props.add(key="quantization", value=f"int8 qdq per_channel={per_channel} calibration={method} "
+                                                    f"n={n_calibration}" + (f" float_nodes={kept}" if kept else ""))
     onnx.save(q, str(out))
     return out
+
+
+def quantize_int8(fp32_onnx: str | Path, out: str | Path, calibration: list[np.ndarray], method: str = "minmax",
+                  per_channel: bool = True, also_exclude: Iterable[str] = (), op_types: list[str] | None = None) -> Path:
+    """Write an INT8 QDQ model of ``fp32_onnx`` calibrated on ``calibration`` with ``method``. ``also_exclude``
+    (node names) and ``op_types`` (the only operator types to quantize) are for experiments
+    (benchmarks/int8_variants.py)."""
+    ranges = calibrate(fp32_onnx, calibration, method, Path(out).parent)
+    return quantize_with_ranges(fp32_onnx, out, ranges, method, len(calibration), per_channel, also_exclude, op_types)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ONNX Runtime's histogram calibrators print a line per computation."""
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 @contextlib.contextmanager
