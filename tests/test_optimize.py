@@ -11,6 +11,7 @@ from yolotune.cli import app
 from yolotune.data.synth import write_dataset
 from yolotune.tune import search
 from yolotune.models.artifact import read_artifact
+from yolotune.tune.candidates import INT8_CALIBRATIONS
 from yolotune.tune.int8 import CalibrationError, calibration_batches
 
 
@@ -32,12 +33,23 @@ def optimized(tmp_path_factory, val):
 def test_every_candidate_is_measured_and_guarded(optimized):
     out, report, output = optimized
     names = [c["name"] for c in report["candidates"]]
-    assert names[:5] == ["torch fp32", "onnxruntime fp32", "onnxruntime int8 (minmax)", "onnxruntime int8 (entropy)",
-                         "onnxruntime int8 (percentile)"]
-    engines = [c for c in report["candidates"] if c["name"] in names[:5]]
+    by_name = {c["name"]: c for c in report["candidates"]}
+    int8 = [f"onnxruntime int8 ({m})" for m in INT8_CALIBRATIONS]
+    mixed = [n for n in names if "int8 mixed" in n]
+    # the first two calibrations, then accuracy control where both lost too much, then the other two
+    assert names[:4] == ["torch fp32", "onnxruntime fp32"] + int8[:2]
+    assert bool(mixed) == all(by_name[n]["status"] != "passed" for n in int8[:2])
+    assert names[4 : 6 + len(mixed)] == mixed + int8[2:]
+    if mixed:
+        assert by_name[mixed[0]]["int8_control"]["steps"][0]["float_groups"] == 0
+    n_engines = 6 + len(mixed)
+    engines = [c for c in report["candidates"] if c["name"] in names[:n_engines]]
     winner = max((c for c in engines if c["status"] == "passed"), key=lambda c: c["images_per_s"])
     # then the winner at 512x512 and 416x416 (re-exported and re-calibrated) and with a top-k of 512
-    assert names[5:] == [f"{winner['name']} @ 512x512", f"{winner['name']} @ 416x416", f"{winner['name']}, top-k 512"]
+    assert names[n_engines:] == [f"{winner['name']} @ 512x512", f"{winner['name']} @ 416x416",
+                                 f"{winner['name']}, top-k 512"]
+    # every candidate that passed, at the batch the winner was chosen at
+    assert all(c["images_per_s_at_chosen_batch"] > 0 for c in report["candidates"] if c["status"] == "passed")
     for c in report["candidates"]:
         assert c["status"] in ("passed", "rejected"), c
         assert c["images_per_s"] > 0 and c["latency_ms_b1"] > 0 and c["map50_95"] > 0.3

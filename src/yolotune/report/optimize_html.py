@@ -15,12 +15,26 @@ def optimize_html(r: dict) -> str:
     parts.append(f"<p class=muted>objective {escape(r['objective'])}; accuracy bound {r['max_drop_points']} mAP50-95 points; "
                  f"budget {r['budget_s']} s; search {escape(r.get('search_s', '?'))} s; artifact reload {escape(r.get('reload_s', '?'))} s</p>")
     parts.append("<h2>Candidates</h2>")
-    rows = [[c["name"], c.get("status", ""), format_cell(c.get("images_per_s"), 1), format_cell(c.get("latency_ms_b1"), 3),
+    batch = (r.get("chosen") or {}).get("options", {}).get("batch")
+    rows = [[c["name"], c.get("status", ""), format_cell(c.get("images_per_s"), 1),
+             format_cell(c.get("images_per_s_at_chosen_batch"), 1), format_cell(c.get("latency_ms_b1"), 3),
              format_cell(c.get("memory_mib"), 0), format_cell(c.get("map50_95"), 4), format_cell(c.get("drop_points"), 2),
              format_cell(c.get("seconds"), 1), c.get("reason", "")] for c in r.get("candidates", [])]
-    parts.append(html_table(["candidate", "status", "images/s (probe batch)", "batch-1 ms", "memory MiB", "mAP50-95",
-                         "drop (points)", "seconds", "note"], rows))
+    parts.append(html_table(["candidate", "status", "images/s (probe batch)", f"images/s (batch {batch or 'chosen'})",
+                             "batch-1 ms", "memory MiB", "mAP50-95", "drop (points)", "seconds", "note"], rows))
     parts.append("<div class=fig>" + plots.candidates_scatter(r) + "</div>")
+    for c in r.get("candidates", []):
+        ctl = c.get("int8_control")
+        if not ctl:
+            continue
+        parts.append(f"<h2>INT8 accuracy control: {escape(c['name'])}</h2><p>everything INT8 lost "
+                     f"{ctl['int8_drop_points']:.2f} mAP50-95 points; with these layer groups back in float, "
+                     f"{ctl['drop_points']:.2f}" + (f"; {c['images_per_s']:.1f} images/s against "
+                     f"{c['all_int8_images_per_s']:.1f} all INT8 at the probe batch" if c.get("all_int8_images_per_s")
+                     and c.get("images_per_s") else "") + "</p>")
+        parts.append(html_table(["layer group in float", "output error it removes", "share of the convolutions' work"],
+                                [[g["name"], format_cell(g["sensitivity"], 4), f"{g['macs_share']:.1%}"]
+                                 for g in ctl["float_groups"]]))
     if r.get("levers"):
         parts.append("<h2>Levers, one at a time</h2><div class=fig>" + plots.lever_bars(r) + "</div>")
     if r.get("batch_sweep"):

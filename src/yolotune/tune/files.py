@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 from yolotune.tune.candidates import Candidate
-from yolotune.tune.int8 import calibration_batches, quantize_int8
+from yolotune.tune.int8 import calibrate, calibration_batches, quantize_with_ranges
+
+CALIBRATION_IMAGES = 32  # calibration images an INT8 candidate is calibrated on (int8_calibration_cpu.json)
 
 
 class CandidateFiles:
@@ -17,22 +19,39 @@ class CandidateFiles:
         self._cal: list[str] | None = None
         self._onnx: dict[tuple[int, int], Path] = {}
         self._int8: dict[tuple, Path] = {}
+        self._ranges: dict[tuple, object] = {}  # calibrated once per method and size, then reused
+        self._batches: dict[tuple[int, int], list] = {}
+        self.mixed: dict[str, Path] = {}  # accuracy-controlled models, by candidate name (tune/int8_control.py)
 
     def for_candidate(self, cand: Candidate) -> Path:
+        if cand.name in self.mixed:
+            return self.mixed[cand.name]
         if cand.engine != "onnxruntime":
             return self.model_file
-        size = _hw(cand.options.imgsz or 640)
+        size = hw_of(cand.options.imgsz or 640)
         onnx = self.onnx(size)
         if not cand.calibration:
             return onnx
         key = (cand.calibration, size)
         if key not in self._int8:
+            out = self.work / f"int8-{cand.calibration}-{size[0]}x{size[1]}.onnx"
+            self._int8[key] = quantize_with_ranges(onnx, out, self.ranges(cand.calibration, size), cand.calibration,
+                                                   len(self.batches(size)))
+        return self._int8[key]
+
+    def batches(self, size: tuple[int, int]) -> list:
+        """The calibration inputs at ``size``: letterboxed as the pipeline does (generated images unless given)."""
+        if size not in self._batches:
             if self._cal is None:  # generated only when an INT8 candidate needs it
                 self._cal = self._calibration_images()
-            batches = calibration_batches(self._cal, size, limit=32)
-            out = self.work / f"int8-{cand.calibration}-{size[0]}x{size[1]}.onnx"
-            self._int8[key] = quantize_int8(onnx, out, batches, cand.calibration)
-        return self._int8[key]
+            self._batches[size] = calibration_batches(self._cal, size, limit=CALIBRATION_IMAGES)
+        return self._batches[size]
+
+    def ranges(self, method: str, size: tuple[int, int]):
+        key = (method, size)
+        if key not in self._ranges:
+            self._ranges[key] = calibrate(self.onnx(size), self.batches(size), method, self.work)
+        return self._ranges[key]
 
     def onnx(self, size: tuple[int, int]) -> Path:
         from yolotune.models import load_model
@@ -46,5 +65,5 @@ class CandidateFiles:
         return self._onnx[size]
 
 
-def _hw(imgsz) -> tuple[int, int]:
+def hw_of(imgsz) -> tuple[int, int]:
     return (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))

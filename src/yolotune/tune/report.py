@@ -93,12 +93,16 @@ def report_markdown(r: dict) -> str:
         lines += [f"**{r['summary']}**", ""]
     lines += [f"Objective: {r['objective']}; accuracy bound {r['max_drop_points']} mAP50-95 points; budget {r['budget_s']} s"
               + (f"; search took {r['search_s']} s; reloading the artifact {r['reload_s']} s" if r.get("search_s") else ""), ""]
-    lines += ["| candidate | status | images/s (probe batch) | batch-1 latency ms | memory MiB | mAP50-95 | drop (points) | note |",
-              "|---|---|---|---|---|---|---|---|"]
+    batch = (r.get("chosen") or {}).get("options", {}).get("batch")
+    lines += [f"| candidate | status | images/s (probe batch) | images/s (batch {batch or 'chosen'}) | batch-1 latency ms "
+              "| memory MiB | mAP50-95 | drop (points) | note |", "|---|---|---|---|---|---|---|---|---|"]
     for c in r["candidates"]:
         f = lambda k, d=1: "" if c.get(k) is None else f"{c[k]:.{d}f}"  # noqa: E731
-        lines.append(f"| {c['name']} | {c.get('status', '')} | {f('images_per_s')} | {f('latency_ms_b1', 3)} | "
-                     f"{f('memory_mib', 0)} | {f('map50_95', 4)} | {f('drop_points', 2)} | {c.get('reason', '')} |")
+        lines.append(f"| {c['name']} | {c.get('status', '')} | {f('images_per_s')} | {f('images_per_s_at_chosen_batch')} | "
+                     f"{f('latency_ms_b1', 3)} | {f('memory_mib', 0)} | {f('map50_95', 4)} | {f('drop_points', 2)} | "
+                     f"{c.get('reason', '')} |")
+    for c in r["candidates"]:
+        lines += int8_control_lines(c)
     if r.get("levers"):
         lines += ["", "| lever | speedup | mAP drop (points) |", "|---|---|---|"]
         lines += [f"| {lv['lever']} | {lv['speedup']:.2f}x | {lv['drop_points'] if lv['drop_points'] is None else round(lv['drop_points'], 2)} |"
@@ -108,3 +112,19 @@ def report_markdown(r: dict) -> str:
         lines += [f"| {s['batch']} | {s['images_per_s']:.0f} | {s['latency_ms']:.2f} | {s['memory_mib'] or ''} |" for s in r["batch_sweep"]]
     lines += [""] + [f"- {n}" for n in r.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def int8_control_lines(c: dict) -> list[str]:
+    """A mixed INT8 candidate's accuracy control in Markdown: which layers stayed float, why, what they cost."""
+    ctl = c.get("int8_control")
+    if not ctl:
+        return []
+    out = ["", f"**{c['name']}**: everything INT8 lost {ctl['int8_drop_points']:.2f} mAP50-95 points; with the "
+               f"{len(ctl['float_groups'])} layer groups below back in float, {ctl['drop_points']:.2f}."]
+    if c.get("all_int8_images_per_s") and c.get("images_per_s"):
+        out[-1] += (f" Speed: {c['images_per_s']:.1f} images/s against {c['all_int8_images_per_s']:.1f} all INT8 "
+                    f"({c['images_per_s'] / c['all_int8_images_per_s']:.2f}x) at the probe batch.")
+    out += ["", "| layer group in float | output error it removes | share of the convolutions' work |", "|---|---|---|"]
+    out += [f"| {g['name']} | {g['sensitivity']:.4f} | {g['macs_share']:.1%} |" for g in ctl["float_groups"]]
+    steps = ", ".join(f"{s['float_groups']} in float: {s['drop_points']:.2f}" for s in ctl["steps"])
+    return out + ["", f"Validated steps (groups in float: drop in points): {steps}."]

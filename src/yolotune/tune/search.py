@@ -25,8 +25,9 @@ from yolotune.profile.sweep import letterboxed_images, measure_batch
 from yolotune.tune.artifact import write_artifact
 from yolotune.tune.batch import as_deployed, choose_batch, cudnn_autotune
 from yolotune.tune.candidates import Candidate, refinements, search_space
-from yolotune.tune.files import CandidateFiles
+from yolotune.tune.files import CandidateFiles, hw_of
 from yolotune.tune.int8 import CalibrationError
+from yolotune.tune.int8_control import accuracy_control
 from yolotune.tune.levers import levers, split_lever, summary
 from yolotune.tune.report import Chosen, OptimizeReport, write_report
 
@@ -36,6 +37,9 @@ REFINE_MARGIN = 1.05
 # kept for the winner's batch sizes (choose_batch measures for at least 15 s): candidates that would eat into it
 # are skipped, so the search ends within its budget
 SWEEP_RESERVE_S = 15.0  # a refinement replaces the engine it refines only when at least 5% better
+CONTROL_IMAGES = 12  # calibration images the INT8 layer ranking compares outputs on
+# tried after INT8's accuracy control (tune/candidates.py INT8_CALIBRATIONS)
+LATER_CALIBRATIONS = ("entropy", "minmax")
 
 
 def _model_file(model: str, work: Path) -> Path:
@@ -251,11 +255,18 @@ class _Search:
 
         try:
             by_name = {c.name: c for c in self.candidates}
+            controlled = False
             for cand in list(self.candidates):
                 if cand.fallback_for and by_name[cand.fallback_for].result.get("status") != "failed":
                     cand.result = {"status": "not needed", "reason": f"{cand.fallback_for} did not fail"}
                     continue
+                if cand.calibration in LATER_CALIBRATIONS and not controlled:
+                    # INT8 within the bound first: the other calibrations only where budget is left
+                    self.int8_control()
+                    controlled = True
                 self.run(cand)
+            if not controlled:
+                self.int8_control()
             valid = self.valid()
             if refine and valid:
                 winner = max(valid, key=self.limits.key)
@@ -266,6 +277,66 @@ class _Search:
                     self.run(cand)
         except KeyboardInterrupt:
             self.report.interrupted = True
+
+    def int8_control(self) -> None:
+        """Where every INT8 candidate lost more accuracy than the bound: the one that lost least, with its most
+        sensitive layers back in float until it fits (tune/int8_control.py), guarded like any candidate."""
+        int8 = [c for c in self.candidates if c.calibration and not c.refines and "drop_points" in c.result]
+        if not int8 or any(c.result.get("status") == "passed" for c in int8):
+            return
+        base = min(int8, key=lambda c: c.result["drop_points"])
+        cand = Candidate(f"onnxruntime int8 mixed ({base.calibration})", base.options, engine="onnxruntime",
+                         calibration=base.calibration, est_cost_s=60)
+        self.candidates.append(cand)
+        left = self.limits.left_s()
+        if left - SWEEP_RESERVE_S < cand.est_cost_s:
+            cand.result = {"status": "skipped", "reason": f"budget: {left:.0f} s left, accuracy control needs "
+                                                          f"~{cand.est_cost_s:.0f} s"}
+            return
+        try:
+            size = hw_of(cand.options.imgsz or 640)
+            batches = self.files.batches(size)
+            control = accuracy_control(self.files.onnx(size), self.files.ranges(cand.calibration, size),
+                                       cand.calibration, len(batches), lambda path: self._drop(cand, path),
+                                       self.limits.max_drop, batches[:CONTROL_IMAGES], self.work, self.say)
+        except Exception as e:  # reported like a candidate that cannot be built
+            cand.result = {"status": "failed", "reason": f"accuracy control: {type(e).__name__}: {str(e)[:300]}"}
+            return
+        self.files.mixed[cand.name] = control.model
+        self.run(cand)
+        cand.result["int8_control"] = control.to_dict()
+        cand.result["all_int8_images_per_s"] = base.result.get("images_per_s")
+
+    def _drop(self, cand: Candidate, model: Path) -> float:
+        """mAP50-95 points ``model`` loses on the validation data, run as ``cand``'s options would run it."""
+        from yolotune.data.validate import accuracy_guard
+        from yolotune.pipeline.detector import Detector
+
+        opts = cand.options.replace(device=str(self.dev), batch=self.probe, conf=0.001, rect=False)
+        with Detector(str(model), opts) as det:
+            return accuracy_guard(det, self.val, max_drop_points=self.limits.max_drop,
+                                  baseline=self.reference.result["_guard_baseline"]).drop_points
+
+    def speeds_at(self, batch: int) -> None:
+        """Every passing candidate's images/s at the batch the winner was chosen at (the probe batch can rank
+        them differently: INT8 gains more at larger batches on a CPU)."""
+        from yolotune.pipeline.detector import Detector
+
+        window = 0.2 if self.dev.type == "cuda" else 0.8
+        for c in self.valid():
+            if c.result.get("probe_batch") == batch:
+                c.result["images_per_s_at_chosen_batch"] = c.result["images_per_s"]
+                continue
+            try:
+                with Detector(str(c.result["model_file"]), c.options.replace(device=str(self.dev), batch=batch)) as det:
+                    h, w = det.imgsz
+                    with as_deployed(det):
+                        sample = letterboxed_images(_images(self.val), (h, w), det.device)
+                        m = measure_batch(det, det.engine.fixed_batch or batch, h, w, repeats=3, min_seconds=window,
+                                          sample=sample)
+                c.result["images_per_s_at_chosen_batch"] = m.images_per_s
+            except Exception as e:  # noqa: BLE001  (reported, not fatal: the winner is saved all the same)
+                c.result["images_per_s_at_chosen_batch_error"] = f"{type(e).__name__}: {str(e)[:200]}"
 
     def valid(self) -> list[Candidate]:
         return [c for c in self.candidates if c.result.get("status") == "passed"]
@@ -295,6 +366,9 @@ class _Search:
         batch, sweep = choose_batch(Detector, best, dev, limits.objective, limits.latency_ms, limits.target_fps,
                                     limits.memory_mib, limits.max_batch, limits.left_s() if not report.interrupted else 0,
                                     _images(self.val))
+        if not report.interrupted and limits.left_s() > 0:
+            self.say(f"every passing candidate at batch {batch}")
+            self.speeds_at(batch)
         options = best.options.replace(batch=batch)
         if options.compile and options.rect is False and self.camera is None:
             report.notes.append(
