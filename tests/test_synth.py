@@ -101,3 +101,47 @@ def test_a_camera_clip_is_encoded_like_a_cameras_stream(tmp_path):
     assert camera.stat().st_size > 2 * plain.stat().st_size  # the noise a sensor adds does not compress away
     truth = json.loads((tmp_path / "d" / "video.json").read_text())
     assert len(truth["frames"]) == 60 and any(f["boxes"] for f in truth["frames"])
+
+
+def test_dataset_generation_does_not_hang_beside_a_threaded_runtime(tmp_path):
+    """Generating scenes in worker processes after OpenVINO has started its thread pool (optimize measures an
+    OpenVINO candidate before it generates calibration images): forked workers inherited its locked mutexes and
+    hung for good; workers that start afresh do not."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    script = f"""
+import numpy as np, openvino as ov
+from yolotune.models import load_model
+from yolotune.models.export import export_onnx
+from yolotune.data.synth import write_dataset
+m = export_onnx(load_model("default"), r"{tmp_path}/m.onnx", imgsz=(64, 64), dynamic_batch=False)
+c = ov.Core().compile_model(str(m), "CPU")
+c.create_infer_request().infer({{0: np.zeros((1, 3, 64, 64), np.float32)}})
+write_dataset(r"{tmp_path}/d", 4, seed=5, workers=2)
+print("done")
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0 and "done" in res.stdout, res.stderr[-2000:]
+
+
+def test_dataset_workers_start_afresh_not_forked(tmp_path, monkeypatch):
+    """The generator's worker processes do not fork the calling process: optimize calls it after its engines
+    (PyTorch's OpenMP, ONNX Runtime's and OpenVINO's thread pools) are up, and a child forked while one of their
+    threads holds a lock waits on it for good (an optimize run hung so, its two workers asleep)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from yolotune.data import synth
+
+    contexts = []
+
+    class Recording(ProcessPoolExecutor):
+        def __init__(self, *a, mp_context=None, **k):
+            contexts.append(mp_context.get_start_method() if mp_context else "fork (the platform default)")
+            super().__init__(*a, mp_context=mp_context, **k)
+
+    monkeypatch.setattr(synth, "ProcessPoolExecutor", Recording)
+    synth.write_dataset(tmp_path / "d", 3, seed=1, workers=2)
+    assert contexts and contexts[0] in ("forkserver", "spawn")
+    assert len(list((tmp_path / "d" / "images").iterdir())) == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -159,7 +160,11 @@ def write_dataset(out_dir: str | Path, n: int, seed: int = 0, cfg: SynthConfig =
     jobs = [(str(out), seed, i, cfg) for i in range(n)]
     workers = workers or min(8, os.cpu_count() or 1)
     records = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # workers started afresh, not forked: callers (optimize) have thread pools running (OpenMP, ONNX Runtime,
+    # OpenVINO), and a child forked while one of their threads holds a lock hangs on it
+    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                          else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         for rec in pool.map(_write_one, jobs, chunksize=8):
             records.append(rec)
             if progress is not None:
