@@ -191,3 +191,24 @@ def test_int8_calibration_holds_a_few_batches_at_a_time(tmp_path, monkeypatch):
     batches = [np.random.default_rng(i).random((1, 3, 64, 64), dtype=np.float32) for i in range(8)]
     assert quantize_int8(path, tmp_path / "q.onnx", batches, method="entropy").is_file()
     assert sum(seen) == 8 and max(seen) <= CALIBRATION_CHUNK
+
+
+def test_openvino_runs_the_onnx_model_as_onnx_runtime_does(tmp_path):
+    """The same ONNX file on OpenVINO (the openvino extra): the detections ONNX Runtime gives."""
+    pytest.importorskip("openvino")
+    path = export_onnx(load_model("default"), tmp_path / "m.onnx", imgsz=(320, 320), dynamic_batch=True)
+    images = [str(p) for p in write_sample_images(tmp_path / "i", 5, size=(240, 320), seed=4)]
+    with Detector(str(path), device="cpu", batch=4) as ort_det, \
+            Detector(str(path), device="cpu", batch=4, runtime="openvino") as ov_det:
+        want, got = list(ort_det.predict(images)), list(ov_det.predict(images))
+        assert ov_det.engine.describe()["engine"] == "openvino"
+    rows = lambda rs: [(r.boxes, r.scores, r.class_ids) for r in rs]  # noqa: E731
+    frac, total = matched_fraction(rows(want), rows(got), iou=0.9, score_tol=0.02)
+    assert total > 3 and frac >= 0.95
+
+
+def test_openvino_is_refused_for_a_pytorch_model():
+    with pytest.raises(ValueError, match="runtime 'openvino' runs ONNX models on the CPU"):
+        Detector("default", device="cpu", runtime="openvino")
+    with pytest.raises(ValueError, match="one of auto, onnxruntime, openvino"):
+        Detector("default", device="cpu", runtime="tensorrt")

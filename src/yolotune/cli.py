@@ -70,6 +70,8 @@ def predict(
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on).", metavar=""),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA.", metavar=""),
     video_decode: str = VIDEO_DECODE,
+    runtime: Optional[str] = typer.Option(None, help="ONNX models: onnxruntime, or openvino (yolotune\\[openvino]; "
+                                          "the CPU). Default: an artifact's own, else ONNX Runtime."),
     compile: Optional[str] = typer.Option(None, help="Compile the model: inductor (torch.compile), aoti (AOTInductor, "
                                           "packaged and cached on disk; load-checked in a child process first: "
                                           "its loader can crash), none."),
@@ -103,7 +105,7 @@ def predict(
     try:
         # options left unset are not passed, so an artifact's tuned values (batch, precision, graph) apply
         unset = dict(half=half, batch=batch, imgsz=imgsz, cuda_graph=cuda_graph, workers=workers, class_bias=class_bias,
-                     end2end=end2end, compile=compile, rect=rect)
+                     end2end=end2end, compile=compile, rect=rect, runtime=runtime)
         overrides = dict(device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode, video_decode=video_decode,
                          preprocess=preprocess, agnostic=agnostic, return_images=bool({"images", "video"} & set(formats)),
                          seed=seed, max_image_pixels=max_image_pixels, **{k: v for k, v in unset.items() if v is not None})

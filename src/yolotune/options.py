@@ -77,6 +77,9 @@ class DetectorOptions:
     cudnn_benchmark: bool | None = dataclasses.field(default=None, metadata=_check(
         _optional(_boolean), "true, false or null"))
     gpu_decode: bool = dataclasses.field(default=True, metadata=_check(_boolean, "true or false"))
+    # ONNX models: "openvino" runs them with OpenVINO on the CPU (engine/openvino.py), "auto" with ONNX Runtime
+    runtime: str = dataclasses.field(default="auto", metadata=_check(_one_of("auto", "onnxruntime", "openvino"),
+                                                                      "one of auto, onnxruntime, openvino"))
     # videos: "nvdec" decodes on the GPU's NVDEC engines (io/nvdec.py), "cpu" with FFmpeg, "auto" NVDEC where there is
     video_decode: str = dataclasses.field(default="auto", metadata=_check(_one_of("auto", "nvdec", "cpu"),
                                                                            "one of auto, nvdec, cpu"))

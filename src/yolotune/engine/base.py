@@ -55,10 +55,18 @@ def register_engine(model_format: str) -> Callable[[EngineBuilder], EngineBuilde
 
 
 def build_engine(model: LoadedModel, device: torch.device, precision: str, compile: bool | str = False,
-                 fuse: bool = True) -> Engine:
-    """The engine that runs ``model`` (by its format) on ``device`` at ``precision``."""
+                 fuse: bool = True, runtime: str = "auto") -> Engine:
+    """The engine that runs ``model`` (by its format) on ``device`` at ``precision``; ``runtime`` "openvino" runs
+    an ONNX model with OpenVINO instead of ONNX Runtime (on the CPU)."""
     from yolotune.engine import ort as _ort  # noqa: F401  (registers)
     from yolotune.engine import torch as _torch  # noqa: F401  (registers)
+
+    if runtime == "openvino":
+        if model.spec.format != "onnx" or device.type != "cpu":
+            raise ValueError("runtime 'openvino' runs ONNX models on the CPU (--device cpu)")
+        from yolotune.engine.openvino import OpenVinoEngine
+
+        return OpenVinoEngine(model)
 
     builder = _BUILDERS.get(model.spec.format)
     if builder is None:

@@ -55,7 +55,8 @@ class BatchStages:
             precision = "fp32" if (options.half is False or device.type == "cpu") else "fp16"
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
-        self.engine = build_engine(model, device, precision, compile=options.compile, fuse=options.fuse)
+        self.engine = build_engine(model, device, precision, compile=options.compile, fuse=options.fuse,
+                                   runtime=options.runtime)
         if options.cudnn_benchmark is not None and self.engine.device.type == "cuda":
             # cuDNN's autotuning of each convolution shape at the first call (process-wide; engines default to on,
             # YOLOTUNE_CUDNN_BENCHMARK=0 turns it off): an artifact says which measured better (tune/search.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from yolotune.engine.openvino import openvino_available
 from yolotune.options import DetectorOptions
 
 
@@ -11,7 +12,7 @@ from yolotune.options import DetectorOptions
 class Candidate:
     name: str
     options: DetectorOptions  # what this candidate runs with (precision, cuda_graph, compile, nms, ...)
-    engine: str = "torch"  # "torch" or "onnxruntime"
+    engine: str = "torch"  # "torch", "onnxruntime" or "openvino" (the last two run the ONNX export)
     calibration: str | None = None  # INT8 calibration method (ONNX Runtime static quantization)
     est_cost_s: float = 10.0  # rough time to build and measure, for the budget
     reference: bool = False  # the accuracy reference (FP32, plain)
@@ -56,13 +57,22 @@ def search_space(device_type: str, compile: bool = True, int8: bool = True, budg
             Candidate("graph fp32", DetectorOptions(precision="fp32", cuda_graph=True), est_cost_s=8),
         ]
         return out
+    # OpenVINO (the openvino extra) runs the same ONNX files: FP32, and INT8 at the first calibration (the file is
+    # shared, so its accuracy is the ONNX Runtime candidate's and only its speed differs)
+    openvino = openvino_available()
     out = [
         Candidate("torch fp32", DetectorOptions(precision="fp32"), reference=True, est_cost_s=15),
         Candidate("onnxruntime fp32", DetectorOptions(), engine="onnxruntime", est_cost_s=15),
     ]
+    if openvino:
+        out.append(Candidate("openvino fp32", DetectorOptions(runtime="openvino"), engine="openvino", est_cost_s=15))
     if int8:
-        out += [Candidate(f"onnxruntime int8 ({m})", DetectorOptions(), engine="onnxruntime", calibration=m, est_cost_s=45)
-                for m in INT8_CALIBRATIONS]
+        for m in INT8_CALIBRATIONS:
+            out.append(Candidate(f"onnxruntime int8 ({m})", DetectorOptions(), engine="onnxruntime", calibration=m,
+                                 est_cost_s=45))
+            if openvino and m == INT8_CALIBRATIONS[0]:
+                out.append(Candidate(f"openvino int8 ({m})", DetectorOptions(runtime="openvino"), engine="openvino",
+                                     calibration=m, est_cost_s=15))
     return out
 
 

@@ -26,7 +26,7 @@ class CandidateFiles:
     def for_candidate(self, cand: Candidate) -> Path:
         if cand.name in self.mixed:
             return self.mixed[cand.name]
-        if cand.engine != "onnxruntime":
+        if cand.engine not in ("onnxruntime", "openvino"):  # both run the ONNX export
             return self.model_file
         size = hw_of(cand.options.imgsz or 640)
         onnx = self.onnx(size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from yolotune.profile.sweep import letterboxed_images, measure_batch
 from yolotune.tune.batch import as_deployed
-from yolotune.tune.candidates import Candidate
+from yolotune.tune.candidates import INT8_CALIBRATIONS, Candidate
 from yolotune.tune.report import Lever
 
 # pairs of candidates that differ in one option: (lever, without it, with it)
@@ -14,7 +14,10 @@ _PAIRS = [("FP16 (eager)", "eager fp32", "eager fp16"), ("CUDA graph (FP16)", "e
           ("BF16 vs FP16 (graph)", "graph fp16", "graph bf16"),
           ("ONNX Runtime vs PyTorch (CPU)", "torch fp32", "onnxruntime fp32")]
 _PAIRS += [(f"INT8 {m} vs FP32 (ONNX Runtime)", "onnxruntime fp32", f"onnxruntime int8 ({m})")
-           for m in ("minmax", "entropy", "percentile")]
+           for m in INT8_CALIBRATIONS]
+_PAIRS += [("OpenVINO vs ONNX Runtime (FP32)", "onnxruntime fp32", "openvino fp32")]
+_PAIRS += [(f"OpenVINO vs ONNX Runtime (INT8 {m})", f"onnxruntime int8 ({m})", f"openvino int8 ({m})")
+           for m in INT8_CALIBRATIONS]
 
 
 def summary(device: str, reference: Candidate, best: Candidate, batch: int, sweep: list[dict]) -> str:

@@ -285,7 +285,7 @@ class _Search:
         if not int8 or any(c.result.get("status") == "passed" for c in int8):
             return
         base = min(int8, key=lambda c: c.result["drop_points"])
-        cand = Candidate(f"onnxruntime int8 mixed ({base.calibration})", base.options, engine="onnxruntime",
+        cand = Candidate(f"{base.engine} int8 mixed ({base.calibration})", base.options, engine=base.engine,
                          calibration=base.calibration, est_cost_s=60)
         self.candidates.append(cand)
         left = self.limits.left_s()
