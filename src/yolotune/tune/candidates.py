@@ -25,9 +25,10 @@ class Candidate:
                 **self.result}
 
 
-# INT8 calibrations in the order they are tried: those that lost least on the default model first (percentile 0.69,
-# MSE 2.12 points; entropy 0.94, minmax 6.56: optimize/int8_control_cpu.json); accuracy control runs before the
-# last two where the first two lost too much
+# INT8 calibrations in the order they are tried: percentile lost least on the default model (0.69 points), MSE 2.12
+# but the least in float under accuracy control, entropy 0.94, minmax 6.56 (benchmarks/results/optimize/
+# cpu_default_max_drop_0.5_report.json, int8_control_cpu.json); accuracy control runs before the last two where the
+# first ones lost too much
 INT8_CALIBRATIONS = ("percentile", "mse", "entropy", "minmax")
 
 # Below this budget the compiled candidate skips tuning its kernels' block sizes: ~20 s less to compile, ~9% slower
