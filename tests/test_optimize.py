@@ -70,7 +70,8 @@ def test_every_candidate_is_measured_and_guarded(optimized):
         assert chosen["name"] == fastest["name"]
     assert report["summary"].startswith("from ") and "because" in report["summary"]
     assert any(lv["lever"].startswith("INT8") for lv in report["levers"])
-    if chosen["options"]["batch"] > 1:  # the ONNX Runtime engine's split, at the chosen batch, against one run
+    if chosen["options"]["batch"] > 1 and chosen["name"].startswith("onnxruntime"):
+        # the ONNX Runtime engine's split, at the chosen batch, against one run
         (split,) = [lv for lv in report["levers"] if lv["lever"].startswith("batch split across the cores")]
         assert split["speedup"] > 0 and split["batch"] == chosen["options"]["batch"]
     assert "| lever |" in (out / "report.md").read_text() and "artifact:" in output
