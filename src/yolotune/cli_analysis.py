@@ -14,7 +14,7 @@ from yolotune.cli_shared import fail as _fail
 
 def profile_command(
     model: str = typer.Argument(..., metavar="MODEL", help="Model: default, Ultralytics .pt / .yaml, or ONNX."),
-    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCES", help="Images or folders (default: 64 generated 720p photos)."),
+    sources: Optional[list[str]] = typer.Argument(None, metavar="SOURCES", help="Images or folders, or a video (its frames; default: 64 generated 720p photos)."),
     pipeline: str = typer.Option("optimized", help="Preset: 'plain' (CPU decode, eager FP32, batch 1, NMS loop) or 'optimized'."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
@@ -22,7 +22,7 @@ def profile_command(
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Override graph replay.", metavar=""),
     preprocess: Optional[str] = typer.Option(None, help="Override: gpu or cpu."),
     nms: Optional[str] = typer.Option(None, help="Override: auto, triton, torchvision, loop."),
-    images: Optional[int] = typer.Option(None, min=1, help="Images per pass (sources cycled or cut)."),
+    images: Optional[int] = typer.Option(None, min=1, help="Images per pass (sources cycled or cut); for a video, its frames (default 256)."),
     repeats: int = typer.Option(3, min=1, help="Repeated passes, for spread."),
     sweep: bool = typer.Option(True, "--sweep/--no-sweep", help="Sweep batch sizes.", metavar=""),
     max_batch: Optional[int] = typer.Option(None, help="Largest batch of the sweep (default 256 GPU, 8 CPU)."),
