@@ -5,7 +5,8 @@ Sections (argv, default all that fit the device): e2e, latency, nms, cpu.
   for yolov8n, yolo11n, yolov8m, yolo26n built from their YAML with the same seeded weights on both sides.
 - latency: batch-1 frame in host memory -> boxes in host memory, p50/p99 (yolov8n).
 - nms: 16 images of dense candidates (84x8400, ~18% above 0.25): Ultralytics non_max_suppression vs ours.
-- cpu: yolov8n on the CPU, Ultralytics predict vs yolotune.
+- cpu: yolov8n on the CPU, Ultralytics predict vs yolotune; with ARTIFACT=dir (an optimize artifact of the default
+  model), the default model's .pt on Ultralytics' side and the artifact, with its own options, on ours.
 Writes $OUT/e2e.jsonl as it goes and $OUT/e2e_summary.json + $OUT/e2e_summary.md at the end.
 """
 
@@ -254,7 +255,14 @@ def section_nms():
 
 def section_cpu(paths: list[str]):
     torch.set_num_threads(os.cpu_count() or 2)
-    pt = checkpoint("yolov8n")
+    artifact = os.environ.get("ARTIFACT")
+    if artifact:
+        from yolotune.assets import resolve
+
+        pt = str(work / "default.pt")
+        Path(pt).write_bytes(Path(resolve("default")).read_bytes())
+    else:
+        pt = checkpoint("yolov8n")
     n = min(32, len(paths))
     d = work / "cpu_photos"
     d.mkdir(exist_ok=True)
@@ -264,9 +272,10 @@ def section_cpu(paths: list[str]):
     torch.set_num_threads(os.cpu_count() or 2)  # Ultralytics lowers torch's threads on small machines
     ours = {}
     for b in (1, 8):
-        rate, det = time_ours(pt, paths[:n], b, "cpu", repeats=1)
+        rate, det = time_ours(artifact or pt, paths[:n], b, "cpu", repeats=1)
         ours[b] = round(rate, 1)
-    log.emit(section="cpu", model="yolov8n", images=n, cores=os.cpu_count(),
+    log.emit(section="cpu", model="default (artifact: " + artifact + ")" if artifact else "yolov8n", images=n,
+             cores=os.cpu_count(), config=det.describe(),
              ultralytics_images_per_s={f"batch{b}": round(v, 1) for b, v in peer.items()},
              yolotune_images_per_s={f"batch{b}": v for b, v in ours.items()},
              ratio_best=round(max(ours.values()) / max(peer.values()), 2))
