@@ -208,7 +208,7 @@ def test_openvino_runs_the_onnx_model_as_onnx_runtime_does(tmp_path):
 
 
 def test_openvino_is_refused_for_a_pytorch_model():
-    with pytest.raises(ValueError, match="runtime 'openvino' runs ONNX models on the CPU"):
+    with pytest.raises(ValueError, match="runtime 'openvino' runs ONNX models: export one"):
         Detector("default", device="cpu", runtime="openvino")
     with pytest.raises(ValueError, match="one of auto, onnxruntime, openvino"):
         Detector("default", device="cpu", runtime="tensorrt")

@@ -62,8 +62,11 @@ def build_engine(model: LoadedModel, device: torch.device, precision: str, compi
     from yolotune.engine import torch as _torch  # noqa: F401  (registers)
 
     if runtime == "openvino":
-        if model.spec.format != "onnx" or device.type != "cpu":
-            raise ValueError("runtime 'openvino' runs ONNX models on the CPU (--device cpu)")
+        if model.spec.format != "onnx":
+            raise ValueError("runtime 'openvino' runs ONNX models: export one (yolotune export MODEL --out m.onnx) "
+                             "or use an optimize artifact")
+        if device.type != "cpu":
+            raise ValueError("runtime 'openvino' runs on the CPU: add --device cpu")
         from yolotune.engine.openvino import OpenVinoEngine
 
         return OpenVinoEngine(model)
