@@ -25,3 +25,17 @@ def matched_fraction(ref: list[tuple[np.ndarray, np.ndarray, np.ndarray]], got: 
                 used[cand[np.argmax(ious[i, cand])]] = True
                 matched += 1
     return (matched / total if total else 1.0), total
+
+
+def stream_rows(jsonl) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """A stream's detections.jsonl (``run``'s output): its frame numbers, and each frame's (boxes, scores, class
+    ids) as matched_fraction takes them (event records left out)."""
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(x) for x in Path(jsonl).read_text().splitlines()]
+    rows = [r for r in rows if "frame" in r]
+    dets = [(np.array([d["box"] for d in r["detections"]], np.float64).reshape(-1, 4),
+             np.array([d["score"] for d in r["detections"]]), np.array([d["class_id"] for d in r["detections"]]))
+            for r in rows]
+    return [r["frame"] for r in rows], dets

@@ -1,7 +1,6 @@
 """Video decoded on the GPU's NVDEC engines (marked `gpu`; needs PyNvVideoCodec, the nvdec extra): frames against
 FFmpeg's, predict and run on NVDEC against the CPU path, routing with overflow to the CPU, the capacity probe."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -62,7 +61,7 @@ def test_predict_on_nvdec_matches_the_cpu_decoder(clip):
 
 
 def test_run_on_nvdec_with_overflow_to_the_cpu_processes_every_frame_once(clip, tmp_path):
-    from matching import matched_fraction
+    from matching import matched_fraction, stream_rows
     from yolotune.serve.runtime import RunOptions, StreamRuntime
 
     specs = [SourceSpec(str(clip), "file", f"cam{i}") for i in range(5)]
@@ -74,12 +73,8 @@ def test_run_on_nvdec_with_overflow_to_the_cpu_processes_every_frame_once(clip, 
     assert sorted(st.decoder for st in s.streams) == ["cpu", "cpu", "nvdec", "nvdec", "nvdec"]
     want = [(d.boxes, d.scores, d.class_ids) for d in direct]
     for i in range(5):
-        rows = [json.loads(x) for x in (tmp_path / "out" / f"cam{i}" / "detections.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if "frame" in r]
-        assert [r["frame"] for r in rows] == list(range(60))
-        got = [(np.array([d["box"] for d in r["detections"]], np.float64).reshape(-1, 4),
-                np.array([d["score"] for d in r["detections"]]), np.array([d["class_id"] for d in r["detections"]]))
-               for r in rows]
+        frames, got = stream_rows(tmp_path / "out" / f"cam{i}" / "detections.jsonl")
+        assert frames == list(range(60))
         frac, total = matched_fraction(want, got, iou=0.85, score_tol=0.05)
         assert total > 50 and frac >= 0.95, (i, frac, total)
 
