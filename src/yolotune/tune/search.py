@@ -322,18 +322,13 @@ class _Search:
         them differently: INT8 gains more at larger batches on a CPU)."""
         from yolotune.pipeline.detector import Detector
 
-        window = 0.2 if self.dev.type == "cuda" else 0.8
         for c in self.valid():
             if c.result.get("probe_batch") == batch:
                 c.result["images_per_s_at_chosen_batch"] = c.result["images_per_s"]
                 continue
             try:
                 with Detector(str(c.result["model_file"]), c.options.replace(device=str(self.dev), batch=batch)) as det:
-                    h, w = det.imgsz
-                    with as_deployed(det):
-                        sample = letterboxed_images(_images(self.val), (h, w), det.device)
-                        m = measure_batch(det, det.engine.fixed_batch or batch, h, w, repeats=3, min_seconds=window,
-                                          sample=sample)
+                    (m,) = _timed_as_deployed(det, self.val, [det.engine.fixed_batch or batch])
                 c.result["images_per_s_at_chosen_batch"] = m.images_per_s
             except Exception as e:  # noqa: BLE001  (reported, not fatal: the winner is saved all the same)
                 c.result["images_per_s_at_chosen_batch_error"] = f"{type(e).__name__}: {str(e)[:200]}"
@@ -397,6 +392,17 @@ def _clearly_better(a: Candidate, b: Candidate, objective: str) -> bool:
     return a.result["images_per_s"] >= REFINE_MARGIN * b.result["images_per_s"]
 
 
+def _timed_as_deployed(det, val: Path, batches: list[int]) -> list:
+    """``det`` timed as the artifact will run (measure_batch on letterboxed validation pictures, the default
+    threshold) at each of ``batches``. CPU timings on shared machines swing widely: longer windows there (a median
+    of three each way)."""
+    h, w = det.imgsz
+    window = 0.2 if det.device.type == "cuda" else 0.8
+    with as_deployed(det):
+        sample = letterboxed_images(_images(val), (h, w), det.device)
+        return [measure_batch(det, b, h, w, repeats=3, min_seconds=window, sample=sample) for b in batches]
+
+
 def _evaluate(Detector, cand: Candidate, file: Path, dev, val: Path, probe: int, reference: Candidate,
               max_drop: float) -> dict:
     """Speed (probe batch and batch 1), memory, and accuracy against labels or the reference."""
@@ -407,13 +413,9 @@ def _evaluate(Detector, cand: Candidate, file: Path, dev, val: Path, probe: int,
     # shape costs cuDNN autotuning and, for graph engines, a capture).
     rect = False if cand.options.rect is None else cand.options.rect
     with Detector(str(file), cand.options.replace(device=str(dev), batch=probe, conf=0.001, rect=rect)) as det:
-        h, w = det.imgsz
-        # CPU timings on shared machines swing widely: longer windows there (a median of three each way)
-        window = 0.2 if dev.type == "cuda" else 0.8
-        with as_deployed(det):
-            sample = letterboxed_images(_images(val), (h, w), det.device)
-            speed = measure_batch(det, det.engine.fixed_batch or probe, h, w, repeats=3, min_seconds=window, sample=sample)
-            latency = measure_batch(det, 1, h, w, repeats=3, min_seconds=window, sample=sample) if probe != 1 else speed
+        batches = [det.engine.fixed_batch or probe] + ([1] if probe != 1 else [])
+        timed = _timed_as_deployed(det, val, batches)
+        speed, latency = timed[0], timed[-1]  # at batch 1 the probe is the latency
         # the reference runs over the validation set once; later candidates are scored against that run
         baseline = guard_baseline(det, val) if cand.reference else reference.result["_guard_baseline"]
         guard = accuracy_guard(det, val, reference=det if cand.reference else None, max_drop_points=max_drop,
