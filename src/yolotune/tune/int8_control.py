@@ -162,8 +162,7 @@ def accuracy_control(fp32: Path, ranges, method: str, n_calibration: int, valida
     steps = [{"float_groups": 0, "drop_points": round(int8_drop, 3)}]
     if int8_drop <= max_drop:
         return ControlResult(full, [], int8_drop, int8_drop, steps)
-    ranking = [g for g in rank_groups(fp32, ranges, method, n_calibration, layer_groups(onnx.load(str(fp32))),
-                                      images, work, say)]
+    ranking = rank_groups(fp32, ranges, method, n_calibration, layer_groups(onnx.load(str(fp32))), images, work, say)
     useful = [g for g in ranking if g.sensitivity > 0] or ranking
     lo, hi = 1, len(useful)
     best: tuple[Path, float, int] | None = None
