@@ -8,7 +8,7 @@ the decoder split (NVDEC / CPU) and where latency went. Modes: cpu (FFmpeg in de
 decoder processes, frames in device rings), both (NVDEC up to NVDEC_SHARE streams, the rest on the CPU).
 Environment: STREAMS (100,200,300), MODES (cpu,nvdec,both), SECONDS (30), LATENCY_MS (50), BATCH (32),
 NVDEC_SHARE (both: streams on NVDEC, default 2/3 of each count), NVDEC_PROCS (default: a third of the cores),
-PRECISION (fp16). Writes nvdec_streams.json under $OUT (or the working directory).
+PRECISION (fp16), SWEEP (extra NVDEC rows: processes/switch-interval-ms pairs). Writes nvdec_streams.json under $OUT (or the working directory).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ BATCH = int(os.environ.get("BATCH", "32"))
 SHARE = os.environ.get("NVDEC_SHARE")
 NVDEC_PROCS = int(os.environ["NVDEC_PROCS"]) if os.environ.get("NVDEC_PROCS") else None
 PRECISION = os.environ.get("PRECISION", "fp16")
+# SWEEP="5/5,10/0.5": extra NVDEC rows at the last count, as decoder processes / GIL switch interval in ms
+SWEEP = [(int(p), float(m)) for p, m in (x.split("/") for x in os.environ.get("SWEEP", "").split(",") if x)]
 FPS = 30
 
 
@@ -49,12 +51,14 @@ def cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def row(det, clip: Path, n: int, mode: str) -> dict:
+def row(det, clip: Path, n: int, mode: str, procs: int | None = NVDEC_PROCS,
+        switch_ms: float | None = RunOptions.decoder_switch_ms) -> dict:
     specs = [SourceSpec(str(clip), "file", f"c{i:03d}", loop=True, realtime=True, lossless=True) for i in range(n)]
     share = int(SHARE) if SHARE else (2 * n) // 3
     opts = RunOptions(out=None, max_batch=BATCH, max_wait_ms=min(LATENCY_MS / 4, 1e3 / FPS), queue_size=4,
                       duration_s=SECONDS, video_decode="cpu" if mode == "cpu" else "nvdec",
-                      nvdec_streams=share if mode == "both" else None, nvdec_processes=NVDEC_PROCS)
+                      nvdec_streams=share if mode == "both" else None, nvdec_processes=procs,
+                      decoder_switch_ms=switch_ms)
     rt = StreamRuntime(det, specs, opts)
     c0 = cpu_seconds()
     s = rt.run()
@@ -62,9 +66,13 @@ def row(det, clip: Path, n: int, mode: str) -> dict:
     out = verification_row(s, n, FPS, SECONDS, LATENCY_MS)
     out.update(mode=mode, video_decode=s.video_decode, cpu_cores_busy=round(busy / max(s.seconds, 1e-9), 2),
                cpu_ms_per_stream_second=round(busy / max(s.seconds, 1e-9) / n * 1e3, 2),
-               host_rss_mib=s.host_rss_mib, failed=s.failed[:5])
+               host_rss_mib=s.host_rss_mib, decoder_switch_ms=switch_ms,
+               failed=[(st.name, st.error or st.last_error) for st in s.streams if st.name in s.failed][:5],
+               streams_under_90pct=sum(st.steady_fps < 0.9 * FPS for st in s.streams))
     print(json.dumps({k: out[k] for k in ("mode", "streams", "holds", "total_fps", "min_stream_fps", "max_lag_s",
-                                           "dropped", "latency_p99_ms", "cpu_cores_busy")}), flush=True)
+                                           "dropped", "latency_p99_ms", "cpu_cores_busy", "streams_under_90pct",
+                                           "decoder_switch_ms")} | {"procs": out["video_decode"].get("nvdec_processes")}),
+          flush=True)
     return out
 
 
@@ -78,13 +86,16 @@ def main() -> None:
                 for mode in MODES:
                     rows.append(row(det, clip, n, mode))
                     torch.cuda.synchronize()
+            for procs, switch in SWEEP:  # NVDEC decoder processes x their GIL switch interval, at the largest count
+                rows.append(row(det, clip, STREAMS[-1], "nvdec", procs, switch))
         result = {"benchmark": "nvdec_streams", "date": time.strftime("%Y-%m-%d"), "environment": environment(),
                   "clip": {"size": [720, 1280], "fps": FPS, "frames": 300, "bytes": os.path.getsize(clip),
                            "kind": "camera-like H.264 (data synth --camera)"},
                   "seconds": SECONDS, "latency_budget_ms": LATENCY_MS, "batch": BATCH, "precision": PRECISION,
                   "rows": rows,
-                  "command": "STREAMS={} MODES={} SECONDS={:g} scripts/gpu-check nvdec_streams.py".format(
-                      ",".join(map(str, STREAMS)), ",".join(MODES), SECONDS)}
+                  "command": "STREAMS={} MODES={} SECONDS={:g}{} scripts/gpu-check nvdec_streams.py".format(
+                      ",".join(map(str, STREAMS)), ",".join(MODES), SECONDS,
+                      f" SWEEP={os.environ['SWEEP']}" if SWEEP else "")}
         (out_dir / "nvdec_streams.json").write_text(json.dumps(result, indent=2, default=str))
 
 

@@ -45,6 +45,9 @@ class NV12Picture:
 
     planes: object  # torch.Tensor
     pts: int | None = None
+    # the CUDA stream its planes are written on, where the decoder left the wait to its reader (``sync=False``):
+    # read on that stream, or after waiting for it. None: ready on any stream.
+    written_on: object = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -157,9 +160,11 @@ def _current_context() -> int:
 
 class NvdecDecoder:
     """One opened stream's NVDEC session. ``decode(packet)`` (a PyAV packet; None flushes at the end) returns
-    NV12Pictures ready to read on any CUDA stream. Raises NvdecUnavailable when NVDEC cannot take the stream."""
+    NV12Pictures, ready to read on any CUDA stream, or with ``sync=False`` still being copied on ``written_on``
+    (a reader that copies them at once waits once per frame, not twice). Raises NvdecUnavailable when NVDEC cannot
+    take the stream."""
 
-    def __init__(self, stream, device):
+    def __init__(self, stream, device, sync: bool = True):
         import torch
 
         cc = stream.codec_context
@@ -174,6 +179,7 @@ class NvdecDecoder:
         if problem:
             raise NvdecUnavailable(problem)
         self._nvc = nvc
+        self.sync = sync
         self._bsf = None
         name = annexb_filter(cc.name, cc.extradata)
         if name:
@@ -232,11 +238,13 @@ class NvdecDecoder:
             for frame in decoded:
                 planes = nv12_tensor(torch.from_dlpack(frame))
                 own = torch.empty_like(planes, memory_format=torch.contiguous_format)
-                own.copy_(planes)  # the decoder writes its next frames into the surface it handed over
+                # the decoder writes its next frames into the surface it handed over, on this same stream: the copy
+                # is ordered before them
+                own.copy_(planes)
                 pts = int(frame.getPTS())
-                pictures.append(NV12Picture(own, None if pts == _NO_PTS else pts))
-            if pictures:
-                self.stream.synchronize()  # copied before the surface is reused and before the frame is handed on
+                pictures.append(NV12Picture(own, None if pts == _NO_PTS else pts, None if self.sync else self.stream))
+            if pictures and self.sync:
+                self.stream.synchronize()  # copied before the frame is handed on
         del data
         self.frames += len(pictures)
         return pictures
@@ -281,6 +289,7 @@ def nvdec_problem(device) -> str | None:
     return None if engines(gpu) else "this GPU has no NVDEC engine"
 
 
-def nvdec_factory(device):
-    """What a VideoReader is given to decode on NVDEC: ``make(stream)`` -> NvdecDecoder (or NvdecUnavailable)."""
-    return lambda stream: NvdecDecoder(stream, device)
+def nvdec_factory(device, sync: bool = True):
+    """What a VideoReader is given to decode on NVDEC: ``make(stream)`` -> NvdecDecoder (or NvdecUnavailable);
+    ``sync=False`` for a reader that copies each frame at once on the stream it was written on."""
+    return lambda stream: NvdecDecoder(stream, device, sync)

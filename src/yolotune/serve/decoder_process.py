@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -40,6 +41,7 @@ class DecoderOptions:
     keep_running: bool = False  # streams come and go: the process lives until the runtime says stop
     nvdec_device: int | None = None  # decode on this GPU's NVDEC engines into device rings (io/nvdec.py)
     device_slots: int = 8  # slots of a device ring (NV12 frames in GPU memory: fewer than a host ring's)
+    switch_interval_s: float | None = None  # the process's GIL switch interval (sys.setswitchinterval); None: Python's
 
 
 COUNTER_BLOCK = 256  # streams per block of shared counters (serve/decoders.py StreamCounters)
@@ -91,17 +93,23 @@ class _DeviceRing:
         self.nbytes = int(np.prod(shape))
         self.tensor = torch.empty((slots, *shape), dtype=torch.uint8, device=f"cuda:{device}")
         self.copies = torch.cuda.Stream(self.tensor.device)
+        # waited on without spinning: a process holds dozens of streams' threads, each waiting once per frame
+        self.copied = torch.cuda.Event(blocking=True)
         self.free: queue.Queue[int] = queue.Queue()
         for k in range(slots):
             self.free.put(k)
         send(("device_ring", stream, self.name, reduce_tensor(self.tensor)))
 
-    def write(self, k: int, planes) -> None:
+    def write(self, k: int, picture: NV12Picture) -> None:
+        """Copy ``picture`` into slot ``k`` on the stream it was written on (the decoder's: no wait between the two
+        copies), and wait for it: in the slot before the runtime hears of it."""
         import torch
 
-        with torch.cuda.stream(self.copies):
-            self.tensor[k].copy_(planes)
-        self.copies.synchronize()  # in the slot before the runtime hears of it
+        stream = picture.written_on or self.copies
+        with torch.cuda.stream(stream):
+            self.tensor[k].copy_(picture.planes)
+            self.copied.record(stream)
+        self.copied.synchronize()
 
     def close(self) -> None:
         self.tensor = None
@@ -158,7 +166,7 @@ class _SlotWriter:
                 if stop is not None and stop.is_set():
                     return False
         if on_device:
-            self.ring.write(k, image.planes)
+            self.ring.write(k, image)
         else:
             view = np.ndarray(image.shape, image.dtype, buffer=self.ring.shm.buf, offset=k * self.ring.nbytes)
             if hasattr(image, "write_into"):
@@ -189,6 +197,10 @@ Assignment = tuple[int, SourceSpec, "tuple[str, int] | None", "tuple[str, int] |
 def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOptions) -> None:
     """A decoder process: one SourceWorker thread per assigned source (and per source added later) until the
     runtime says stop, or, unless ``opt.keep_running``, until every source has ended."""
+    if opt.switch_interval_s:
+        # dozens of source threads share the GIL here: each frame's brief waits (decode, copy, pipe) then cost
+        # the switch interval to get it back, not Python's 5 ms (benchmarks/results/serve/nvdec_streams_h100.json)
+        sys.setswitchinterval(opt.switch_interval_s)
     if opt.nice:
         try:
             os.nice(opt.nice)
@@ -211,7 +223,7 @@ def decoder_main(assigned: list[Assignment], out_conn, in_conn, opt: DecoderOpti
         from yolotune.io.nvdec import nvdec_factory
 
         torch.cuda.set_device(opt.nvdec_device)
-        video_decoder = nvdec_factory(torch.device("cuda", opt.nvdec_device))
+        video_decoder = nvdec_factory(torch.device("cuda", opt.nvdec_device), sync=False)  # _DeviceRing.write waits
 
     def send(msg) -> None:
         with send_lock:

@@ -67,6 +67,9 @@ class RunOptions:
     # streams NVDEC takes at most (plan's figure: the rest are decoded on the CPU); None: every one it can take
     nvdec_streams: int | None = None
     nvdec_processes: int | None = None  # decoder processes for NVDEC's streams; None: nvdec_processes()
+    # the GIL switch interval of decoder processes (ms; None: Python's 5 ms): their source threads hand the GIL
+    # back and forth around every frame's short waits (serve/decoder_process.py)
+    decoder_switch_ms: float | None = 0.5
 
 
 # a result's latency (decode end -> result) in parts: handing the frame over (a decoder process's pipe), waiting in
@@ -130,7 +133,9 @@ class StreamRuntime:
                 self.opt.open_timeout_s, self.opt.read_timeout_s, self.opt.max_retries, self.opt.backoff_base_s,
                 self.opt.backoff_cap_s, self.pixel_format, slots, decoder_threads(max(1, on_cpu)),
                 self.opt.decoder_nice, decoder_cpus(self.opt.runtime_cores), self.opt.queue_size, self.opt.on_demand,
-                self.opt.keep_running, device_slots=max(4, 2 * self.opt.queue_size)), self._on_event, processes,
+                self.opt.keep_running, device_slots=max(4, 2 * self.opt.queue_size),
+                switch_interval_s=self.opt.decoder_switch_ms / 1e3 if self.opt.decoder_switch_ms else None),
+                self._on_event, processes,
                 pin=ring_pinner(detector), nvdec_processes=nvdec_procs, nvdec_device=_gpu_index(detector.device))
         for spec in specs:
             self.table.add(spec)
