@@ -70,6 +70,13 @@ def predict(
     cuda_graph: Optional[bool] = typer.Option(None, "--cuda-graph/--no-cuda-graph", help="Replay model + NMS as CUDA graphs (default on).", metavar=""),
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA.", metavar=""),
     video_decode: str = VIDEO_DECODE,
+    jpeg_decode: Optional[str] = typer.Option(None, help="Where JPEGs are decoded: hardware (the GPU's NVJPG engines, "
+                                              "off the SMs, yolotune\[jpeg]; shared with CUDA nvJPEG by their measured "
+                                              "rates), cuda (CUDA nvJPEG), cpu (Pillow), auto (hardware where the GPU "
+                                              "and the extra have it, else cuda)."),
+    hardware_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With hardware JPEG decoding: the "
+                                                   "share NVJPG takes, the rest CUDA nvJPEG (default: by their "
+                                                   "measured rates; 1: NVJPG only)."),
     runtime: Optional[str] = typer.Option(None, help="ONNX models: onnxruntime, or openvino (yolotune\\[openvino]; "
                                           "the CPU). Default: an artifact's own, else ONNX Runtime."),
     compile: Optional[str] = typer.Option(None, help="Compile the model: inductor (torch.compile), aoti (AOTInductor, "
@@ -105,7 +112,8 @@ def predict(
     try:
         # options left unset are not passed, so an artifact's tuned values (batch, precision, graph) apply
         unset = dict(half=half, batch=batch, imgsz=imgsz, cuda_graph=cuda_graph, workers=workers, class_bias=class_bias,
-                     end2end=end2end, compile=compile, rect=rect, runtime=runtime)
+                     end2end=end2end, compile=compile, rect=rect, runtime=runtime, jpeg_decode=jpeg_decode,
+                     hardware_share=hardware_share)
         overrides = dict(device=device, conf=conf, iou=iou, max_det=max_det, gpu_decode=gpu_decode, video_decode=video_decode,
                          preprocess=preprocess, agnostic=agnostic, return_images=bool({"images", "video"} & set(formats)),
                          seed=seed, max_image_pixels=max_image_pixels, **{k: v for k, v in unset.items() if v is not None})

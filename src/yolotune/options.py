@@ -77,6 +77,13 @@ class DetectorOptions:
     cudnn_benchmark: bool | None = dataclasses.field(default=None, metadata=_check(
         _optional(_boolean), "true, false or null"))
     gpu_decode: bool = dataclasses.field(default=True, metadata=_check(_boolean, "true or false"))
+    # JPEGs: "hardware" on the GPU's NVJPG engines through nvImageCodec (io/jpeg_hardware.py), split with CUDA
+    # nvJPEG; "cuda" CUDA nvJPEG only; "cpu" Pillow; "auto" hardware where the GPU and nvImageCodec have it
+    jpeg_decode: str = dataclasses.field(default="auto", metadata=_check(_one_of("auto", "hardware", "cuda", "cpu"),
+                                                                          "one of auto, hardware, cuda, cpu"))
+    # NVJPG's share of the JPEGs both it and CUDA nvJPEG take; None: by their measured rates (io/jpeg_routing.py)
+    hardware_share: float | None = dataclasses.field(default=None, metadata=_check(
+        _optional(_number(0, 1)), "a number from 0 to 1, or null"))
     # ONNX models: "openvino" runs them with OpenVINO on the CPU (engine/openvino.py), "auto" with ONNX Runtime
     runtime: str = dataclasses.field(default="auto", metadata=_check(_one_of("auto", "onnxruntime", "openvino"),
                                                                       "one of auto, onnxruntime, openvino"))

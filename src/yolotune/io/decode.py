@@ -1,9 +1,11 @@
 """Decode images to RGB uint8 tensors on the target device.
 
-JPEGs that nvJPEG handles (complete, baseline, 3-channel) are decoded on the GPU in one batched call
-(torchvision.io.decode_jpeg, device="cuda"). Everything else, and everything on CPU-only machines, is decoded
-by Pillow in a thread pool (Pillow releases the GIL while decoding): PNG, BMP, WebP, TIFF, CMYK, grayscale,
-16-bit, RGBA, progressive JPEG. A file that cannot be decoded becomes an ErrorRecord with the reason.
+JPEGs the GPU's hardware decoders take (NVJPG through nvImageCodec, io/jpeg_hardware.py) are decoded there, off the
+SMs, and split with CUDA nvJPEG by their measured rates (io/jpeg_routing.py); JPEGs that nvJPEG handles (complete,
+baseline, 3-channel) are decoded on the GPU in one batched call (torchvision.io.decode_jpeg, device="cuda").
+Everything else, and everything on CPU-only machines, is decoded by Pillow in a thread pool (Pillow releases the GIL
+while decoding): PNG, BMP, WebP, TIFF, CMYK, grayscale, 16-bit, RGBA, progressive JPEG. What one decoder refuses
+goes to the next. A file that cannot be decoded becomes an ErrorRecord with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from yolotune.io.jpeg_header import read_jpeg_header
+from yolotune.io.jpeg_routing import RateSplit, route
 from yolotune.types import ErrorRecord, InputRef
 
 
@@ -149,20 +152,54 @@ def apply_exif_orientation(t: torch.Tensor, orientation: int) -> torch.Tensor:
     return t
 
 
+JPEG_DECODERS = ("auto", "hardware", "cuda", "cpu")
+
+
 class ImageDecoder:
-    """Decodes a batch of inputs to device tensors; GPU nvJPEG for what it handles, Pillow threads for the rest."""
+    """Decodes a batch of inputs to device tensors: NVJPG and CUDA nvJPEG for the JPEGs they take, Pillow threads
+    for the rest. ``jpeg_decode``: "hardware" (NVJPG, split with CUDA nvJPEG: an error where there is none), "cuda"
+    (CUDA nvJPEG only), "cpu" (Pillow), "auto" (hardware where this GPU and nvImageCodec have it, else cuda).
+    ``hardware_share``: NVJPG's fixed share of the JPEGs both take (None: by their measured rates)."""
 
     def __init__(self, device: torch.device, workers: int | None = None, gpu_decode: bool = True, keep_host: bool = False,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, jpeg_decode: str = "auto", hardware_share: float | None = None,
+                 batch: int = 64):
+        if jpeg_decode not in JPEG_DECODERS:
+            raise ValueError(f"jpeg decode must be one of {', '.join(JPEG_DECODERS)}, not {jpeg_decode!r}")
         self.device = device
         self.max_pixels = max_pixels  # None: Pillow's default limit; 0: none
         allow_images_up_to(max_pixels)
-        self.gpu_decode = gpu_decode and device.type == "cuda"
+        self.gpu_decode = gpu_decode and jpeg_decode != "cpu" and device.type == "cuda"
         self.keep_host = keep_host
         self.workers = workers or min(16, os.cpu_count() or 2)
         self.read_tasks = min(4, self.workers)  # pool tasks a batch's file reads are split into
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="yolotune-decode")
-        self.stats = {"gpu": 0, "cpu": 0, "errors": 0, "read_s": 0.0, "gpu_decode_s": 0.0, "cpu_decode_s": 0.0}
+        self.stats = {"gpu": 0, "hardware": 0, "cpu": 0, "errors": 0, "hardware_refused": 0, "read_s": 0.0,
+                      "gpu_decode_s": 0.0, "cpu_decode_s": 0.0}
+        self.split = RateSplit(hardware_share)
+        self.hardware, self.hardware_problem = None, None  # io/jpeg_hardware.py's decoder, or why there is none
+        if jpeg_decode in ("auto", "hardware"):
+            if self.gpu_decode:
+                self.hardware, self.hardware_problem = _hardware_decoder(device, batch)
+            elif jpeg_decode == "hardware":
+                self.hardware_problem = "it needs a CUDA device with GPU decoding and preprocessing on it"
+            if self.hardware is None and jpeg_decode == "hardware":
+                raise ValueError(f"cannot decode JPEGs in hardware: {self.hardware_problem}")
+        # CUDA nvJPEG's share runs beside NVJPG's on a stream of its own; the decode stream waits for it
+        self.side_stream = torch.cuda.Stream(device) if self.hardware is not None else None
+
+    @property
+    def jpeg_decoder(self) -> str:
+        """Which decoder JPEGs go to: hardware (split with cuda), cuda, or cpu."""
+        return "hardware" if self.hardware is not None else "cuda" if self.gpu_decode else "cpu"
+
+    def describe(self) -> dict:
+        d = {"jpeg_decode": self.jpeg_decoder}
+        if self.hardware is not None:
+            d.update(self.split.describe())
+        elif self.hardware_problem:
+            d["hardware_unavailable"] = self.hardware_problem
+        return d
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -191,15 +228,21 @@ class ImageDecoder:
     def decode_loaded(self, loaded: list) -> list[DecodedImage | ErrorRecord]:
         t0 = time.perf_counter()
         results: list[DecodedImage | ErrorRecord | None] = [None] * len(loaded)
-        gpu_idx = [i for i, x in enumerate(loaded) if x[2] is not None and x[2].gpu_decodable and self.gpu_decode]
-        if gpu_idx:
-            for i, tensor in zip(gpu_idx, self._decode_on_gpu([loaded[i][1] for i in gpu_idx])):
-                if tensor is not None:
-                    ref, _, header = loaded[i]
-                    tensor = apply_exif_orientation(tensor, header.orientation)
-                    host = tensor.permute(1, 2, 0).cpu().numpy() if self.keep_host else None
-                    results[i] = DecodedImage(ref, tensor, host)
-                    self.stats["gpu"] += 1
+        hw_idx, gpu_idx, _ = route([x[2] for x in loaded], self.hardware is not None, self.gpu_decode)
+        decoded: dict[int, torch.Tensor | None] = {}
+        if hw_idx:
+            hw_idx, overflow = self.split.split(hw_idx)
+            decoded = self._decode_split(loaded, hw_idx, gpu_idx + overflow)
+        elif gpu_idx:
+            decoded = dict(zip(gpu_idx, self._decode_on_gpu([loaded[i][1] for i in gpu_idx])))
+        for i in sorted(decoded):
+            tensor = decoded[i]
+            if tensor is not None:
+                ref, _, header = loaded[i]
+                tensor = apply_exif_orientation(tensor, header.orientation)
+                host = tensor.permute(1, 2, 0).cpu().numpy() if self.keep_host else None
+                results[i] = DecodedImage(ref, tensor, host)
+                self.stats["gpu"] += 1
         t1 = time.perf_counter()
         self.stats["gpu_decode_s"] += t1 - t0
         cpu_idx = [i for i, r in enumerate(results) if r is None]
@@ -225,6 +268,40 @@ class ImageDecoder:
             if problem:  # before nvJPEG or Pillow allocate it
                 return ref, ErrorRecord(ref, problem, "decode"), None
         return ref, payload, header
+
+    def _decode_split(self, loaded: list, hw_idx: list[int], gpu_idx: list[int]) -> dict[int, torch.Tensor | None]:
+        """NVJPG decodes ``hw_idx`` here while CUDA nvJPEG decodes ``gpu_idx`` in a pool thread, on its own stream;
+        each call is timed for the split. What NVJPG refuses is decoded by CUDA nvJPEG after."""
+        side = self.side_stream
+        current = torch.cuda.current_stream(self.device)
+
+        def on_cuda() -> tuple[list, float]:
+            t = time.perf_counter()
+            with torch.cuda.stream(side):
+                out = self._decode_on_gpu([loaded[i][1] for i in gpu_idx])
+                side.synchronize()
+            return out, time.perf_counter() - t
+
+        pending = self.pool.submit(on_cuda) if gpu_idx else None
+        t = time.perf_counter()
+        hw = self.hardware.decode([loaded[i][1] for i in hw_idx]) if hw_idx else []
+        if hw_idx:
+            current.synchronize()  # NVJPG's own time, for the split (its engines run while this thread waits)
+            self.split.measured("hardware", len(hw_idx), time.perf_counter() - t)
+        out = dict(zip(hw_idx, hw))
+        self.stats["hardware"] += sum(x is not None for x in hw)
+        if pending is not None:
+            cuda, seconds = pending.result()
+            self.split.measured("cuda", len(gpu_idx), seconds)
+            for i, tensor in zip(gpu_idx, cuda):
+                if tensor is not None:
+                    tensor.record_stream(current)  # made on the side stream, read on this one
+                out[i] = tensor
+        refused = [i for i in hw_idx if out[i] is None]
+        if refused:
+            self.stats["hardware_refused"] += len(refused)
+            out.update(zip(refused, self._decode_on_gpu([loaded[i][1] for i in refused])))
+        return out
 
     def _decode_on_gpu(self, datas: list) -> list[torch.Tensor | None]:
         from torchvision.io import decode_jpeg
@@ -261,3 +338,16 @@ class ImageDecoder:
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         self.stats["cpu"] += 1
         return DecodedImage(ref, tensor, arr if self.keep_host else None)
+
+
+def _hardware_decoder(device: torch.device, batch: int):
+    """(io/jpeg_hardware.py's decoder, None), or (None, why there is none)."""
+    from yolotune.io import jpeg_hardware
+
+    problem = jpeg_hardware.hardware_problem(device)
+    if problem:
+        return None, problem
+    try:
+        return jpeg_hardware.HardwareJpegDecoder(device, batch), None
+    except jpeg_hardware.HardwareJpegUnavailable as e:
+        return None, str(e)

@@ -20,10 +20,30 @@ class JpegHeader:
     components: int
     orientation: int  # EXIF orientation 1..8 (1 = as stored)
     complete: bool  # an end-of-image marker follows the scan data
+    precision: int = 8  # bits per sample
+    sampling: tuple[tuple[int, int], ...] = ()  # (horizontal, vertical) sampling factors, one per component
 
     @property
     def gpu_decodable(self) -> bool:
         return self.sof in (0xC0, 0xC1) and self.components == 3 and self.complete and self.height > 0 and self.width > 0
+
+    @property
+    def chroma_subsampling(self) -> str | None:
+        """4:4:4, 4:2:2, 4:2:0, 4:4:0 or 4:1:1 for a YCbCr JPEG whose chroma planes are sampled once (None: any
+        other layout)."""
+        if len(self.sampling) != 3 or self.sampling[1] != (1, 1) or self.sampling[2] != (1, 1):
+            return None
+        return _SUBSAMPLINGS.get(self.sampling[0])
+
+    @property
+    def hardware_decodable(self) -> bool:
+        """What the GPUs' hardware JPEG decoders (NVJPG) take: complete baseline 8-bit 3-component JPEGs with one
+        of the common chroma subsamplings (io/jpeg_hardware.py)."""
+        return (self.sof == 0xC0 and self.precision == 8 and self.gpu_decodable
+                and self.chroma_subsampling is not None)
+
+
+_SUBSAMPLINGS = {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (1, 2): "4:4:0", (4, 1): "4:1:1"}
 
 
 def is_jpeg(data: bytes | bytearray | memoryview) -> bool:
@@ -56,7 +76,11 @@ def read_jpeg_header(data: bytes | bytearray) -> JpegHeader | None:
             orientation = _exif_orientation(bytes(data[seg + 6 : seg + length - 2])) or 1
         elif marker in _SOF_MARKERS and length >= 8:
             height, width = struct.unpack(">HH", data[seg + 1 : seg + 5])
-            sof = (marker, height, width, data[seg + 5])
+            components = data[seg + 5]
+            # each component: id, sampling factors (high nibble horizontal, low vertical), quantisation table
+            factors = tuple((data[seg + 7 + 3 * c] >> 4, data[seg + 7 + 3 * c] & 15) for c in range(components)
+                            if seg + 8 + 3 * c <= min(n, seg + length - 2))
+            sof = (marker, height, width, components, data[seg], factors)
         elif marker == 0xDA:  # start of scan: the header is over
             if sof is None:
                 return None
@@ -64,7 +88,7 @@ def read_jpeg_header(data: bytes | bytearray) -> JpegHeader | None:
             # 0xFFD9 cannot occur inside entropy-coded data (0xFF is stuffed), so finding it means "complete".
             eoi = data.rfind(b"\xff\xd9") if hasattr(data, "rfind") else bytes(data).rfind(b"\xff\xd9")  # no copy
             complete = eoi >= scan_start
-            return JpegHeader(sof[0], sof[1], sof[2], sof[3], orientation, complete)
+            return JpegHeader(sof[0], sof[1], sof[2], sof[3], orientation, complete, sof[4], sof[5])
         pos = seg + length - 2
     return None
 

@@ -78,7 +78,9 @@ class BatchStages:
         self.preprocess = "cpu" if options.preprocess == "cpu" or self.device.type == "cpu" else "gpu"
         decode_device = self.device if self.preprocess == "gpu" else torch.device("cpu")
         self.decoder = ImageDecoder(decode_device, workers=options.workers, gpu_decode=options.gpu_decode,
-                                    keep_host=options.return_images, max_pixels=options.max_image_pixels)
+                                    keep_host=options.return_images, max_pixels=options.max_image_pixels,
+                                    jpeg_decode=options.jpeg_decode, hardware_share=options.hardware_share,
+                                    batch=options.batch)
         self.return_images = options.return_images
         # videos: NVDEC's decoder where asked or (auto) usable, frames staying on the device; None: FFmpeg
         self.video_decoder = video_decoder_for(options.video_decode, self.device if self.preprocess == "gpu" else None)
@@ -134,6 +136,7 @@ class BatchStages:
             "max_det": self.post.max_det,
             "nms": self.post.nms_backend,
             "gpu_decode": self.decoder.gpu_decode,
+            **self.decoder.describe(),
             "preprocess": self.preprocess,
         }
 

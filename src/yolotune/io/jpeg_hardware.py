@@ -1,0 +1,132 @@
+"""JPEGs decoded by the GPU's hardware JPEG decoders (NVJPG: A100, H100, H200, ...) through nvImageCodec, off the SMs.
+
+CUDA nvJPEG (torchvision's decode_jpeg) decodes with CUDA kernels on the same SMs the model runs on; at several
+thousand images a second the two take turns and cap the pipeline well under either's own rate. NVJPG engines are
+separate silicon. nvImageCodec's hardware backend (``HW_GPU_ONLY``) drives them; it takes complete baseline 8-bit
+YCbCr JPEGs (``JpegHeader.hardware_decodable``), and what it refuses comes back as None for the caller's next
+decoder (CUDA nvJPEG, then Pillow). Pictures come out as [3, h, w] uint8 RGB tensors in device memory, written on the
+caller's current CUDA stream, ready for the letterbox without another copy.
+
+nvImageCodec is optional (the ``jpeg`` extra, nvidia-nvimgcodec-cu13). Without it, or on a GPU without NVJPG, JPEGs
+are decoded as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+
+
+class HardwareJpegUnavailable(Exception):
+    """No hardware JPEG decoding here (the reason says why)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _module():
+    try:
+        from nvidia import nvimgcodec  # the optional jpeg extra
+    except Exception as e:  # noqa: BLE001  (missing, or its libraries fail to load)
+        raise HardwareJpegUnavailable(f"nvImageCodec is not usable ({type(e).__name__}: {e}); "
+                                      "install yolotune[jpeg] on a machine with an NVIDIA driver") from e
+    return nvimgcodec
+
+
+def available() -> bool:
+    """Whether nvImageCodec loads here (the jpeg extra)."""
+    try:
+        _module()
+        return True
+    except HardwareJpegUnavailable:
+        return False
+
+
+def _primer(size: int = 64) -> bytes:
+    """A small baseline 4:2:0 JPEG: what every NVJPG takes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (73, 131, 197)).save(buf, "JPEG", quality=90, subsampling=2)
+    return buf.getvalue()
+
+
+class HardwareJpegDecoder:
+    """nvImageCodec's hardware backend on ``device``. ``decode(datas)`` -> one [3, h, w] uint8 RGB tensor per JPEG
+    (None where the hardware refused it), written on the current CUDA stream. Raises HardwareJpegUnavailable where
+    this GPU has no hardware decoder or nvImageCodec is missing.
+
+    ``batch``: the most JPEGs one call takes; nvJPEG's hardware batch is sized at the first call, so the decoder is
+    primed with that many (a refusal there means no hardware decoder)."""
+
+    def __init__(self, device, batch: int = 64):
+        import torch
+
+        nvc = _module()
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise HardwareJpegUnavailable("hardware JPEG decoding needs a CUDA device")
+        gpu = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self._nvc = nvc
+        self._lock = threading.Lock()  # one call at a time: a Decoder is not shared between threads
+        try:
+            self._decoder = nvc.Decoder(device_id=gpu, backends=[nvc.Backend(nvc.BackendKind.HW_GPU_ONLY)])
+            self._params = nvc.DecodeParams(apply_exif_orientation=False, color_spec=nvc.ColorSpec.SRGB,
+                                            sample_format=nvc.SampleFormat.P_RGB)
+        except Exception as e:  # noqa: BLE001  (nvImageCodec's own error types)
+            raise HardwareJpegUnavailable(f"no hardware JPEG decoder: {type(e).__name__}: {e}") from e
+        self.batch = max(1, batch)
+        with torch.cuda.device(self.device):
+            primed = self.decode([_primer()] * self.batch)
+            torch.cuda.current_stream(self.device).synchronize()
+        if any(t is None for t in primed):
+            raise HardwareJpegUnavailable("this GPU's hardware JPEG decoder refused a baseline JPEG (no NVJPG?)")
+
+    def decode(self, datas: list) -> list:
+        """``datas``: encoded JPEGs (bytes, bytearray or memoryview). Calls of more than ``batch`` are split."""
+        import torch
+
+        out: list = []
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        for i in range(0, len(datas), self.batch):
+            part = [self._code_stream(d) for d in datas[i:i + self.batch]]
+            with self._lock:
+                try:
+                    images = self._decoder.decode(part, params=self._params, cuda_stream=stream)
+                except Exception:  # noqa: BLE001  (a call nvImageCodec refuses as a whole: the next decoder takes it)
+                    images = [None] * len(part)
+            for im in images:
+                out.append(None if im is None else _planar(torch.from_dlpack(im)))
+        return out
+
+
+    def _code_stream(self, data):
+        """The encoded bytes as nvImageCodec reads them: a uint8 array over the caller's buffer (no copy) where this
+        version takes one, else bytes."""
+        import numpy as np
+
+        if not _COPY_BYTES:
+            try:
+                return self._nvc.CodeStream(np.frombuffer(data, np.uint8))
+            except TypeError:
+                _COPY_BYTES.append(True)
+        return self._nvc.CodeStream(data if isinstance(data, bytes) else bytes(data))
+
+
+_COPY_BYTES: list = []  # set once nvImageCodec has refused an array
+
+
+def _planar(t):
+    """[3, h, w] as P_RGB gives it (some versions add a batch axis of 1)."""
+    return t[0] if t.dim() == 4 else t
+
+
+def hardware_problem(device) -> str | None:
+    """Why JPEGs cannot be decoded by hardware for ``device`` (None: nvImageCodec is here; the decoder's priming
+    says whether this GPU has NVJPG)."""
+    if device is None or getattr(device, "type", "cpu") != "cuda":
+        return "hardware JPEG decoding needs a CUDA device"
+    try:
+        _module()
+    except HardwareJpegUnavailable as e:
+        return str(e)
+    return None

@@ -1,0 +1,88 @@
+"""Which decoder takes which JPEG (NVJPG, CUDA nvJPEG, Pillow) and how the split follows measured rates; what
+NVJPG is told it takes, read from the header."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from yolotune import Detector
+from yolotune.io.decode import ImageDecoder
+from yolotune.io.jpeg_header import read_jpeg_header
+from yolotune.io.jpeg_routing import FIRST_SHARE, RateSplit, route
+from yolotune.options import DetectorOptions
+
+
+def _jpeg(**save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("sub,name", [(0, "4:4:4"), (1, "4:2:2"), (2, "4:2:0")])
+def test_baseline_ycbcr_jpegs_go_to_the_hardware(sub, name):
+    h = read_jpeg_header(_jpeg(subsampling=sub))
+    assert h.chroma_subsampling == name and h.precision == 8 and h.hardware_decodable and h.gpu_decodable
+
+
+def test_what_the_hardware_does_not_take_is_routed_elsewhere():
+    progressive = read_jpeg_header(_jpeg(progressive=True))
+    grey = read_jpeg_header(_jpeg_mode("L"))
+    cmyk = read_jpeg_header(_jpeg_mode("CMYK"))
+    truncated = read_jpeg_header(_jpeg()[:300])
+    extended = read_jpeg_header(_jpeg().replace(b"\xff\xc0", b"\xff\xc1", 1))  # SOF1: nvJPEG's, not NVJPG's
+    baseline = read_jpeg_header(_jpeg())
+    headers = [baseline, progressive, grey, cmyk, truncated, extended, None]
+    assert route(headers, hardware=True, cuda=True) == ([0], [5], [1, 2, 3, 4, 6])
+    assert route(headers, hardware=False, cuda=True) == ([], [0, 5], [1, 2, 3, 4, 6])
+    assert route(headers, hardware=False, cuda=False) == ([], [], list(range(7)))
+
+
+def _jpeg_mode(mode: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (20, 120, 220)).convert(mode).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_the_split_follows_the_measured_rates():
+    split = RateSplit()
+    assert split.share == FIRST_SHARE and split.split(list(range(10))) == (list(range(5)), list(range(5, 10)))
+    split.measured("hardware", 300, 0.03)  # 10,000/s
+    assert split.share == FIRST_SHARE  # until both are timed
+    split.measured("cuda", 100, 0.02)  # 5,000/s
+    assert split.share == pytest.approx(2 / 3)
+    hw, cuda = split.split(list(range(12)))
+    assert (len(hw), len(cuda)) == (8, 4)
+    split.measured("cuda", 100, 0.01)  # 10,000/s now: the average moves part of the way
+    assert 0.5 < split.share < 2 / 3
+    split.measured("cuda", 0, 0.0)  # an empty call changes nothing
+    assert split.describe()["rates_per_s"]["hardware"] == 10000.0
+
+
+def test_a_fixed_share_is_kept_and_checked():
+    split = RateSplit(1.0)
+    split.measured("hardware", 10, 1.0)
+    split.measured("cuda", 1000, 1.0)
+    assert split.share == 1.0 and split.split([1, 2, 3]) == ([1, 2, 3], [])
+    assert RateSplit(0.0).split([1, 2]) == ([], [1, 2])
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        RateSplit(1.5)
+
+
+def test_options_and_decoder_check_the_jpeg_choice():
+    assert DetectorOptions(jpeg_decode="hardware", hardware_share=0.7).hardware_share == 0.7
+    with pytest.raises(ValueError, match="jpeg_decode"):
+        DetectorOptions(jpeg_decode="nvjpg")
+    with pytest.raises(ValueError, match="hardware_share"):
+        DetectorOptions(hardware_share=2)
+    with pytest.raises(ValueError, match="jpeg decode must be"):
+        ImageDecoder(torch.device("cpu"), jpeg_decode="gpu")
+    dec = ImageDecoder(torch.device("cpu"))  # auto on a CPU: Pillow, no complaint
+    assert dec.describe() == {"jpeg_decode": "cpu"}
+    dec.close()
+    with pytest.raises(ValueError, match="cannot decode JPEGs in hardware"):
+        ImageDecoder(torch.device("cpu"), jpeg_decode="hardware")
+    with pytest.raises(ValueError, match="cannot decode JPEGs in hardware"):
+        Detector("default", device="cpu", jpeg_decode="hardware")
