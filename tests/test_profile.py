@@ -348,3 +348,30 @@ def test_profile_of_a_video_decodes_its_frames_in_the_decode_stage(tmp_path):
     assert stages["decode"]["ms_per_image"] > 0 and "read" not in stages
     assert r["probes"]["video_decode_cpu_ms_per_frame"] > 0 and "video_decode_nvdec_ms_per_frame" not in r["probes"]
     assert r["e2e"]["images"] % 12 == 0 and r["e2e"]["images_per_s"] > 0  # the whole video, as often as 1.5 s takes
+
+
+def _sharing_sms(probes: dict, jpeg_decode: str = "cuda", **options) -> dict:
+    """The stored optimized profile, as if CUDA nvJPEG's kernels took as long on the SMs as the model's and the
+    pipeline ran at the rate of the two in turn."""
+    p = _stored("yolov8n_optimized")
+    p["options"] = {**p["options"], "jpeg_decode": jpeg_decode, **options}
+    model_busy = sum(p["kernels"][s]["gpu_busy_ms"] for s in ("backbone", "neck", "head", "nms"))
+    p["kernels"]["decode"]["gpu_busy_ms"] = model_busy
+    p["e2e"] = {**p["e2e"], "images_per_s": 1000 / (2.05 * model_busy)}
+    p["probes"] = probes
+    return p
+
+
+def test_diagnosis_finds_decode_sharing_the_sms_and_recommends_the_hardware_decoders():
+    f = next(f for f in diagnose(_sharing_sms({"hardware_decode_ms": 0.01})) if f.kind == "decode_shares_sms")
+    assert f.options == {"jpeg_decode": "hardware"} and f.predicted_gain is not None
+    assert "take turns" in f.evidence and "NVJPG" in f.recommendation
+    missing = _sharing_sms({}, hardware_unavailable="nvImageCodec is not usable")
+    f = next(f for f in diagnose(missing) if f.kind == "decode_shares_sms")
+    assert f.options == {} and "nvImageCodec is not usable" in f.recommendation and "yolotune[jpeg]" in f.recommendation
+    kinds = lambda p: {f.kind for f in diagnose(p)}  # noqa: E731
+    assert "decode_shares_sms" not in kinds(_sharing_sms({}, jpeg_decode="hardware"))  # decoded off the SMs already
+    fast = _sharing_sms({})
+    fast["e2e"]["images_per_s"] *= 3  # well above the in-turn bound: not the limit
+    assert "decode_shares_sms" not in kinds(fast)
+    assert "decode_shares_sms" not in kinds(_stored("yolov8n_optimized"))  # a small decode share

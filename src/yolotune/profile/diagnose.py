@@ -106,6 +106,11 @@ def diagnose(p: dict) -> list[Finding]:
     if inputs.get("video") and decode >= 0.5 * bound and prod >= cons * 0.8:
         findings.append(video_decode_finding(inputs["video_decode"], decode, cons, bound, p.get("probes", {}), gain))
 
+    # JPEG decoding on the SMs: CUDA nvJPEG's kernels and the model's take turns on the same SMs.
+    shared = decode_shares_sms_finding(p, ms, kernels, gain, bound)
+    if shared is not None:
+        findings.append(shared)
+
     # File reading: the reader thread (read + JPEG header parse) is the slowest producer part and the producer binds.
     read = ms.get("read", 0)
     rest = sum(ms.get(s, 0) for s in PRODUCER if s != "read")
@@ -324,3 +329,37 @@ def video_decode_finding(decoded_on: str, decode: float, consumer: float, bound:
                   "(yolotune run) to use the GPU's other NVDEC engines.")
     return Finding("video_decode_bound", "The video decoder sets the pace", evidence, advice, {}, None, "",
                    decode / bound)
+
+
+def decode_shares_sms_finding(p: dict, ms: dict, kernels: dict, gain, bound: float) -> Finding | None:
+    """CUDA nvJPEG decodes with kernels on the SMs the model needs: where its busy time is a real share of the GPU's
+    and the end-to-end rate sits near what the two allow in turn (1 / (decode + model busy time)), the GPU's
+    hardware JPEG decoders (NVJPG) take the decoding off the SMs."""
+    opts = p["options"]
+    if p["device"]["type"] != "cuda" or opts.get("jpeg_decode") != "cuda" or opts.get("preprocess") != "gpu":
+        return None
+    decode_busy = kernels.get("decode", {}).get("gpu_busy_ms", 0.0)
+    model_busy = sum(kernels.get(s, {}).get("gpu_busy_ms", 0.0) for s in MODEL + ("nms",))
+    e2e = (p.get("e2e") or {}).get("images_per_s")
+    if decode_busy <= 0 or model_busy <= 0 or decode_busy < 0.25 * model_busy:
+        return None
+    in_turn = decode_busy + model_busy  # ms/image when the SMs serve one, then the other
+    if e2e and 1000.0 / e2e < 0.7 * in_turn:
+        return None  # the pipeline runs well above the in-turn bound: something else sets the pace
+    evidence = (f"CUDA nvJPEG's kernels keep the SMs busy {decode_busy:.3f} ms/image and the model + NMS "
+                f"{model_busy:.3f} ms/image; on the same SMs they take turns: {in_turn:.3f} ms/image, "
+                f"{1000.0 / in_turn:,.0f} images/s at most"
+                + (f", and the pipeline ran {e2e:,.0f} images/s end to end" if e2e else ""))
+    hardware = (p.get("probes") or {}).get("hardware_decode_ms")
+    if hardware is not None:
+        return Finding("decode_shares_sms", "Decode shares the SMs with the model", evidence,
+                       "Decode JPEGs on the GPU's hardware JPEG decoders (jpeg_decode='hardware'): NVJPG engines, "
+                       "off the SMs, shared with CUDA nvJPEG by their measured rates.",
+                       {"jpeg_decode": "hardware"}, gain({"decode": hardware}),
+                       f"producer cost with decoding at the hardware probe's {hardware:.3f} ms/image; the overlap "
+                       "as measured (the SMs no longer shared: a lower bound)", decode_busy / max(bound, 1e-9))
+    why = opts.get("hardware_unavailable") or "no hardware JPEG decoder was found"
+    return Finding("decode_shares_sms", "Decode shares the SMs with the model", evidence,
+                   f"Hardware JPEG decoding is not available here ({why}). On a GPU with NVJPG engines (A100, H100, "
+                   "H200, L4, ...) install yolotune[jpeg]; elsewhere, smaller JPEGs at the source or frames "
+                   "handed over already decoded.", {}, None, "", decode_busy / max(bound, 1e-9))

@@ -53,3 +53,27 @@ def gpu_decode_preprocess_ms(detector, paths: list[str], batch: int) -> float | 
         return time_per_call(step, detector.device, reps=3) * 1e3 / max(1, len(loaded))
     finally:
         decoder.close()
+
+
+@torch.inference_mode()
+def hardware_decode_ms(detector, paths: list[str], batch: int) -> float | None:
+    """ms/image of the GPU's hardware JPEG decoders (NVJPG) on one batch of the run's files (host clock,
+    synchronised); None where there are none (nvImageCodec missing, or a GPU without NVJPG)."""
+    from yolotune.io import jpeg_hardware
+
+    if jpeg_hardware.hardware_problem(detector.device):
+        return None
+    try:
+        decoder = jpeg_hardware.HardwareJpegDecoder(detector.device, batch)
+    except jpeg_hardware.HardwareJpegUnavailable:
+        return None
+    loader = ImageDecoder(detector.device, jpeg_decode="cuda")
+    try:
+        loaded = [x for x in loader.load([(InputRef(p), None) for p in paths[:batch]])
+                  if x[2] is not None and x[2].hardware_decodable]
+        if not loaded:
+            return None
+        datas = [x[1] for x in loaded]
+        return time_per_call(lambda: decoder.decode(datas), detector.device, reps=3) * 1e3 / len(datas)
+    finally:
+        loader.close()
