@@ -5,6 +5,8 @@ Sections (argv, default all that fit the device): e2e, latency, nms, cpu.
   for yolov8n, yolo11n, yolov8m, yolo26n built from their YAML with the same seeded weights on both sides.
 - latency: batch-1 frame in host memory -> boxes in host memory, p50/p99 (yolov8n).
 - nms: 16 images of dense candidates (84x8400, ~18% above 0.25): Ultralytics non_max_suppression vs ours.
+- jpeg: yolov8n, JPEGs decoded by CUDA nvJPEG vs the hardware decoders (NVJPG) vs both split by rate, decode alone
+  and end to end, against Ultralytics at its best batch (JPEG_COMPILE=1 adds a compiled model at batch 256).
 - cpu: yolov8n on the CPU, Ultralytics predict vs yolotune; with ARTIFACT=dir (an optimize artifact of the default
   model), the default model's .pt on Ultralytics' side and the artifact, with its own options, on ours.
 Writes $OUT/e2e.jsonl as it goes and $OUT/e2e_summary.json + $OUT/e2e_summary.md at the end.
@@ -101,6 +103,63 @@ def section_e2e(photos_dir: Path, paths: list[str]):
         log.emit(section="e2e", model=cfg, images=len(paths), repeats=4,
                  ultralytics_images_per_s={f"batch{b}": round(v, 1) for b, v in peer.items()},
                  yolotune=best, ratio_vs_ultralytics_b16=round(best["images_per_s"] / peer[16], 1))
+
+
+JPEG_DECODES = {"cuda": dict(jpeg_decode="cuda"), "hardware": dict(jpeg_decode="hardware", hardware_share=1.0),
+                "split": dict(jpeg_decode="hardware")}
+
+
+def decode_only(paths: list[str], batch: int, repeats: int, **kw) -> dict:
+    """images/s of one ImageDecoder alone (no model) on the photos, in batches, synchronised."""
+    from yolotune.io.decode import ImageDecoder
+    from yolotune.types import InputRef
+
+    dec = ImageDecoder(torch.device("cuda"), batch=batch, **kw)
+    loaded = [dec.load([(InputRef(p), None) for p in paths[i:i + batch]]) for i in range(0, len(paths), batch)]
+    for chunk in loaded[:2]:
+        dec.decode_loaded(chunk)
+    sync()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        for chunk in loaded:
+            dec.decode_loaded(chunk)
+    sync()
+    rate = repeats * len(paths) / (time.perf_counter() - t)
+    out = {"images_per_s": round(rate, 1), **dec.describe()}
+    dec.close()
+    return out
+
+
+def section_jpeg(photos_dir: Path, paths: list[str]):
+    """JPEG decoders side by side: CUDA nvJPEG, the hardware decoders (NVJPG) alone, and the two split by their
+    measured rates; decode alone, then end to end at the default batch and at 128 (and, with JPEG_COMPILE=1, a
+    compiled FP16 model at batch 256 as optimize tunes it), against Ultralytics at batches 16 and 32."""
+    pt = checkpoint("yolov8n")
+    peer = {b: time_ultralytics(pt, str(photos_dir), b, 0, True, len(paths)) for b in (16, 32)}
+    alone = {name: decode_only(paths, 128, 4, **kw) for name, kw in JPEG_DECODES.items()}
+    log.emit(section="jpeg_decode_alone", images=len(paths), batch=128, decoders=alone)
+    runs = [(None, {}), (128, {})]
+    if os.environ.get("JPEG_COMPILE"):
+        runs.append((256, {"compile": "inductor"}))
+    for batch, extra in runs:
+        for name, kw in JPEG_DECODES.items():
+            if log.elapsed() > BUDGET:
+                log.emit(section="jpeg", decoder=name, batch=batch, skipped="time budget")
+                continue
+            det_kw = {**kw, **extra} if batch is None else {**kw, **extra, "batch": batch}
+            det = Detector(pt, device="cuda", **det_kw)
+            for _ in det.predict(paths[: det.batch * 3]):
+                pass
+            det.timings.clear()
+            t = time.perf_counter()
+            count = sum(1 for _ in det.predict(paths * 16))
+            rate = count / (time.perf_counter() - t)
+            host_us = {k: round(v.seconds / count * 1e6, 1) for k, v in det.timings.items()}
+            log.emit(section="jpeg", decoder=name, batch=det.batch, options=det_kw, images=count,
+                     images_per_s=round(rate, 1), host_us_per_image=host_us, decode=dict(det.decoder.stats),
+                     split=det.decoder.describe(), ultralytics_images_per_s={f"batch{b}": round(v, 1) for b, v in peer.items()},
+                     ratio_vs_ultralytics_best=round(rate / max(peer.values()), 1))
+            det.close()
 
 
 def section_latency(paths: list[str]):
@@ -327,7 +386,8 @@ def main(argv: list[str]) -> None:
     for s in sections:
         try:
             {"e2e": lambda: section_e2e(photos_dir, paths), "latency": lambda: section_latency(paths),
-             "nms": section_nms, "cpu": lambda: section_cpu(paths), "agreement": lambda: section_agreement(paths)}[s]()
+             "nms": section_nms, "cpu": lambda: section_cpu(paths), "agreement": lambda: section_agreement(paths),
+             "jpeg": lambda: section_jpeg(photos_dir, paths)}[s]()
         except Exception as e:  # one failing section must not lose the others
             import traceback
 
