@@ -151,3 +151,23 @@ def test_one_graph_path_takes_nvdec_frames_and_i420_beside_them(frames):
     for ref, new in ((want, got), (want[:3], per_image)):
         frac, total = matched_fraction(rows(ref), rows(new), iou=0.9, score_tol=0.02)
         assert total > 10 and frac >= 0.98
+
+
+def test_mixed_nv12_batches_stage_their_host_frames_in_buffers_made_once(frames):
+    """I420 host frames beside NVDEC's in a batch are staged in the frame buffers' own staging (pinned on a GPU),
+    made at the first mixed batch and reused: not stacked and pinned anew per batch (pinning is a driver call)."""
+    from yolotune import Detector
+    from yolotune.io.nvdec import NV12Picture
+    from yolotune.ops.color import i420_to_nv12
+
+    i420 = [p for p, _ in frames]
+    nv12 = [NV12Picture(i420_to_nv12(torch.from_numpy(p)[None])[0]) for p in i420]
+    with Detector("default", device="cpu", batch=4) as det:
+        det.frames.one_graph = True
+        det.collect(det.submit_frames([nv12[0], i420[1], nv12[2], i420[3]], 0))
+        (fb,) = [v for k, v in det.frames.buffers.items() if k[0] == 0]
+        staging = fb.i420_staging
+        assert staging is not None and tuple(staging.shape) == (4, *i420[0].shape)
+        det.collect(det.submit_frames([i420[4], i420[5], nv12[6], i420[7]], 0))
+        assert fb.i420_staging is staging
+        assert torch.equal(fb.frames[1], i420_to_nv12(torch.from_numpy(i420[5])[None])[0].view(fb.frames.shape[1:]))

@@ -77,6 +77,7 @@ class FrameBuffers:
         self.layout = layout
         # NV12 frames are on the device already (NVDEC): no host staging
         self.staging = None if layout == "nv12" else torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+        self.i420_staging: torch.Tensor | None = None  # nv12: I420 host frames beside NVDEC's (made at the first)
         self.frames = torch.empty(shape, dtype=torch.uint8, device=device)
         self.inputs = slot.input(canvas)[:bucket]
         self.geometry = geometry_tensor([letterbox_geometry(hw, canvas)] * bucket, bucket, device)

@@ -223,9 +223,14 @@ class FramePath:
         copy_all([fb.frames[i] for i in nv12], [frames[i].planes.view(rows, w // 2, 2).to(device) for i in nv12])
         host = [i for i, f in enumerate(frames) if not is_nv12(f)]
         if host:
-            planes = torch.stack([host_tensor(frames[i]) for i in host])
-            if device.type == "cuda":
-                planes = planes.pin_memory().to(device, non_blocking=True)
+            # staged in buffers made once (pinning memory per batch is a driver call that cost ~1 ms a frame,
+            # benchmarks/results/serve/nvdec_streams_h100.json); reused after collect(), as the I420 staging is
+            if fb.i420_staging is None:
+                fb.i420_staging = torch.empty((fb.frames.shape[0], rows, w), dtype=torch.uint8,
+                                              pin_memory=device.type == "cuda")
+            staged = fb.i420_staging[: len(host)]
+            copy_all(list(staged), [host_tensor(frames[i]) for i in host])
+            planes = staged.to(device, non_blocking=True) if device.type == "cuda" else staged
             for i, converted in zip(host, i420_to_nv12(planes)):
                 fb.frames[i].copy_(converted.view(rows, w // 2, 2))
 
