@@ -86,3 +86,41 @@ def test_options_and_decoder_check_the_jpeg_choice():
         ImageDecoder(torch.device("cpu"), jpeg_decode="hardware")
     with pytest.raises(ValueError, match="cannot decode JPEGs in hardware"):
         Detector("default", device="cpu", jpeg_decode="hardware")
+
+
+class _Refusing:
+    """A stand-in GPU decoder on the CPU (torchvision's decoder) that refuses the inputs whose first bytes it is
+    told, as NVJPG or nvJPEG refuse what they cannot take."""
+
+    def __init__(self, refuse: set[bytes]):
+        self.refuse, self.seen = refuse, []
+
+    def decode(self, datas: list) -> list:
+        from torchvision.io import decode_jpeg
+
+        self.seen += [bytes(d[:64]) for d in datas]
+        return [None if bytes(d[:64]) in self.refuse else decode_jpeg(torch.frombuffer(d, dtype=torch.uint8))
+                for d in datas]
+
+
+def test_what_one_decoder_refuses_reaches_the_next_and_every_input_comes_back_in_order():
+    from yolotune.types import ErrorRecord, InputRef
+
+    jpegs = [bytearray(_jpeg(quality=50 + 5 * k)) for k in range(8)]
+    extended = bytearray(bytes(jpegs[0]).replace(b"\xff\xc0", b"\xff\xc1", 1))  # nvJPEG's, not NVJPG's
+    items = jpegs + [extended, bytearray(b"not an image"), bytearray(_jpeg(progressive=True))]
+    hardware = _Refusing({bytes(jpegs[1][:64]), bytes(jpegs[2][:64])})  # NVJPG refuses two
+    cuda = _Refusing({bytes(jpegs[2][:64])})  # nvJPEG refuses one of them too: Pillow's
+    dec = ImageDecoder(torch.device("cpu"), hardware_share=0.75)
+    dec.hardware, dec.gpu_decode = hardware, True
+    dec._decode_on_gpu = cuda.decode
+    out = dec.decode([(InputRef(f"in{i}"), d) for i, d in enumerate(items)])
+    assert [o.ref.path if hasattr(o, "ref") else o.source.path for o in out] == [f"in{i}" for i in range(11)]
+    assert isinstance(out[9], ErrorRecord) and "not a recognised image format" in out[9].reason
+    assert all(not isinstance(o, ErrorRecord) and o.tensor.shape == (3, 48, 64) for i, o in enumerate(out) if i != 9)
+    # 8 hardware-decodable: 6 to NVJPG (0.75), 2 to nvJPEG beside the extended one; NVJPG's 2 refusals to nvJPEG
+    assert len(hardware.seen) == 6 and len(cuda.seen) == 3 + 2
+    assert dec.stats["hardware"] == 4 and dec.stats["hardware_refused"] == 2
+    assert dec.stats["gpu"] == 4 + 4 and dec.stats["cpu"] == 2 and dec.stats["errors"] == 1
+    assert set(dec.split.rates) == {"hardware", "cuda"}
+    dec.close()

@@ -10,6 +10,7 @@ goes to the next. A file that cannot be decoded becomes an ErrorRecord with the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -273,20 +274,22 @@ class ImageDecoder:
         """NVJPG decodes ``hw_idx`` here while CUDA nvJPEG decodes ``gpu_idx`` in a pool thread, on its own stream;
         each call is timed for the split. What NVJPG refuses is decoded by CUDA nvJPEG after."""
         side = self.side_stream
-        current = torch.cuda.current_stream(self.device)
+        current = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
 
         def on_cuda() -> tuple[list, float]:
             t = time.perf_counter()
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 out = self._decode_on_gpu([loaded[i][1] for i in gpu_idx])
-                side.synchronize()
+                if side is not None:
+                    side.synchronize()
             return out, time.perf_counter() - t
 
         pending = self.pool.submit(on_cuda) if gpu_idx else None
         t = time.perf_counter()
         hw = self.hardware.decode([loaded[i][1] for i in hw_idx]) if hw_idx else []
         if hw_idx:
-            current.synchronize()  # NVJPG's own time, for the split (its engines run while this thread waits)
+            if current is not None:
+                current.synchronize()  # NVJPG's own time, for the split (its engines run while this thread waits)
             self.split.measured("hardware", len(hw_idx), time.perf_counter() - t)
         out = dict(zip(hw_idx, hw))
         self.stats["hardware"] += sum(x is not None for x in hw)
@@ -294,7 +297,7 @@ class ImageDecoder:
             cuda, seconds = pending.result()
             self.split.measured("cuda", len(gpu_idx), seconds)
             for i, tensor in zip(gpu_idx, cuda):
-                if tensor is not None:
+                if tensor is not None and current is not None:
                     tensor.record_stream(current)  # made on the side stream, read on this one
                 out[i] = tensor
         refused = [i for i in hw_idx if out[i] is None]
