@@ -17,6 +17,8 @@ import functools
 import io
 import threading
 
+from yolotune.capture_guard import CAPTURE_GUARD
+
 
 class HardwareJpegUnavailable(Exception):
     """No hardware JPEG decoding here (the reason says why)."""
@@ -89,7 +91,8 @@ class HardwareJpegDecoder:
         stream = torch.cuda.current_stream(self.device).cuda_stream
         for i in range(0, len(datas), self.batch):
             part = [self._code_stream(d) for d in datas[i:i + self.batch]]
-            with self._lock:
+            # kept apart from CUDA graph captures in other threads, as NVDEC's decoding is (capture_guard.py)
+            with self._lock, CAPTURE_GUARD.shared():
                 try:
                     images = self._decoder.decode(part, params=self._params, cuda_stream=stream)
                 except Exception:  # noqa: BLE001  (a call nvImageCodec refuses as a whole: the next decoder takes it)
