@@ -186,7 +186,7 @@ class ImageDecoder:
                 self.hardware_problem = "it needs a CUDA device with GPU decoding and preprocessing on it"
             if self.hardware is None and jpeg_decode == "hardware":
                 raise ValueError(f"cannot decode JPEGs in hardware: {self.hardware_problem}")
-        # CUDA nvJPEG's share runs beside NVJPG's on a stream of its own; the decode stream waits for it
+        # CUDA nvJPEG's share runs beside NVJPG's on a stream of its own, finished before its pictures are handed on
         self.side_stream = torch.cuda.Stream(device) if self.hardware is not None else None
 
     @property
