@@ -13,34 +13,24 @@ are decoded as before.
 
 from __future__ import annotations
 
-import functools
 import io
 import threading
 
 from yolotune.capture_guard import CAPTURE_GUARD
+from yolotune.extras import extra_available, load_extra
 
 
 class HardwareJpegUnavailable(Exception):
     """No hardware JPEG decoding here (the reason says why)."""
 
 
-@functools.lru_cache(maxsize=None)
 def _module():
-    try:
-        from nvidia import nvimgcodec  # the optional jpeg extra
-    except Exception as e:  # noqa: BLE001  (missing, or its libraries fail to load)
-        raise HardwareJpegUnavailable(f"nvImageCodec is not usable ({type(e).__name__}: {e}); "
-                                      "install yolotune[jpeg] on a machine with an NVIDIA driver") from e
-    return nvimgcodec
+    return load_extra("nvidia.nvimgcodec", "nvImageCodec", "jpeg", HardwareJpegUnavailable)
 
 
 def available() -> bool:
     """Whether nvImageCodec loads here (the jpeg extra)."""
-    try:
-        _module()
-        return True
-    except HardwareJpegUnavailable:
-        return False
+    return extra_available("nvidia.nvimgcodec")
 
 
 def _primer(size: int = 64) -> bytes:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from yolotune.capture_guard import CAPTURE_GUARD
+from yolotune.extras import extra_available, load_extra
 
 # PyAV codec name -> PyNvVideoCodec's cudaVideoCodec member
 NVDEC_CODECS = {
@@ -99,23 +100,13 @@ def stream_problem(codec_name: str, pix_fmt: str | None, size: tuple[int, int], 
     return None
 
 
-@functools.lru_cache(maxsize=None)
 def _module():
-    try:
-        import PyNvVideoCodec as nvc  # noqa: N813  (the optional nvdec extra)
-    except Exception as e:  # noqa: BLE001  (missing, or its libraries fail to load: no libnvcuvid)
-        raise NvdecUnavailable(f"PyNvVideoCodec is not usable ({type(e).__name__}: {e}); "
-                               "install yolotune[nvdec] on a machine with an NVIDIA driver") from e
-    return nvc
+    return load_extra("PyNvVideoCodec", "PyNvVideoCodec", "nvdec", NvdecUnavailable)
 
 
 def available() -> bool:
     """Whether PyNvVideoCodec loads here (an NVIDIA driver with libnvcuvid, the nvdec extra)."""
-    try:
-        _module()
-        return True
-    except NvdecUnavailable:
-        return False
+    return extra_available("PyNvVideoCodec")
 
 
 @functools.lru_cache(maxsize=64)
