@@ -81,22 +81,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         clip = write_video(Path(work) / "cam720.mp4", frames=300, size=(720, 1280), fps=FPS, seed=21, camera=True)
         rows = []
+
+        def save() -> None:  # after every row: a run cut short keeps what it measured
+            result = {"benchmark": "nvdec_streams", "date": time.strftime("%Y-%m-%d"), "environment": environment(),
+                      "clip": {"size": [720, 1280], "fps": FPS, "frames": 300, "bytes": os.path.getsize(clip),
+                               "kind": "camera-like H.264 (data synth --camera)"},
+                      "seconds": SECONDS, "latency_budget_ms": LATENCY_MS, "batch": BATCH, "precision": PRECISION,
+                      "rows": rows,
+                      "command": "STREAMS={} MODES={} SECONDS={:g}{} scripts/gpu-check nvdec_streams.py".format(
+                          ",".join(map(str, STREAMS)), ",".join(MODES), SECONDS,
+                          f" SWEEP={os.environ['SWEEP']}" if SWEEP else "")}
+            (out_dir / "nvdec_streams.json").write_text(json.dumps(result, indent=2, default=str))
+
         with Detector("default", device="cuda", batch=BATCH, precision=PRECISION) as det:
             for n in STREAMS:
                 for mode in MODES:
                     rows.append(row(det, clip, n, mode))
                     torch.cuda.synchronize()
+                    save()
             for procs, switch in SWEEP:  # NVDEC decoder processes x their GIL switch interval, at the largest count
                 rows.append(row(det, clip, STREAMS[-1], "nvdec", procs, switch))
-        result = {"benchmark": "nvdec_streams", "date": time.strftime("%Y-%m-%d"), "environment": environment(),
-                  "clip": {"size": [720, 1280], "fps": FPS, "frames": 300, "bytes": os.path.getsize(clip),
-                           "kind": "camera-like H.264 (data synth --camera)"},
-                  "seconds": SECONDS, "latency_budget_ms": LATENCY_MS, "batch": BATCH, "precision": PRECISION,
-                  "rows": rows,
-                  "command": "STREAMS={} MODES={} SECONDS={:g}{} scripts/gpu-check nvdec_streams.py".format(
-                      ",".join(map(str, STREAMS)), ",".join(MODES), SECONDS,
-                      f" SWEEP={os.environ['SWEEP']}" if SWEEP else "")}
-        (out_dir / "nvdec_streams.json").write_text(json.dumps(result, indent=2, default=str))
+                save()
 
 
 if __name__ == "__main__":
