@@ -673,3 +673,21 @@ def test_plan_measures_one_detector_at_the_batch_it_sweeps_to(tmp_path):
     write_artifact(tmp_path / "art", resolve("default"), DetectorOptions(batch=4), {"tuned_on": "CPU"})
     with planning_detector(str(tmp_path / "art"), "cpu") as det:
         assert det.batch == 4  # an artifact keeps its own
+
+
+def test_plan_measures_a_camera_like_stream(tmp_path):
+    """plan's clip decodes like a camera's: a keyframe a second, no B-frames, and a camera's bitrate, not the few
+    kbit/s a generated clip compresses to."""
+    import av
+
+    from yolotune.serve.plan import plan_clip
+
+    clip = plan_clip(tmp_path, 320, 240, 10)
+    with av.open(str(clip)) as c:
+        s = c.streams.video[0]
+        packets = [p for p in c.demux(s) if p.size]
+        assert not s.codec_context.has_b_frames
+        seconds = len(packets) / 10
+        keyframes = [i for i, p in enumerate(packets) if p.is_keyframe] + [len(packets)]
+        assert keyframes[0] == 0 and max(b - a for a, b in zip(keyframes, keyframes[1:])) <= 10
+        assert sum(p.size for p in packets) * 8 / seconds > 100_000

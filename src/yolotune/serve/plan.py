@@ -255,10 +255,12 @@ def _sweep_batches(detector, frame: np.ndarray, cuda: bool) -> list[dict]:
 
 
 def plan_clip(work: Path, width: int, height: int, fps: float) -> Path:
+    """The stream plan measures and verifies: encoded like a camera's (sensor noise, a keyframe a second, a camera's
+    bitrate), as a generated clip would otherwise decode several times faster than a camera's stream does."""
     from yolotune.data.synth import write_video
 
     return write_video(work / f"plan_{width}x{height}.mp4", frames=max(30, int(fps * 4)), size=(height, width),
-                       fps=max(1, round(fps)), seed=11)
+                       fps=max(1, round(fps)), seed=11, camera=True)
 
 
 class _NoEngine:
