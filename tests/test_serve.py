@@ -691,3 +691,47 @@ def test_plan_measures_a_camera_like_stream(tmp_path):
         keyframes = [i for i, p in enumerate(packets) if p.is_keyframe] + [len(packets)]
         assert keyframes[0] == 0 and max(b - a for a, b in zip(keyframes, keyframes[1:])) <= 10
         assert sum(p.size for p in packets) * 8 / seconds > 100_000
+
+
+@pytest.mark.slow
+def test_plan_with_a_recording_measures_it_at_its_size_and_rate(tmp_path):
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    clip = write_video(tmp_path / "door.mp4", frames=12, size=(96, 160), fps=4, seed=5, camera=True)
+    res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--clip", str(clip), "--batch", "1",
+                                   "--no-verify", "--out", str(tmp_path / "plan.json")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "plan.json").read_text())
+    assert r["resolution"] == [160, 96] and r["fps"] == pytest.approx(4) and r["clip"] == str(clip)
+    assert str(clip) in res.output.replace("\n", "")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--fps", "25"], "runs at 4 FPS, not 25"),
+    (["--resolution", "320x192"], "is 160x96, not 320x192"),
+    (["--ray", "local"], "--clip plans one machine"),
+])
+def test_plan_refuses_a_recording_that_is_not_what_it_is_asked_to_plan(tmp_path, args, says):
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    clip = write_video(tmp_path / "door.mp4", frames=4, size=(96, 160), fps=4, seed=5)
+    res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--clip", str(clip), "--no-verify", *args])
+    assert res.exit_code == 2 and says in res.output.replace("\n", " "), res.output
+
+
+@pytest.mark.parametrize("content", [b"not a video at all", b""])
+def test_plan_refuses_a_clip_that_is_no_video(tmp_path, content):
+    from typer.testing import CliRunner
+
+    from yolotune.cli import app
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(content)
+    for clip in (bad, tmp_path / "missing.mp4"):
+        res = CliRunner().invoke(app, ["plan", "default", "--device", "cpu", "--clip", str(clip), "--no-verify"])
+        assert res.exit_code == 2 and "cannot plan with" in res.output, res.output
+        assert "Traceback" not in res.output

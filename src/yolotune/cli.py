@@ -71,7 +71,7 @@ def predict(
     gpu_decode: bool = typer.Option(True, "--gpu-decode/--cpu-decode", help="Decode JPEGs with nvJPEG on CUDA.", metavar=""),
     video_decode: str = VIDEO_DECODE,
     jpeg_decode: Optional[str] = typer.Option(None, help="Where JPEGs are decoded: hardware (the GPU's NVJPG engines, "
-                                              "off the SMs, yolotune\[jpeg]; shared with CUDA nvJPEG by their measured "
+                                              "off the SMs, yolotune\\[jpeg]; shared with CUDA nvJPEG by their measured "
                                               "rates), cuda (CUDA nvJPEG), cpu (Pillow), auto (hardware where the GPU "
                                               "and the extra have it, else cuda)."),
     hardware_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With hardware JPEG decoding: the "

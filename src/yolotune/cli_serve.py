@@ -227,8 +227,11 @@ def latency_parts_line(parts: dict) -> str:
 
 def plan_command(
     model: str = typer.Argument(..., metavar="MODEL", help="Model or artifact directory."),
-    fps: float = typer.Option(30.0, min=0.1, help="Frame rate of each stream."),
-    resolution: str = typer.Option("1280x720", help="Stream resolution WIDTHxHEIGHT."),
+    fps: Optional[float] = typer.Option(None, min=0.1, help="Frame rate of each stream (default: 30, or the clip's)."),
+    resolution: Optional[str] = typer.Option(None, help="Stream resolution WIDTHxHEIGHT (default: 1280x720, or the "
+                                             "clip's)."),
+    clip: Optional[Path] = typer.Option(None, help="A recording from one of your cameras: every stream is a looped "
+                                        "copy of it (default: a generated camera-like clip)."),
     gpus: int = typer.Option(1, min=1, help="Plan for this many GPUs like this one."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch: Optional[int] = typer.Option(None, min=1, help="Largest batch (default: the artifact's, else 64 GPU / 8 CPU)."),
@@ -247,11 +250,20 @@ def plan_command(
 ) -> None:
     """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""
     from yolotune import ModelLoadError
-    from yolotune.serve.plan import plan, planning_detector, resolution_problem
+    from yolotune.serve.plan import plan, planning_detector, recording_stream, resolution_problem
 
     trust_models(trust_model)
     if out is not None:
         output_file(out)
+    if clip is not None:
+        if ray is not None:
+            _fail("--clip plans one machine: a Ray cluster's nodes measure a generated clip of --resolution")
+        try:
+            cw, ch, rate = recording_stream(clip)
+        except ValueError as e:
+            _fail(str(e))
+        resolution, fps = resolution or f"{cw}x{ch}", fps or rate
+    resolution, fps = resolution or "1280x720", fps or 30.0
     try:
         w, h = (int(v) for v in resolution.lower().split("x"))
     except ValueError:
@@ -266,8 +278,11 @@ def plan_command(
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
     with detector, stage_progress("planning") as say:
-        report = plan(detector, fps, (w, h), gpus=gpus, verify=verify, verify_seconds=seconds, latency_budget_ms=latency_ms,
-                      max_streams=max_streams, progress=say)
+        try:
+            report = plan(detector, fps, (w, h), gpus=gpus, verify=verify, verify_seconds=seconds,
+                          latency_budget_ms=latency_ms, max_streams=max_streams, progress=say, clip=clip)
+        except ValueError as e:  # a clip that is not of --resolution / --fps
+            _fail(str(e))
     _write_plan(report.to_dict(), out, json_output, print_plan)
 
 
@@ -331,6 +346,7 @@ def print_plan(r: dict, console: Console) -> None:
 
     console.print(f"[bold]{r['resolution'][0]}x{r['resolution'][1]} at {r['fps']:g} FPS on {r['gpus']} x {r['device']}: "
                   f"{r['predicted_streams']} streams predicted[/bold] (bound by {r['binding'].replace('_', ' ')})")
+    console.print(f"each stream: {r.get('clip', 'generated, camera-like')}")
     t = Table(title="limits (streams)")
     t.add_column("resource")
     t.add_column("streams", justify="right")

@@ -58,23 +58,52 @@ def resolution_problem(width, height) -> str | None:
                             f"(a camera's frame size), not {width}x{height}")
 
 
+def recording_stream(path: str | Path) -> tuple[int, int, float]:
+    """A recording's (width, height, frames/s), for plan to measure and verify with as every stream; ValueError
+    saying why it cannot be (not a video, no decodable frame, no frame rate)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise ValueError(f"cannot plan with {path}: it has no video stream")
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or s.base_rate
+            frame = next(c.decode(s), None)
+    except (av.error.FFmpegError, OSError) as e:
+        raise ValueError(f"cannot plan with {path}: {e}") from e
+    if frame is None:
+        raise ValueError(f"cannot plan with {path}: no frame decodes")
+    if not rate:
+        raise ValueError(f"cannot plan with {path}: it does not say its frame rate")
+    return frame.width, frame.height, float(rate)
+
+
 def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verify: bool = True,
          verify_seconds: float = 20.0, queue_size: int = 4, max_wait_ms: float | None = None,
-         latency_budget_ms: float | None = None, max_streams: int | None = None, progress=None) -> PlanReport:
+         latency_budget_ms: float | None = None, max_streams: int | None = None, progress=None,
+         clip: str | Path | None = None) -> PlanReport:
     """``resolution`` is (width, height). Returns the plan: measurements, per-resource limits, prediction, and
-    (with ``verify``) the verified stream count with its measurements."""
+    (with ``verify``) the verified stream count with its measurements. ``clip``: a recording from one of the
+    cameras to measure and verify with (of this resolution and frame rate); None: a generated camera-like one."""
     width, height = resolution
     problem = resolution_problem(width, height)
     if problem:
         raise ValueError(problem)
+    if clip is not None:
+        w, h, rate = recording_stream(clip)
+        if (w, h) != (width, height):
+            raise ValueError(f"{clip} is {w}x{h}, not {width}x{height}")
+        if abs(rate - fps) > 0.01 * fps:  # its streams run at the recording's own rate
+            raise ValueError(f"{clip} runs at {rate:g} FPS, not {fps:g}")
     with tempfile.TemporaryDirectory(prefix="yolotune-plan-") as work:  # removed on every way out
         return _plan(detector, fps, width, height, Path(work), gpus, verify, verify_seconds, queue_size, max_wait_ms,
-                     latency_budget_ms, max_streams, progress or (lambda _m: None))
+                     latency_budget_ms, max_streams, progress or (lambda _m: None), clip)
 
 
 def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, verify: bool, verify_seconds: float,
           queue_size: int, max_wait_ms: float | None, latency_budget_ms: float | None, max_streams: int | None,
-          say) -> PlanReport:
+          say, recording: str | Path | None = None) -> PlanReport:
     dev = detector.device
     say("measuring the detect step at each batch size")
     decoders = decoder_mode("auto", detector, 2)  # what the runtime uses for many streams
@@ -85,7 +114,7 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
     # next batch waits behind it.
     chosen = knee if latency_budget_ms is not None else best
     say("measuring decode speed and per-stream memory")
-    clip = plan_clip(work, width, height, fps)
+    clip = Path(recording) if recording is not None else plan_clip(work, width, height, fps)
     pixel_format = "yuv420p" if dev.type == "cuda" and width % 2 == 0 and height % 2 == 0 else "rgb24"
     decode_fps = _decode_fps_one_core(clip, pixel_format)
     cores = usable_cores()
@@ -127,7 +156,8 @@ def _plan(detector, fps: float, width: int, height: int, work: Path, gpus: int, 
         host_pipeline_errors=host_errors, host_bytes_per_stream=host_per_stream,
         device_bytes_per_stream=device_per_stream, total_host_bytes=total_host, total_device_bytes=total_device,
         limits={k: round(v, 1) for k, v in limits.items()}, binding=binding, predicted_streams=predicted,
-        latency_budget_ms=latency_budget_ms, nvdec=nvdec)
+        latency_budget_ms=latency_budget_ms, nvdec=nvdec,
+        clip=str(recording) if recording is not None else "generated, camera-like")
     if predicted == 0:
         report.one_stream = one_stream_fit(limits, fps, chosen["frames_per_s"], host_fps or decode_fps * decode_cores)
     if not host_fps:

@@ -37,6 +37,7 @@ class PlanReport:
     # where the GPU has NVDEC: frames/s its decoder processes deliver, the streams it takes (run --nvdec-streams),
     # its engines and the device memory an NVDEC stream holds (serve/plan.py _nvdec_side)
     nvdec: dict | None = None
+    clip: str = "generated, camera-like"  # what each stream was: a recording's path, or plan's generated clip
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
