@@ -116,3 +116,9 @@ class Log:
 
 def percentile_ms(samples: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(samples) * 1e3, q)), 3)
+
+
+def run_seconds(default: float) -> float:
+    """How long each run lasts: RUN_SECONDS, else SECONDS. Bash's SECONDS is its clock: set in a command line, it
+    grows while scripts/gpu-check runs the steps before the benchmark, so RUN_SECONDS is the one to set."""
+    return float(os.environ.get("RUN_SECONDS") or os.environ.get("SECONDS") or default)

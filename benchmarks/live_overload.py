@@ -14,7 +14,7 @@ The server stands in for cameras elsewhere: it runs at niceness 19, on CPU time 
 niceness 0 it took 0.16-0.19 of a core from the engine). Modes alternate REPEATS times; the medians are compared.
 Target: live processed frames/s >= 90% of files when the load is past capacity (of what the cameras send, when it is
 not: ``live_vs_bound``). Usage:
-    STREAMS=16 SECONDS=40 DEVICE=cpu BATCH=16 REPEATS=2 DECODE_ALL=1 python benchmarks/live_overload.py
+    STREAMS=16 RUN_SECONDS=40 DEVICE=cpu BATCH=16 REPEATS=2 DECODE_ALL=1 python benchmarks/live_overload.py
 Writes live_overload_<device>.json under $OUT (default benchmarks/results/serve).
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # the live server the tests use
 
-from common import environment  # noqa: E402
+from common import environment, run_seconds  # noqa: E402
 
 from yolotune.data.synth import write_video  # noqa: E402
 
@@ -65,7 +65,7 @@ def main() -> None:
     import live_server
 
     counts = [int(n) for n in os.environ.get("STREAMS", "16").split(",")]
-    seconds = float(os.environ.get("SECONDS", "40"))
+    seconds = run_seconds("40")
     device = os.environ.get("DEVICE", "auto")
     batch = int(os.environ.get("BATCH", "16"))
     decode_all = os.environ.get("DECODE_ALL", "0") == "1"
@@ -119,7 +119,7 @@ def main() -> None:
     result = {"benchmark": "live_overload", "device": str(det.device), "environment": environment(),
               "clip": {"size": [1280, 720], "fps": 30, "gop": 30, "bframes": 0, "bytes": clip.stat().st_size},
               "seconds": seconds, "batch": batch, "repeats": repeats, "rows": rows, "date": time.strftime("%Y-%m-%d"),
-              "command": f"STREAMS={','.join(map(str, counts))} SECONDS={seconds:g} DEVICE={device} BATCH={batch} "
+              "command": f"STREAMS={','.join(map(str, counts))} RUN_SECONDS={seconds:g} DEVICE={device} BATCH={batch} "
                          f"REPEATS={repeats} DECODE_ALL={int(decode_all)} python benchmarks/live_overload.py"}
     (out / f"live_overload_{name}.json").write_text(json.dumps(result, indent=1, default=str))
 

@@ -6,7 +6,7 @@ it holds when no stream lags its clock by a second, nothing drops, every stream 
 (decode end -> result) is within LATENCY_MS. Per row also the host CPU spent (all cores, from /proc/stat) per stream,
 the decoder split (NVDEC / CPU) and where latency went. Modes: cpu (FFmpeg in decoder processes), nvdec (NVDEC
 decoder processes, frames in device rings), both (NVDEC up to NVDEC_SHARE streams, the rest on the CPU).
-Environment: STREAMS (100,200,300), MODES (cpu,nvdec,both), SECONDS (30), LATENCY_MS (50), BATCH (32),
+Environment: STREAMS (100,200,300), MODES (cpu,nvdec,both), RUN_SECONDS (30), LATENCY_MS (50), BATCH (32),
 NVDEC_SHARE (both: streams on NVDEC, default 2/3 of each count), NVDEC_PROCS (default: a third of the cores),
 PRECISION (fp16), SWEEP (extra NVDEC rows: processes/switch-interval-ms pairs). Writes nvdec_streams.json under $OUT (or the working directory).
 """
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment  # noqa: E402
+from common import environment, run_seconds  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -33,7 +33,7 @@ from yolotune.serve.runtime import RunOptions, StreamRuntime  # noqa: E402
 
 STREAMS = [int(n) for n in os.environ.get("STREAMS", "100,200,300").split(",")]
 MODES = os.environ.get("MODES", "cpu,nvdec,both").split(",")
-SECONDS = float(os.environ.get("SECONDS", "30"))
+SECONDS = run_seconds("30")
 LATENCY_MS = float(os.environ.get("LATENCY_MS", "50"))
 BATCH = int(os.environ.get("BATCH", "32"))
 SHARE = os.environ.get("NVDEC_SHARE")
@@ -88,7 +88,7 @@ def main() -> None:
                                "kind": "camera-like H.264 (data synth --camera)"},
                       "seconds": SECONDS, "latency_budget_ms": LATENCY_MS, "batch": BATCH, "precision": PRECISION,
                       "rows": rows,
-                      "command": "STREAMS={} MODES={} SECONDS={:g}{} scripts/gpu-check nvdec_streams.py".format(
+                      "command": "STREAMS={} MODES={} RUN_SECONDS={:g}{} scripts/gpu-check nvdec_streams.py".format(
                           ",".join(map(str, STREAMS)), ",".join(MODES), SECONDS,
                           f" SWEEP={os.environ['SWEEP']}" if SWEEP else "")}
             (out_dir / "nvdec_streams.json").write_text(json.dumps(result, indent=2, default=str))

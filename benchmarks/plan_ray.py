@@ -1,7 +1,7 @@
 """``plan`` against ``plan --ray``, side by side in one process on one device: the same streams (RES at FPS, p99
 within LATENCY_MS), predicted and verified by plain plan in this process, then by plan --ray with one stream actor on
 a local Ray cluster (its GPU type measured in the actor, the total verified through the controller).
-Environment: RES (1280x720 / 320x240), FPS (30 / 5), LATENCY_MS (50 / none), SECONDS (20 / 6), BATCH (32 / 4).
+Environment: RES (1280x720 / 320x240), FPS (30 / 5), LATENCY_MS (50 / none), RUN_SECONDS (20 / 6), BATCH (32 / 4).
 Writes $OUT/plan_ray.json.
 """
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Log, environment  # noqa: E402
+from common import Log, environment, run_seconds  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -23,7 +23,7 @@ CUDA = torch.cuda.is_available()
 W, H = (int(v) for v in os.environ.get("RES", "1280x720" if CUDA else "320x240").split("x"))
 FPS = float(os.environ.get("FPS", "30" if CUDA else "5"))
 LATENCY_MS = float(os.environ["LATENCY_MS"]) if os.environ.get("LATENCY_MS") else (50.0 if CUDA else None)
-SECONDS = float(os.environ.get("SECONDS", "20" if CUDA else "6"))
+SECONDS = run_seconds("20" if CUDA else "6")
 BATCH = int(os.environ.get("BATCH", "32" if CUDA else "4"))
 SIDES = os.environ.get("SIDES", "plain,ray").split(",")  # ray alone: plan --ray only (plain plan measured before)
 

@@ -8,7 +8,7 @@
    as a crash): how long until its streams' frames come from the other actor, and whether any stream lost or repeated
    a frame.
 Environment: STREAMS (100 on a GPU, 4 on a CPU), KILL_STREAMS (40 / 4), RES (1280x720 / 320x240), FPS (30 / 10),
-SECONDS (30 / 15), LATENCY_MS (50 / 2000), BATCH (32 / 4). Writes $OUT/ray_streams.json.
+RUN_SECONDS (30 / 15), LATENCY_MS (50 / 2000), BATCH (32 / 4). Writes $OUT/ray_streams.json.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Log, environment  # noqa: E402
+from common import Log, environment, run_seconds  # noqa: E402
 
 import torch  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 W, H = (int(v) for v in os.environ.get("RES", "1280x720" if CUDA else "320x240").split("x"))
 FPS = float(os.environ.get("FPS", "30" if CUDA else "10"))
-SECONDS = float(os.environ.get("SECONDS", "30" if CUDA else "15"))
+SECONDS = run_seconds("30" if CUDA else "15")
 LATENCY_MS = float(os.environ.get("LATENCY_MS", "50" if CUDA else "2000"))
 STREAMS = int(os.environ.get("STREAMS", "100" if CUDA else "4"))
 KILL_STREAMS = int(os.environ.get("KILL_STREAMS", "40" if CUDA else "4"))

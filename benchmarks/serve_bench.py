@@ -4,7 +4,7 @@ loop per source in threads, in one process on one device.
 For each model and stream count: real-time looped file streams (a camera's pacing) for SECONDS; a count holds when
 no stream lags its clock by a second, nothing drops, and p99 latency (decode end -> result) <= LATENCY_MS. Then the
 same streams as fast as they go (throughput), ours vs Ultralytics' per-source loops. Finally `plan` predicts and
-verifies. Environment: STREAMS (e.g. 50,100,150), RES (1280x720), FPS (30), SECONDS (20), LATENCY_MS (50),
+verifies. Environment: STREAMS (e.g. 50,100,150), RES (1280x720), FPS (30), RUN_SECONDS (20), LATENCY_MS (50),
 MODELS (yolov8n,yolov8m), BATCH (64), COMPILE (inductor on CUDA; none for the CUDA graph alone), PEER (1 runs Ultralytics), PEER_STREAMS (16,32 on CUDA; ours is also measured there), DECODER_PROCS (decoder processes; default cores - 2). Writes serve_bench.json.
 """
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment  # noqa: E402
+from common import environment, run_seconds  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -31,7 +31,7 @@ from yolotune.io.stream_specs import SourceSpec  # noqa: E402
 CUDA = torch.cuda.is_available()
 W, H = (int(v) for v in os.environ.get("RES", "1280x720" if CUDA else "640x360").split("x"))
 FPS = float(os.environ.get("FPS", "30" if CUDA else "10"))
-SECONDS = float(os.environ.get("SECONDS", "20" if CUDA else "30"))
+SECONDS = run_seconds("20" if CUDA else "30")
 LATENCY_MS = float(os.environ.get("LATENCY_MS", "50" if CUDA else "1000"))
 STREAMS = [int(n) for n in os.environ.get("STREAMS", "50,100,150" if CUDA else "4").split(",")]
 BATCH = int(os.environ.get("BATCH", "64" if CUDA else "4"))
