@@ -129,3 +129,54 @@ def test_run_falls_back_to_the_cpu_for_a_stream_nvdec_refuses_and_says_so(clip, 
     events = [r for r in rows if r.get("event") == "decoder"]
     assert len(events) == 1 and "decoded on the CPU: refused by the test" in events[0]["message"]
     assert sum(1 for r in rows if "frame" in r and "event" not in r) == 20
+
+
+@pytest.mark.parametrize("fail_after", [0, 7, 10, 19])
+def test_reader_goes_on_on_the_cpu_when_nvdec_breaks_mid_stream(clip, fail_after):
+    """Every frame once, in order, no gap: the packets since the last keyframe are decoded again on the CPU and the
+    frames NVDEC gave already are not given twice."""
+    with VideoReader(str(clip), decoder=emulated_factory(fail_after=fail_after)) as r:
+        items = list(r.frames())
+        assert r.decoded_on == "cpu" and "NVDEC failed mid-stream" in r.fallback and "illegal memory" in r.fallback
+    assert not [f for f in items if isinstance(f, FrameGap)]
+    assert [f.index for f in items] == list(range(20))
+    assert [isinstance(f.picture, NV12Picture) for f in items] == [True] * fail_after + [False] * (20 - fail_after)
+    ffmpeg = [f for f in VideoReader(str(clip)).frames()]
+    for a, b in zip(items[fail_after:], ffmpeg[fail_after:]):
+        assert np.array_equal(a.picture.to_ndarray(format="rgb24"), b.picture.to_ndarray(format="rgb24"))
+
+
+def test_predict_video_goes_on_on_the_cpu_when_nvdec_breaks(clip):
+    got = list(iter_video_frames(str(clip), emulated_factory(fail_after=5)))
+    assert [ref.frame for ref, _ in got] == list(range(20))
+
+
+def test_run_stream_goes_on_on_the_cpu_when_nvdec_breaks_and_says_so(clip, monkeypatch, tmp_path):
+    import json
+
+    from yolotune import Detector
+    from yolotune.serve import runtime as runtime_module
+    from yolotune.serve.runtime import RunOptions, StreamRuntime
+
+    monkeypatch.setattr(runtime_module, "video_decoder_for", lambda c, d: emulated_factory(fail_after=12))
+    with Detector("default", device="cpu", batch=4) as det:
+        s = StreamRuntime(det, [SourceSpec(str(clip), "file", "cam")], RunOptions(out=tmp_path, decoders="threads")).run()
+    st = s.streams[0]
+    assert st.state == "finished" and st.processed == 20 and st.decoder == "cpu" and not s.any_failed, st
+    rows = [json.loads(line) for line in (tmp_path / "cam" / "detections.jsonl").read_text().splitlines()]
+    events = [r for r in rows if r.get("event") == "decoder"]
+    assert len(events) == 1 and "NVDEC failed mid-stream" in events[0]["message"], events
+    assert [r["frame"] for r in rows if "frame" in r and "event" not in r] == list(range(20))
+
+
+def test_reader_past_a_long_group_of_pictures_starts_the_cpu_at_the_next_keyframe(clip, monkeypatch):
+    from yolotune.io import video
+
+    monkeypatch.setattr(video, "MAX_REPLAY", 3)  # the 7 packets since the keyframe are more than it keeps
+    with VideoReader(str(clip), decoder=emulated_factory(fail_after=7)) as r:
+        items = list(r.frames())
+    gaps = [f for f in items if isinstance(f, FrameGap)]
+    assert [(g.first, g.last) for g in gaps] == [(7, 9)] and "NVDEC failed mid-stream" in gaps[0].reason
+    frames = [f for f in items if not isinstance(f, FrameGap)]
+    assert [f.index for f in frames] == [*range(7), *range(10, 20)]
+    assert all(isinstance(f.picture, NV12Picture) == (f.index < 7) for f in frames)

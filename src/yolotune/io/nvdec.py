@@ -39,6 +39,11 @@ class NvdecError(Exception):
     """NVDEC refused a packet."""
 
 
+class NvdecFailed(Exception):
+    """The NVDEC session broke on the device side (memory, a CUDA error), not on a packet: the stream goes on on
+    the CPU (io/video.py)."""
+
+
 @dataclass
 class NV12Picture:
     """A frame NVDEC decoded: ``planes`` [h * 3 / 2, w] uint8 NV12 in device memory (Y rows, then rows of U, V
@@ -226,16 +231,21 @@ class NvdecDecoder:
             except Exception as e:  # noqa: BLE001  (PyNvVideoCodec's own exception types)
                 raise NvdecError(f"NVDEC: {type(e).__name__}: {e}") from e
             pictures = []
-            for frame in decoded:
-                planes = nv12_tensor(torch.from_dlpack(frame))
-                own = torch.empty_like(planes, memory_format=torch.contiguous_format)
-                # the decoder writes its next frames into the surface it handed over, on this same stream: the copy
-                # is ordered before them
-                own.copy_(planes)
-                pts = int(frame.getPTS())
-                pictures.append(NV12Picture(own, None if pts == _NO_PTS else pts, None if self.sync else self.stream))
-            if pictures and self.sync:
-                self.stream.synchronize()  # copied before the frame is handed on
+            try:
+                for frame in decoded:
+                    planes = nv12_tensor(torch.from_dlpack(frame))
+                    own = torch.empty_like(planes, memory_format=torch.contiguous_format)
+                    # the decoder writes its next frames into the surface it handed over, on this same stream: the
+                    # copy is ordered before them
+                    own.copy_(planes)
+                    pts = int(frame.getPTS())
+                    pictures.append(NV12Picture(own, None if pts == _NO_PTS else pts, None if self.sync else self.stream))
+                if pictures and self.sync:
+                    self.stream.synchronize()  # copied before the frame is handed on
+            except NvdecError:
+                raise
+            except Exception as e:  # noqa: BLE001  (device memory, a CUDA error: the session, not the packet)
+                raise NvdecFailed(f"{type(e).__name__}: {e}") from e
         del data
         self.frames += len(pictures)
         return pictures

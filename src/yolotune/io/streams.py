@@ -299,11 +299,7 @@ class SourceWorker(threading.Thread):
                              timeout=self.timeouts, threads=self.decoder_threads, live=spec.live,
                              decoder=self.video_decoder)
         self._phase = "reading"
-        if reader.decoded_on != st.decoder:
-            st.decoder = reader.decoded_on
-            if reader.fallback:  # asked for NVDEC, which cannot take this stream: said once per change
-                self.on_event(self.index, "decoder", f"decoded on the CPU: {reader.fallback}", time.time(),
-                              st.snapshot())
+        self._note_decoder(reader)
         if spec.realtime and self._pace_from is None:
             self._pace_from = time.perf_counter()
         start = 0
@@ -316,6 +312,8 @@ class SourceWorker(threading.Thread):
             for item in reader.frames(self.admission, self._pace_from if spec.realtime else None, self.stop_event,
                                       self.catch_up, start):
                 self._count(reader, counted)
+                if reader.decoded_on != st.decoder:  # NVDEC broke mid-stream: the CPU decodes from here
+                    self._note_decoder(reader)
                 if isinstance(item, FrameGap):
                     st.frames_lost += item.frames
                     gap = FrameGap(base + item.first, base + item.last, item.reason)
@@ -331,6 +329,18 @@ class SourceWorker(threading.Thread):
             if spec.realtime and self._pace_from is not None:
                 self._pace_from += reader.duration_s  # the next pass continues the clock: lag does not reset
             reader.close()
+
+    def _note_decoder(self, reader: VideoReader) -> None:
+        """Where this stream is decoded now; a fallback to the CPU (NVDEC cannot take the stream, or broke on it) is
+        said once per change, and a broken session is not tried again on a reopening."""
+        st = self.status
+        if reader.decoded_on == st.decoder:
+            return
+        st.decoder = reader.decoded_on
+        if reader.fallback:
+            self.on_event(self.index, "decoder", f"decoded on the CPU: {reader.fallback}", time.time(), st.snapshot())
+            if reader.nvdec_broke:
+                self.video_decoder = None
 
     def _count(self, reader: VideoReader, counted: list[int]) -> None:
         """Fold the reader's packets read and frames skipped into the status (cumulative over openings)."""

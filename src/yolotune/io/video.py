@@ -22,11 +22,14 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from yolotune.io.nvdec import NV12Picture, NvdecError, NvdecUnavailable
+from yolotune.io.nvdec import NV12Picture, NvdecError, NvdecFailed, NvdecUnavailable
 from yolotune.types import ErrorRecord, InputRef
 
 CATCH_UP = 8  # decodes spent to reach the newest frame after a hold, before skipping to a keyframe instead
 MAX_FRAME_AGE_S = 1.0  # on demand, a frame whose packet came longer ago than this is not delivered: it is stale
+# packets since the last keyframe kept while NVDEC decodes, to decode them again on the CPU if its session breaks
+# (a camera's second: ~30 packets, ~400 KB at 3 Mbit/s); past a longer group the CPU starts at the next keyframe
+MAX_REPLAY = 300
 
 
 @dataclass
@@ -96,6 +99,10 @@ class VideoReader:
         # ``decoder(stream)``: another decoder for the packets (io/nvdec.py's NVDEC); where it cannot take this
         # stream (NvdecUnavailable), FFmpeg decodes it and ``fallback`` says why
         self.codec, self.decoded_on, self.fallback = self.stream.codec_context, "cpu", None
+        self._since_keyframe: list | None = []  # NVDEC's packets since the last keyframe (None: too many)
+        self._resume_at: int | None = None  # after NVDEC broke: frames before this one were given already
+        self._to_keyframe = False  # after NVDEC broke with no keyframe to decode again from: lost until one comes
+        self.nvdec_broke = False  # NVDEC's session broke mid-stream (the CPU decodes from there)
         if decoder is not None:
             try:
                 self.codec, self.decoded_on = decoder(self.stream), "nvdec"
@@ -245,10 +252,21 @@ class VideoReader:
         import av
 
         out: list[VideoFrame | FrameGap] = []
-        codec = self.codec
         for packet in packets:
+            if self.decoded_on == "nvdec" and packet is not None:
+                self._keep_for_replay(packet)
+            elif self._to_keyframe and packet is not None:
+                if not packet.is_keyframe:
+                    self.stats.errors += 1
+                    self._errors_since += 1
+                    self.stats.first_error = self.stats.first_error or self.fallback
+                    continue
+                self._to_keyframe = False
             try:
-                pictures = codec.decode(packet)
+                try:
+                    pictures = self.codec.decode(packet)
+                except NvdecFailed as e:
+                    pictures = self._decode_on_cpu_from_keyframe(e, packet)
             except (av.FFmpegError, NvdecError) as e:
                 if self.live and isinstance(e, av.FFmpegError) and not isinstance(e, av.error.InvalidDataError):
                     raise
@@ -267,6 +285,36 @@ class VideoReader:
             out = [f for f in out if not isinstance(f, VideoFrame) or id(f) in keep]
         yield from out
 
+    def _keep_for_replay(self, packet) -> None:
+        if packet.is_keyframe:
+            self._since_keyframe = [packet]
+        elif self._since_keyframe is not None:
+            self._since_keyframe.append(packet)
+            if len(self._since_keyframe) > MAX_REPLAY:
+                self._since_keyframe = None
+
+    def _decode_on_cpu_from_keyframe(self, e: NvdecFailed, packet) -> list:
+        """NVDEC's session broke at ``packet`` (None: the final flush): FFmpeg decodes the stream from here on. The
+        packets since the last keyframe (``packet`` the last of them) are decoded again on the CPU, and the frames
+        NVDEC gave already are not given twice; with no such keyframe, the CPU starts at the next one."""
+        import av
+
+        self.codec, self.decoded_on, self.nvdec_broke = self.stream.codec_context, "cpu", True
+        self.fallback = f"NVDEC failed mid-stream ({e})"
+        self._resume_at = self._next
+        replay, self._since_keyframe = self._since_keyframe, []
+        if replay is None:
+            self._to_keyframe = True
+            raise NvdecError(self.fallback)  # this packet: lost, counted as such
+        pictures = []
+        for i, p in enumerate(replay):
+            try:
+                pictures += self.codec.decode(p)
+            except av.FFmpegError:
+                if p is packet:
+                    raise  # the packet being decoded now: an error of its own, counted as such
+        return pictures + (self.codec.decode(None) if packet is None else [])
+
     def _numbered(self, picture, tb: float, arrivals: dict) -> list[VideoFrame | FrameGap]:
         pts = picture.pts
         if pts is None:
@@ -277,6 +325,10 @@ class VideoReader:
             index = int(round(t * self.rate))
             if index < self._start:  # before the frame this reading starts at: not wanted, not lost
                 return []
+            if self._resume_at is not None:  # decoded again on the CPU after NVDEC broke
+                if index < self._resume_at:
+                    return []
+                self._resume_at = None
             if index < self._next - 1:  # out of order, behind frames already given: a damaged stream's leftover
                 self.stats.late += 1
                 return []
