@@ -113,3 +113,23 @@ def test_profile_of_a_video_probes_both_decoders(clip):
     assert r["inputs"]["video_decode"] == "nvdec" and r["e2e"]["images"] % 60 == 0
     assert r["probes"]["video_decode_cpu_ms_per_frame"] > 0 and r["probes"]["video_decode_nvdec_ms_per_frame"] > 0
     assert {s["stage"] for s in r["stages"]} >= {"decode", "h2d", "preprocess", "nms"}
+
+
+def test_a_session_that_breaks_on_the_device_hands_the_stream_to_the_cpu(clip, monkeypatch):
+    """A device-side failure in NVDEC's path (here the copy out of its surface) is the session's, not the packet's:
+    the reader goes on with FFmpeg and gives every frame once."""
+    real, calls = torch.empty_like, [0]
+
+    def failing_after_20(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 20:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (test)")
+        return real(*args, **kwargs)
+
+    with VideoReader(str(clip), decoder=nvdec.nvdec_factory(torch.device("cuda"))) as r:
+        monkeypatch.setattr(torch, "empty_like", failing_after_20)
+        items = list(r.frames())
+        monkeypatch.undo()
+        assert r.decoded_on == "cpu" and r.nvdec_broke and "illegal memory access" in r.fallback
+    assert [f.index for f in items if not isinstance(f, FrameGap)] == list(range(60))
+    assert sum(isinstance(f.picture, nvdec.NV12Picture) for f in items) == 20
