@@ -39,8 +39,10 @@ BATCH = int(os.environ.get("BATCH", "32"))
 SHARE = os.environ.get("NVDEC_SHARE")
 NVDEC_PROCS = int(os.environ["NVDEC_PROCS"]) if os.environ.get("NVDEC_PROCS") else None
 PRECISION = os.environ.get("PRECISION", "fp16")
-# SWEEP="5/5,10/0.5": extra NVDEC rows at the last count, as decoder processes / GIL switch interval in ms
-SWEEP = [(int(p), float(m)) for p, m in (x.split("/") for x in os.environ.get("SWEEP", "").split(",") if x)]
+# SWEEP="5/5,10/0.5,5/0.5/1": extra NVDEC rows at the last count, as decoder processes / their GIL switch interval
+# in ms [/ this process's (the runtime's: its engine thread and the thread receiving every frame share the GIL)]
+SWEEP = [(int(p), float(m), float(r[0]) if r else None)
+         for p, m, *r in (x.split("/") for x in os.environ.get("SWEEP", "").split(",") if x)]
 FPS = 30
 
 
@@ -52,7 +54,7 @@ def cpu_seconds() -> float:
 
 
 def row(det, clip: Path, n: int, mode: str, procs: int | None = NVDEC_PROCS,
-        switch_ms: float | None = RunOptions.decoder_switch_ms) -> dict:
+        switch_ms: float | None = RunOptions.decoder_switch_ms, runtime_switch_ms: float | None = None) -> dict:
     specs = [SourceSpec(str(clip), "file", f"c{i:03d}", loop=True, realtime=True, lossless=True) for i in range(n)]
     share = int(SHARE) if SHARE else (2 * n) // 3
     opts = RunOptions(out=None, max_batch=BATCH, max_wait_ms=min(LATENCY_MS / 4, 1e3 / FPS), queue_size=4,
@@ -61,17 +63,25 @@ def row(det, clip: Path, n: int, mode: str, procs: int | None = NVDEC_PROCS,
                       decoder_switch_ms=switch_ms)
     rt = StreamRuntime(det, specs, opts)
     c0 = cpu_seconds()
-    s = rt.run()
+    previous = sys.getswitchinterval()
+    if runtime_switch_ms:
+        sys.setswitchinterval(runtime_switch_ms / 1e3)
+    try:
+        s = rt.run()
+    finally:
+        sys.setswitchinterval(previous)
     busy = cpu_seconds() - c0
     out = verification_row(s, n, FPS, SECONDS, LATENCY_MS)
     out.update(mode=mode, video_decode=s.video_decode, cpu_cores_busy=round(busy / max(s.seconds, 1e-9), 2),
                cpu_ms_per_stream_second=round(busy / max(s.seconds, 1e-9) / n * 1e3, 2),
-               host_rss_mib=s.host_rss_mib, decoder_switch_ms=switch_ms,
+               host_rss_mib=s.host_rss_mib, decoder_switch_ms=switch_ms, runtime_switch_ms=runtime_switch_ms or previous * 1e3,
                failed=[(st.name, st.error or st.last_error) for st in s.streams if st.name in s.failed][:5],
                streams_under_90pct=sum(st.steady_fps < 0.9 * FPS for st in s.streams))
     print(json.dumps({k: out[k] for k in ("mode", "streams", "holds", "total_fps", "min_stream_fps", "max_lag_s",
                                            "dropped", "latency_p99_ms", "cpu_cores_busy", "streams_under_90pct",
-                                           "decoder_switch_ms")} | {"procs": out["video_decode"].get("nvdec_processes")}),
+                                           "decoder_switch_ms", "runtime_switch_ms")}
+                     | {"procs": out["video_decode"].get("nvdec_processes"), "latency_parts_ms": out["latency_parts_ms"],
+                        "engine_thread_s": out["engine_thread_s"]}),
           flush=True)
     return out
 
@@ -99,8 +109,8 @@ def main() -> None:
                     rows.append(row(det, clip, n, mode))
                     torch.cuda.synchronize()
                     save()
-            for procs, switch in SWEEP:  # NVDEC decoder processes x their GIL switch interval, at the largest count
-                rows.append(row(det, clip, STREAMS[-1], "nvdec", procs, switch))
+            for procs, switch, runtime_switch in SWEEP:  # at the largest count
+                rows.append(row(det, clip, STREAMS[-1], "nvdec", procs, switch, runtime_switch))
                 save()
 
 
