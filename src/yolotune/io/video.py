@@ -307,7 +307,7 @@ class VideoReader:
             self._to_keyframe = True
             raise NvdecError(self.fallback)  # this packet: lost, counted as such
         pictures = []
-        for i, p in enumerate(replay):
+        for p in replay:
             try:
                 pictures += self.codec.decode(p)
             except av.FFmpegError:
