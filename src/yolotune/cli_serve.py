@@ -250,7 +250,7 @@ def plan_command(
 ) -> None:
     """How many streams of this resolution and FPS fit (compute, memory with a 20% reserve, decode), verified by running them."""
     from yolotune import ModelLoadError
-    from yolotune.serve.plan import plan, planning_detector, recording_stream, resolution_problem
+    from yolotune.serve.plan import plan, planning_detector, recording_problem, recording_stream, resolution_problem
 
     trust_models(trust_model)
     if out is not None:
@@ -270,6 +270,9 @@ def plan_command(
         _fail(f"--resolution must look like 1280x720, not {resolution!r}")
     if resolution_problem(w, h):
         _fail(f"--{resolution_problem(w, h)}")
+    problem = recording_problem(clip, fps, (w, h)) if clip is not None else None
+    if problem:  # before the model loads
+        _fail(problem)
     if ray is not None:
         return _plan_on_ray(model, fps, (w, h), device, batch, verify, seconds, latency_ms, max_streams, out,
                             json_output, ray, actors, gpus_per_actor)
@@ -278,11 +281,8 @@ def plan_command(
     except (ModelLoadError, ValueError) as e:
         _fail(str(e))
     with detector, stage_progress("planning") as say:
-        try:
-            report = plan(detector, fps, (w, h), gpus=gpus, verify=verify, verify_seconds=seconds,
-                          latency_budget_ms=latency_ms, max_streams=max_streams, progress=say, clip=clip)
-        except ValueError as e:  # a clip that is not of --resolution / --fps
-            _fail(str(e))
+        report = plan(detector, fps, (w, h), gpus=gpus, verify=verify, verify_seconds=seconds,
+                      latency_budget_ms=latency_ms, max_streams=max_streams, progress=say, clip=clip)
     _write_plan(report.to_dict(), out, json_output, print_plan)
 
 

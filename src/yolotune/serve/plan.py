@@ -79,6 +79,19 @@ def recording_stream(path: str | Path) -> tuple[int, int, float]:
     return frame.width, frame.height, float(rate)
 
 
+def recording_problem(clip: str | Path, fps: float, resolution: tuple[int, int]) -> str | None:
+    """Why ``clip`` cannot be every stream of a plan at ``fps`` and ``resolution`` (width, height); None: it can."""
+    try:
+        w, h, rate = recording_stream(clip)
+    except ValueError as e:
+        return str(e)
+    if (w, h) != tuple(resolution):
+        return f"{clip} is {w}x{h}, not {resolution[0]}x{resolution[1]}"
+    if abs(rate - fps) > 0.01 * fps:  # its streams run at the recording's own rate
+        return f"{clip} runs at {rate:g} FPS, not {fps:g}"
+    return None
+
+
 def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verify: bool = True,
          verify_seconds: float = 20.0, queue_size: int = 4, max_wait_ms: float | None = None,
          latency_budget_ms: float | None = None, max_streams: int | None = None, progress=None,
@@ -90,12 +103,9 @@ def plan(detector, fps: float, resolution: tuple[int, int], gpus: int = 1, verif
     problem = resolution_problem(width, height)
     if problem:
         raise ValueError(problem)
-    if clip is not None:
-        w, h, rate = recording_stream(clip)
-        if (w, h) != (width, height):
-            raise ValueError(f"{clip} is {w}x{h}, not {width}x{height}")
-        if abs(rate - fps) > 0.01 * fps:  # its streams run at the recording's own rate
-            raise ValueError(f"{clip} runs at {rate:g} FPS, not {fps:g}")
+    problem = recording_problem(clip, fps, resolution) if clip is not None else None
+    if problem:
+        raise ValueError(problem)
     with tempfile.TemporaryDirectory(prefix="yolotune-plan-") as work:  # removed on every way out
         return _plan(detector, fps, width, height, Path(work), gpus, verify, verify_seconds, queue_size, max_wait_ms,
                      latency_budget_ms, max_streams, progress or (lambda _m: None), clip)
