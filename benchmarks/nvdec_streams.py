@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from yolotune import Detector  # noqa: E402
 from yolotune.data.synth import write_video  # noqa: E402
+from yolotune.interpreter import switch_interval  # noqa: E402
 from yolotune.io.stream_specs import SourceSpec  # noqa: E402
 from yolotune.serve.plan import verification_row  # noqa: E402
 from yolotune.serve.runtime import RunOptions, StreamRuntime  # noqa: E402
@@ -64,12 +65,8 @@ def row(det, clip: Path, n: int, mode: str, procs: int | None = NVDEC_PROCS,
     rt = StreamRuntime(det, specs, opts)
     c0 = cpu_seconds()
     previous = sys.getswitchinterval()
-    if runtime_switch_ms:
-        sys.setswitchinterval(runtime_switch_ms / 1e3)
-    try:
+    with switch_interval(runtime_switch_ms / 1e3 if runtime_switch_ms else None):
         s = rt.run()
-    finally:
-        sys.setswitchinterval(previous)
     busy = cpu_seconds() - c0
     out = verification_row(s, n, FPS, SECONDS, LATENCY_MS)
     out.update(mode=mode, video_decode=s.video_decode, cpu_cores_busy=round(busy / max(s.seconds, 1e-9), 2),

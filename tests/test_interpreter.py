@@ -26,3 +26,14 @@ def test_an_application_that_froze_objects_itself_keeps_its_freeze():
         assert gc.get_freeze_count() >= kept  # not unfrozen behind its back
     finally:
         gc.unfreeze()
+
+
+def test_switch_interval_none_leaves_it_and_any_value_is_restored():
+    from yolotune.interpreter import switch_interval
+
+    before = sys.getswitchinterval()
+    with switch_interval(None):
+        assert sys.getswitchinterval() == before
+    with switch_interval(0.0005):
+        assert abs(sys.getswitchinterval() - 0.0005) < 1e-9
+    assert sys.getswitchinterval() == before

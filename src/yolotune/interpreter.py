@@ -45,12 +45,19 @@ def startup_objects_frozen() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def switch_interval(seconds: float | None) -> Iterator[None]:
+    """The GIL switch interval for the block (None: left as it is), the previous one restored after it."""
+    previous = sys.getswitchinterval()
+    if seconds:
+        sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+@contextlib.contextmanager
 def tuned_for_threads(switch_interval_s: float = 0.001) -> Iterator[None]:
     """Both settings for the block, the previous ones restored after it."""
-    previous = sys.getswitchinterval()
-    with startup_objects_frozen():
-        sys.setswitchinterval(switch_interval_s)
-        try:
-            yield
-        finally:
-            sys.setswitchinterval(previous)
+    with startup_objects_frozen(), switch_interval(switch_interval_s):
+        yield
