@@ -124,3 +124,23 @@ def test_what_one_decoder_refuses_reaches_the_next_and_every_input_comes_back_in
     assert dec.stats["gpu"] == 4 + 4 and dec.stats["cpu"] == 2 and dec.stats["errors"] == 1
     assert set(dec.split.rates) == {"hardware", "cuda"}
     dec.close()
+
+
+def test_auto_keeps_cuda_nvjpeg_where_the_hardware_decoders_are_there(monkeypatch):
+    """The hardware path ran slower end to end than CUDA nvJPEG alone on an H200
+    (benchmarks/results/jpeg/e2e_jpeg_h200_2026-12-06.jsonl): auto must not choose it; asked for, it is used."""
+    from yolotune.io import decode
+
+    asked = []
+
+    def hardware_decoder(device, batch):
+        asked.append(batch)
+        return None, "stand-in: no decoder made"
+
+    monkeypatch.setattr(decode, "_hardware_decoder", hardware_decoder)
+    dec = ImageDecoder(torch.device("cuda"))  # no CUDA call is made while constructing
+    assert dec.jpeg_decoder == "cuda" and asked == [] and "hardware_unavailable" not in dec.describe()
+    dec.close()
+    with pytest.raises(ValueError, match="stand-in"):
+        ImageDecoder(torch.device("cuda"), jpeg_decode="hardware", batch=32)
+    assert asked == [32]

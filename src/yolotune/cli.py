@@ -72,8 +72,8 @@ def predict(
     video_decode: str = VIDEO_DECODE,
     jpeg_decode: Optional[str] = typer.Option(None, help="Where JPEGs are decoded: hardware (the GPU's NVJPG engines, "
                                               "off the SMs, yolotune\\[jpeg]; shared with CUDA nvJPEG by their measured "
-                                              "rates), cuda (CUDA nvJPEG), cpu (Pillow), auto (hardware where the GPU "
-                                              "and the extra have it, else cuda)."),
+                                              "rates), cuda (CUDA nvJPEG), cpu (Pillow), auto (CUDA nvJPEG on a GPU, "
+                                              "else Pillow)."),
     hardware_share: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With hardware JPEG decoding: the "
                                                    "share NVJPG takes, the rest CUDA nvJPEG (default: by their "
                                                    "measured rates; 1: NVJPG only)."),

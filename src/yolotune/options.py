@@ -78,7 +78,8 @@ class DetectorOptions:
         _optional(_boolean), "true, false or null"))
     gpu_decode: bool = dataclasses.field(default=True, metadata=_check(_boolean, "true or false"))
     # JPEGs: "hardware" on the GPU's NVJPG engines through nvImageCodec (io/jpeg_hardware.py), split with CUDA
-    # nvJPEG; "cuda" CUDA nvJPEG only; "cpu" Pillow; "auto" hardware where the GPU and nvImageCodec have it
+    # nvJPEG; "cuda" CUDA nvJPEG only; "cpu" Pillow; "auto" CUDA nvJPEG on a GPU (the hardware path ran slower end to
+    # end: benchmarks/results/jpeg/e2e_jpeg_h200_2026-12-06.jsonl)
     jpeg_decode: str = dataclasses.field(default="auto", metadata=_check(_one_of("auto", "hardware", "cuda", "cpu"),
                                                                           "one of auto, hardware, cuda, cpu"))
     # NVJPG's share of the JPEGs both it and CUDA nvJPEG take; None: by their measured rates (io/jpeg_routing.py)

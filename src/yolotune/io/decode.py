@@ -1,8 +1,9 @@
 """Decode images to RGB uint8 tensors on the target device.
 
-JPEGs the GPU's hardware decoders take (NVJPG through nvImageCodec, io/jpeg_hardware.py) are decoded there, off the
-SMs, and split with CUDA nvJPEG by their measured rates (io/jpeg_routing.py); JPEGs that nvJPEG handles (complete,
-baseline, 3-channel) are decoded on the GPU in one batched call (torchvision.io.decode_jpeg, device="cuda").
+JPEGs that nvJPEG handles (complete, baseline, 3-channel) are decoded on the GPU in one batched call
+(torchvision.io.decode_jpeg, device="cuda"). Asked for (jpeg_decode="hardware"), the JPEGs the GPU's hardware decoders
+take (NVJPG through nvImageCodec, io/jpeg_hardware.py) are decoded there, off the SMs, split with CUDA nvJPEG by
+their measured rates (io/jpeg_routing.py).
 Everything else, and everything on CPU-only machines, is decoded by Pillow in a thread pool (Pillow releases the GIL
 while decoding): PNG, BMP, WebP, TIFF, CMYK, grayscale, 16-bit, RGBA, progressive JPEG. What one decoder refuses
 goes to the next. A file that cannot be decoded becomes an ErrorRecord with the reason.
@@ -159,7 +160,8 @@ JPEG_DECODERS = ("auto", "hardware", "cuda", "cpu")
 class ImageDecoder:
     """Decodes a batch of inputs to device tensors: NVJPG and CUDA nvJPEG for the JPEGs they take, Pillow threads
     for the rest. ``jpeg_decode``: "hardware" (NVJPG, split with CUDA nvJPEG: an error where there is none), "cuda"
-    (CUDA nvJPEG only), "cpu" (Pillow), "auto" (hardware where this GPU and nvImageCodec have it, else cuda).
+    (CUDA nvJPEG only), "cpu" (Pillow), "auto" (CUDA nvJPEG on a GPU, else Pillow: the hardware path ran slower end
+    to end, benchmarks/results/jpeg/e2e_jpeg_h200_2026-12-06.jsonl).
     ``hardware_share``: NVJPG's fixed share of the JPEGs both take (None: by their measured rates)."""
 
     def __init__(self, device: torch.device, workers: int | None = None, gpu_decode: bool = True, keep_host: bool = False,
@@ -179,12 +181,12 @@ class ImageDecoder:
                       "gpu_decode_s": 0.0, "cpu_decode_s": 0.0}
         self.split = RateSplit(hardware_share)
         self.hardware, self.hardware_problem = None, None  # io/jpeg_hardware.py's decoder, or why there is none
-        if jpeg_decode in ("auto", "hardware"):
+        if jpeg_decode == "hardware":
             if self.gpu_decode:
                 self.hardware, self.hardware_problem = _hardware_decoder(device, batch)
-            elif jpeg_decode == "hardware":
+            else:
                 self.hardware_problem = "it needs a CUDA device with GPU decoding and preprocessing on it"
-            if self.hardware is None and jpeg_decode == "hardware":
+            if self.hardware is None:
                 raise ValueError(f"cannot decode JPEGs in hardware: {self.hardware_problem}")
         # CUDA nvJPEG's share runs beside NVJPG's on a stream of its own, finished before its pictures are handed on
         self.side_stream = torch.cuda.Stream(device) if self.hardware is not None else None

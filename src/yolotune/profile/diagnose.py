@@ -356,8 +356,9 @@ def decode_shares_sms_finding(p: dict, ms: dict, kernels: dict, gain, bound: flo
                        "Decode JPEGs on the GPU's hardware JPEG decoders (jpeg_decode='hardware'): NVJPG engines, "
                        "off the SMs, shared with CUDA nvJPEG by their measured rates.",
                        {"jpeg_decode": "hardware"}, gain({"decode": hardware}),
-                       f"producer cost with decoding at the hardware probe's {hardware:.3f} ms/image; the overlap "
-                       "as measured (the SMs no longer shared: a lower bound)", decode_busy / max(bound, 1e-9))
+                       f"producer cost with decoding at the hardware probe's {hardware:.3f} ms/image, the overlap "
+                       "as measured: an estimate only, --verify measures it (on an H200 the hardware path ran "
+                       "slower end to end than CUDA nvJPEG alone)", decode_busy / max(bound, 1e-9))
     why = opts.get("hardware_unavailable") or "no hardware JPEG decoder was found"
     return Finding("decode_shares_sms", "Decode shares the SMs with the model", evidence,
                    f"Hardware JPEG decoding is not available here ({why}). On a GPU with NVJPG engines (A100, H100, "
