@@ -144,3 +144,22 @@ def test_auto_keeps_cuda_nvjpeg_where_the_hardware_decoders_are_there(monkeypatc
     with pytest.raises(ValueError, match="stand-in"):
         ImageDecoder(torch.device("cuda"), jpeg_decode="hardware", batch=32)
     assert asked == [32]
+
+
+def test_pictures_come_out_planar_whatever_layout_nvimagecodec_returns():
+    """P_RGB is asked for, but nvImageCodec versions differ: planar [3, h, w], with a batch axis, or interleaved
+    [h, w, 3]. The layout is read once off the 64x64 primer (unambiguous), then every picture comes out [3, h, w]
+    with the same pixels, a 3x3 picture too."""
+    from yolotune.io.jpeg_hardware import _is_interleaved, _planar
+
+    primer = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    assert not _is_interleaved(primer) and not _is_interleaved(primer[None])
+    assert _is_interleaved(primer.permute(1, 2, 0)) and _is_interleaved(primer.permute(1, 2, 0)[None])
+    with pytest.raises(ValueError, match="layout"):
+        _is_interleaved(torch.zeros(64, 64, dtype=torch.uint8))
+    for h, w in ((5, 7), (4, 3), (3, 3)):
+        chw = torch.arange(3 * h * w, dtype=torch.uint8).reshape(3, h, w)
+        assert torch.equal(_planar(chw, False), chw)
+        assert torch.equal(_planar(chw[None], False), chw)
+        assert torch.equal(_planar(chw.permute(1, 2, 0).contiguous(), True), chw)
+        assert torch.equal(_planar(chw.permute(1, 2, 0).contiguous()[None], True), chw)

@@ -67,14 +67,23 @@ class HardwareJpegDecoder:
         except Exception as e:  # noqa: BLE001  (nvImageCodec's own error types)
             raise HardwareJpegUnavailable(f"no hardware JPEG decoder: {type(e).__name__}: {e}") from e
         self.batch = max(1, batch)
+        self._interleaved: bool | None = None  # the layout this version gives, read off the primer's pictures
         with torch.cuda.device(self.device):
-            primed = self.decode([_primer()] * self.batch)
+            primed = self._decode_raw([_primer()] * self.batch)
             torch.cuda.current_stream(self.device).synchronize()
         if any(t is None for t in primed):
             raise HardwareJpegUnavailable("this GPU's hardware JPEG decoder refused a baseline JPEG (no NVJPG?)")
+        try:
+            self._interleaved = _is_interleaved(primed[0])
+        except ValueError as e:
+            raise HardwareJpegUnavailable(str(e)) from e
 
     def decode(self, datas: list) -> list:
         """``datas``: encoded JPEGs (bytes, bytearray or memoryview). Calls of more than ``batch`` are split."""
+        return [None if t is None else _planar(t, self._interleaved) for t in self._decode_raw(datas)]
+
+    def _decode_raw(self, datas: list) -> list:
+        """The pictures as nvImageCodec lays them out (None where refused)."""
         import torch
 
         out: list = []
@@ -88,9 +97,8 @@ class HardwareJpegDecoder:
                 except Exception:  # noqa: BLE001  (a call nvImageCodec refuses as a whole: the next decoder takes it)
                     images = [None] * len(part)
             for im in images:
-                out.append(None if im is None else _planar(torch.from_dlpack(im)))
+                out.append(None if im is None else torch.from_dlpack(im))
         return out
-
 
     def _code_stream(self, data):
         """The encoded bytes as nvImageCodec reads them: a uint8 array over the caller's buffer (no copy) where this
@@ -108,9 +116,21 @@ class HardwareJpegDecoder:
 _COPY_BYTES: list = []  # set once nvImageCodec has refused an array
 
 
-def _planar(t):
-    """[3, h, w] as P_RGB gives it (some versions add a batch axis of 1)."""
-    return t[0] if t.dim() == 4 else t
+def _is_interleaved(t) -> bool:
+    """Whether nvImageCodec gave [h, w, 3] rather than the planar [3, h, w] asked for (versions differ; some add a
+    batch axis of 1), read off a picture that is not 3 pixels wide or high."""
+    shape = tuple(t.shape[1:] if t.dim() == 4 else t.shape)
+    if len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
+        return False
+    if len(shape) == 3 and shape[2] == 3 and shape[0] != 3:
+        return True
+    raise ValueError(f"nvImageCodec returned pictures of an unknown layout: {list(t.shape)}")
+
+
+def _planar(t, interleaved: bool):
+    """[3, h, w] from what nvImageCodec returns (a view: no copy)."""
+    t = t[0] if t.dim() == 4 else t
+    return t.permute(2, 0, 1) if interleaved else t
 
 
 def hardware_problem(device) -> str | None:
