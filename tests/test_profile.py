@@ -366,7 +366,7 @@ def test_diagnosis_finds_decode_sharing_the_sms_and_recommends_the_hardware_deco
     f = next(f for f in diagnose(_sharing_sms({"hardware_decode_ms": 0.01})) if f.kind == "decode_shares_sms")
     assert f.options == {"jpeg_decode": "hardware"} and f.predicted_gain is not None
     assert "take turns" in f.evidence and "NVJPG" in f.recommendation
-    missing = _sharing_sms({}, hardware_unavailable="nvImageCodec is not usable")
+    missing = _sharing_sms({"hardware_decode_unavailable": "nvImageCodec is not usable"})
     f = next(f for f in diagnose(missing) if f.kind == "decode_shares_sms")
     assert f.options == {} and "nvImageCodec is not usable" in f.recommendation and "yolotune[jpeg]" in f.recommendation
     kinds = lambda p: {f.kind for f in diagnose(p)}  # noqa: E731
@@ -375,3 +375,21 @@ def test_diagnosis_finds_decode_sharing_the_sms_and_recommends_the_hardware_deco
     fast["e2e"]["images_per_s"] *= 3  # well above the in-turn bound: not the limit
     assert "decode_shares_sms" not in kinds(fast)
     assert "decode_shares_sms" not in kinds(_stored("yolov8n_optimized"))  # a small decode share
+
+
+def test_the_hardware_decode_probe_says_why_there_is_none():
+    from types import SimpleNamespace
+
+    from yolotune.profile import probes
+
+    ms, why = probes.hardware_decode(SimpleNamespace(device=torch.device("cpu")), [], 8)
+    assert ms is None and "CUDA device" in why
+    if not jpeg_hardware_installed():
+        ms, why = probes.hardware_decode(SimpleNamespace(device=torch.device("cuda")), [], 8)
+        assert ms is None and "yolotune[jpeg]" in why
+
+
+def jpeg_hardware_installed() -> bool:
+    from yolotune.io import jpeg_hardware
+
+    return jpeg_hardware.available()

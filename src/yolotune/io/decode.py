@@ -180,14 +180,13 @@ class ImageDecoder:
         self.stats = {"gpu": 0, "hardware": 0, "cpu": 0, "errors": 0, "hardware_refused": 0, "read_s": 0.0,
                       "gpu_decode_s": 0.0, "cpu_decode_s": 0.0}
         self.split = RateSplit(hardware_share)
-        self.hardware, self.hardware_problem = None, None  # io/jpeg_hardware.py's decoder, or why there is none
+        self.hardware = None  # io/jpeg_hardware.py's decoder
         if jpeg_decode == "hardware":
+            problem = "it needs a CUDA device with GPU decoding and preprocessing on it"
             if self.gpu_decode:
-                self.hardware, self.hardware_problem = _hardware_decoder(device, batch)
-            else:
-                self.hardware_problem = "it needs a CUDA device with GPU decoding and preprocessing on it"
+                self.hardware, problem = _hardware_decoder(device, batch)
             if self.hardware is None:
-                raise ValueError(f"cannot decode JPEGs in hardware: {self.hardware_problem}")
+                raise ValueError(f"cannot decode JPEGs in hardware: {problem}")
         # CUDA nvJPEG's share runs beside NVJPG's on a stream of its own, finished before its pictures are handed on
         self.side_stream = torch.cuda.Stream(device) if self.hardware is not None else None
 
@@ -200,8 +199,6 @@ class ImageDecoder:
         d = {"jpeg_decode": self.jpeg_decoder}
         if self.hardware is not None:
             d.update(self.split.describe())
-        elif self.hardware_problem:
-            d["hardware_unavailable"] = self.hardware_problem
         return d
 
     def close(self) -> None:

@@ -359,7 +359,7 @@ def decode_shares_sms_finding(p: dict, ms: dict, kernels: dict, gain, bound: flo
                        f"producer cost with decoding at the hardware probe's {hardware:.3f} ms/image, the overlap "
                        "as measured: an estimate only, --verify measures it (on an H200 the hardware path ran "
                        "slower end to end than CUDA nvJPEG alone)", decode_busy / max(bound, 1e-9))
-    why = opts.get("hardware_unavailable") or "no hardware JPEG decoder was found"
+    why = (p.get("probes") or {}).get("hardware_decode_unavailable") or "no hardware JPEG decoder was found"
     return Finding("decode_shares_sms", "Decode shares the SMs with the model", evidence,
                    f"Hardware JPEG decoding is not available here ({why}). On a GPU with NVJPG engines (A100, H100, "
                    "H200, L4, ...) install yolotune[jpeg]; elsewhere, smaller JPEGs at the source or frames "

@@ -56,24 +56,25 @@ def gpu_decode_preprocess_ms(detector, paths: list[str], batch: int) -> float | 
 
 
 @torch.inference_mode()
-def hardware_decode_ms(detector, paths: list[str], batch: int) -> float | None:
-    """ms/image of the GPU's hardware JPEG decoders (NVJPG) on one batch of the run's files (host clock,
-    synchronised); None where there are none (nvImageCodec missing, or a GPU without NVJPG)."""
+def hardware_decode(detector, paths: list[str], batch: int) -> tuple[float | None, str | None]:
+    """(ms/image of the GPU's hardware JPEG decoders (NVJPG) on one batch of the run's files, host clock,
+    synchronised; None and why where there are none: nvImageCodec missing, a GPU without NVJPG, no JPEG they take)."""
     from yolotune.io import jpeg_hardware
 
-    if jpeg_hardware.hardware_problem(detector.device):
-        return None
+    problem = jpeg_hardware.hardware_problem(detector.device)
+    if problem:
+        return None, problem
     try:
         decoder = jpeg_hardware.HardwareJpegDecoder(detector.device, batch)
-    except jpeg_hardware.HardwareJpegUnavailable:
-        return None
+    except jpeg_hardware.HardwareJpegUnavailable as e:
+        return None, str(e)
     loader = ImageDecoder(detector.device, jpeg_decode="cuda")
     try:
         loaded = [x for x in loader.load([(InputRef(p), None) for p in paths[:batch]])
                   if x[2] is not None and x[2].hardware_decodable]
         if not loaded:
-            return None
+            return None, "none of the run's first files is a JPEG the hardware decoders take"
         datas = [x[1] for x in loaded]
-        return time_per_call(lambda: decoder.decode(datas), detector.device, reps=3) * 1e3 / len(datas)
+        return time_per_call(lambda: decoder.decode(datas), detector.device, reps=3) * 1e3 / len(datas), None
     finally:
         loader.close()

@@ -260,7 +260,8 @@ def _probes(det, staged: StagedPipeline, paths: list[str]) -> dict:
     elif det.device.type == "cuda" and det.preprocess == "cpu":
         out["gpu_decode_preprocess_ms"] = probes.gpu_decode_preprocess_ms(det, paths, max(det.batch, 8))
     elif paths and det.device.type == "cuda" and det.decoder.jpeg_decoder == "cuda":
-        out["hardware_decode_ms"] = probes.hardware_decode_ms(det, paths, max(det.batch, 8))
+        out["hardware_decode_ms"], out["hardware_decode_unavailable"] = probes.hardware_decode(
+            det, paths, max(det.batch, 8))
     return out
 
 
