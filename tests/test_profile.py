@@ -160,6 +160,11 @@ def test_diagnosis_follows_the_data_not_fixed_text():
 
 def test_compare_flags_only_changes_beyond_noise(cpu_profile):
     _, p, _ = cpu_profile
+    p = copy.deepcopy(p)
+    for s in p["stages"]:  # the measured mean with a known 2% spread: a loaded machine's outliers are not the subject
+        if s["stage"] == "backbone":
+            s["samples"] = [s["ms_per_image"] * (1 + 0.02 * (-1) ** i) for i in range(max(4, len(s["samples"])))]
+            s.pop("sample_images", None)
     slower = copy.deepcopy(p)
     for s in slower["stages"]:
         if s["stage"] == "backbone":
