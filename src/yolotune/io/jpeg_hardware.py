@@ -67,13 +67,12 @@ class HardwareJpegDecoder:
         except Exception as e:  # noqa: BLE001  (nvImageCodec's own error types)
             raise HardwareJpegUnavailable(f"no hardware JPEG decoder: {type(e).__name__}: {e}") from e
         self.batch = max(1, batch)
-        self._interleaved: bool | None = None  # the layout this version gives, read off the primer's pictures
         with torch.cuda.device(self.device):
             primed = self._decode_raw([_primer()] * self.batch)
             torch.cuda.current_stream(self.device).synchronize()
         if any(t is None for t in primed):
             raise HardwareJpegUnavailable("this GPU's hardware JPEG decoder refused a baseline JPEG (no NVJPG?)")
-        try:
+        try:  # the layout this version gives, read off the primer's pictures
             self._interleaved = _is_interleaved(primed[0])
         except ValueError as e:
             raise HardwareJpegUnavailable(str(e)) from e
